@@ -1,0 +1,477 @@
+"""The TuningJob API, version v1alpha1: one typed model for the spec.
+
+This module is the single configuration language of kubetune. The same model
+validates a manifest in `kubetune prepare/train -f`, in the operator before it
+creates a Job, and inside the training pod; the CRD's OpenAPI schema in `crds/` is
+generated from it (`kubetune crd`). It imports nothing heavier than pydantic so
+that the operator image, which carries no torch, can use it.
+
+Conventions:
+- Fields are snake_case in Python and camelCase in manifests (`learning_rate` ↔
+  `learningRate`); models accept both.
+- Every field has a description: it becomes `kubectl explain` text.
+- Strings and lists carry length bounds: the API server needs them to bound the
+  cost of the CRD's CEL rules, and they catch pasted garbage early.
+- Rules that involve several fields live in `model_validator`s and say what to
+  change, in the manifest's own field names.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "kubetune.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "TuningJob"
+PLURAL = "tuningjobs"
+
+# Bounds shared by many fields (see the module docstring).
+SHORT = 253  # a DNS subdomain: names, keys, resource names
+URI = 2048
+TEMPLATE = 32768  # an inline Jinja chat template
+
+
+class ApiModel(BaseModel):
+    """Base for every API object: camelCase aliases, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=False,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Model
+
+
+class ModelSpec(ApiModel):
+    source: str = Field(
+        min_length=1,
+        max_length=URI,
+        description=(
+            "Where the base model's weights, config and tokenizer are: s3://bucket/prefix/ "
+            "(downloaded to the pod's scratch volume and cached there), pvc://claim/path "
+            "(a PersistentVolumeClaim mounted read-only), hf://org/name (the Hugging Face "
+            "hub, where the cluster can reach it), or a local path for `kubetune train` on "
+            "a workstation. Any causal language model that transformers supports."
+        ),
+    )
+    revision: str | None = Field(
+        default=None,
+        max_length=SHORT,
+        description="For hf:// sources: the branch, tag or commit to use. Ignored elsewhere.",
+    )
+
+
+# ---------------------------------------------------------------------------
+# Dataset
+
+DatasetFormat = Literal["auto", "alpaca", "dolly", "messages", "sharegpt", "prompt-completion", "text"]
+RedactionKind = Literal["email", "phone", "credit-card", "ipv4", "ipv6", "iban", "us-ssn", "url"]
+
+
+class SplitSpec(ApiModel):
+    """A held-out split: a fraction of the training source, or a source of its own."""
+
+    fraction: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description=(
+            "Share of the training examples to hold out, chosen deterministically from "
+            "training.seed (and stratified by dataset.stratifyBy when set)."
+        ),
+    )
+    source: str | None = Field(
+        default=None,
+        max_length=URI,
+        description="A separate file or prefix for this split, in the same format as dataset.source.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SplitSpec:
+        if (self.fraction is None) == (self.source is None):
+            raise ValueError("set exactly one of `fraction` (e.g. 0.05) or `source` (a file or prefix)")
+        return self
+
+
+class DatasetSpec(ApiModel):
+    source: str = Field(
+        min_length=1,
+        max_length=URI,
+        description=(
+            "The training data: s3://bucket/key for one file, s3://bucket/prefix/ for every "
+            "data file under it, or a local path for `kubetune prepare/train` on a workstation. "
+            "JSON Lines (.jsonl, .jsonl.gz), JSON arrays (.json), Parquet (.parquet) and CSV (.csv)."
+        ),
+    )
+    format: DatasetFormat = Field(
+        default="auto",
+        description=(
+            "How records map to conversations. auto detects it from the columns: alpaca "
+            "(instruction/input/output), dolly (instruction/context/response), messages "
+            "(a list of {role, content}), sharegpt (conversations of {from, value}), "
+            "prompt-completion (prompt/completion), text (plain text, for domain adaptation)."
+        ),
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=16,
+        description=(
+            "Renames columns to the names the format expects, as {expected: actual}; for "
+            "example {instruction: question, output: answer} for an alpaca-like file."
+        ),
+    )
+    template: str = Field(
+        default="auto",
+        min_length=1,
+        max_length=TEMPLATE,
+        description=(
+            "The chat template. auto uses the tokenizer's own chat template and falls back to "
+            "chatml when it has none; tokenizer insists on the tokenizer's own; chatml, llama3, "
+            "mistral, alpaca and zephyr name built-in templates; anything containing '{%' or "
+            "'{{' is used as an inline Jinja chat template."
+        ),
+    )
+    system_prompt: str | None = Field(
+        default=None,
+        max_length=TEMPLATE,
+        description="A system message put before every conversation that has none of its own.",
+    )
+    validation: SplitSpec | None = Field(
+        default_factory=lambda: SplitSpec(fraction=0.05),
+        description="The validation split, used for eval loss during training. Null for none.",
+    )
+    test: SplitSpec | None = Field(
+        default=None,
+        description="An optional test split, evaluated once at the end of training.",
+    )
+    stratify_by: str | None = Field(
+        default=None,
+        max_length=SHORT,
+        description=(
+            "A column whose values keep their proportions across splits, such as Dolly's "
+            "category. Unset: the category column is used when the data has one."
+        ),
+    )
+    redact: list[RedactionKind] = Field(
+        default_factory=list,
+        max_length=16,
+        description=(
+            "Kinds of personal data to replace with typed placeholders (e.g. <EMAIL>) before "
+            "tokenization; the counts per kind go into the prepare report."
+        ),
+    )
+    on_invalid: Literal["fail", "skip"] = Field(
+        default="fail",
+        description=(
+            "What to do with a record that cannot be used (bad JSON, missing field, no "
+            "assistant turn): fail the run listing the first problems, or skip and count it."
+        ),
+    )
+    max_examples: int | None = Field(
+        default=None,
+        ge=1,
+        description="Use only the first N training examples (for trials and demos).",
+    )
+
+
+# ---------------------------------------------------------------------------
+# Method
+
+LoraTargets = Annotated[list[Annotated[str, Field(min_length=1, max_length=SHORT)]], Field(max_length=64)]
+
+
+class LoraSpec(ApiModel):
+    r: int = Field(default=16, ge=1, le=1024, description="LoRA rank: the inner dimension of the adapter matrices.")
+    alpha: float = Field(default=32.0, gt=0, description="LoRA scaling numerator; the update is scaled by alpha / r.")
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the adapter's input during training.")
+    target_modules: LoraTargets = Field(
+        default_factory=lambda: ["all-linear"],
+        min_length=1,
+        description=(
+            "Module names (or suffixes) that get adapters, such as [q_proj, v_proj]. "
+            "[all-linear] targets every linear layer except the output head."
+        ),
+    )
+
+
+class MethodSpec(ApiModel):
+    type: Literal["qlora", "lora"] = Field(
+        default="qlora",
+        description=(
+            "qlora: the base model is quantized to 4-bit NF4 (bitsandbytes, double quantization) "
+            "and frozen, adapters train in the compute dtype. lora: the base model stays in "
+            "baseWeights precision (bf16/fp16/fp32, or int8 to save memory)."
+        ),
+    )
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="Adapter shape.")
+    base_weights: Literal["auto", "bf16", "fp16", "fp32", "int8"] = Field(
+        default="auto",
+        description=(
+            "For type lora: the precision the frozen base weights are held in. auto picks bf16 "
+            "where the device supports it, else fp32. Must be auto for type qlora (always 4-bit)."
+        ),
+    )
+    compute_dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        default="auto",
+        description="Dtype of the matrix products; auto picks bf16 where supported, else fp32.",
+    )
+    gradient_checkpointing: bool = Field(
+        default=True,
+        description="Recompute activations in the backward pass: less memory, about 30% more compute.",
+    )
+    merge_adapter: bool = Field(
+        default=False,
+        description="Also export the base model with the adapter merged in (full precision), for serving without peft.",
+    )
+
+    @model_validator(mode="after")
+    def _weights_match_type(self) -> MethodSpec:
+        if self.type == "qlora" and self.base_weights != "auto":
+            raise ValueError(
+                f"baseWeights: {self.base_weights} conflicts with type: qlora, whose base weights are "
+                "always 4-bit NF4; use type: lora for bf16/fp16/fp32/int8 base weights"
+            )
+        return self
+
+
+# ---------------------------------------------------------------------------
+# Training
+
+
+class TrainingSpec(ApiModel):
+    epochs: float = Field(default=3.0, gt=0, le=1000, description="Passes over the training split (fractions allowed).")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many optimizer steps; overrides epochs when set."
+    )
+    learning_rate: float = Field(default=2.0e-4, gt=0, le=1.0, description="Peak learning rate of the adapters.")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
+        default="cosine", description="Learning-rate decay after warmup."
+    )
+    warmup_ratio: float = Field(
+        default=0.03, ge=0.0, lt=1.0, description="Share of the optimizer steps spent warming the learning rate up from zero."
+    )
+    weight_decay: float = Field(default=0.0, ge=0.0, description="AdamW weight decay on the adapter weights.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradients are clipped to this global L2 norm.")
+    optimizer: Literal["auto", "adamw", "paged-adamw-8bit"] = Field(
+        default="auto",
+        description="auto: paged 8-bit AdamW on a GPU, AdamW elsewhere.",
+    )
+    batch_size: int = Field(
+        default=1,
+        ge=1,
+        le=4096,
+        description="Sequences (packs, when packing) per device per micro-batch.",
+    )
+    gradient_accumulation: int = Field(
+        default=8, ge=1, le=4096, description="Micro-batches per optimizer step."
+    )
+    max_seq_length: int = Field(
+        default=2048, ge=16, le=1 << 20, description="Tokens per sequence (per pack, when packing)."
+    )
+    packing: bool = Field(
+        default=True,
+        description=(
+            "Bin-pack examples into maxSeqLength sequences, padding-free, with position ids "
+            "restarting per example so no token attends across examples. Off: padded, "
+            "length-bucketed batches."
+        ),
+    )
+    loss_on: Literal["responses", "last-response", "all"] = Field(
+        default="responses",
+        description=(
+            "Which tokens are trained: responses (every assistant turn with its end-of-turn "
+            "token), last-response (the final assistant turn only), all (every token)."
+        ),
+    )
+    overlong: Literal["truncate", "drop"] = Field(
+        default="truncate",
+        description="What to do with an example longer than maxSeqLength; either way it is counted in the report.",
+    )
+    eval_every: int = Field(default=200, ge=1, description="Evaluate on the validation split every N optimizer steps, and at the end.")
+    checkpoint_every: int = Field(default=200, ge=1, description="Save a resumable checkpoint every N optimizer steps.")
+    keep_checkpoints: int = Field(default=2, ge=1, le=100, description="How many of the latest complete checkpoints to keep.")
+    log_every: int = Field(default=10, ge=1, description="Log and append to metrics.jsonl every N optimizer steps.")
+    eval_exact_match: bool = Field(
+        default=False,
+        description=(
+            "At the end, generate a response for each test example and report the share that "
+            "matches the reference exactly (for classification-style tasks)."
+        ),
+    )
+    seed: int = Field(default=42, ge=0, description="Seeds data splits, shuffling, dropout and adapter initialisation.")
+
+
+# ---------------------------------------------------------------------------
+# Output and storage
+
+
+class OutputSpec(ApiModel):
+    destination: str = Field(
+        min_length=1,
+        max_length=URI,
+        description=(
+            "Where results go: an s3://bucket/prefix/ (or a local path for `kubetune train` "
+            "on a workstation). Layout: adapter/, checkpoints/step-NNNNNN/, metrics.jsonl, "
+            "prepare-report.json. The operator never deletes anything here."
+        ),
+    )
+
+
+class S3Spec(ApiModel):
+    endpoint: str | None = Field(
+        default=None,
+        max_length=URI,
+        description="S3 endpoint URL for MinIO, SeaweedFS or another S3-compatible store; unset for AWS S3.",
+    )
+    region: str | None = Field(default=None, max_length=64, description="S3 region; unset uses the SDK's default chain.")
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        default="auto",
+        description="Bucket addressing: path (endpoint/bucket/key, what most self-hosted stores need), virtual, or auto.",
+    )
+    credentials_secret: str | None = Field(
+        default=None,
+        max_length=SHORT,
+        description=(
+            "Name of a Secret in the TuningJob's namespace with the keys AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (and optionally AWS_SESSION_TOKEN). Unset: the operator's "
+            "default Secret, else the pod's own identity (IRSA, workload identity)."
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Resources, scheduling, runtime
+
+
+class ResourcesSpec(ApiModel):
+    gpus: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="GPUs for the training pod; more than one trains data-parallel with torchrun. 0 trains on CPU.",
+    )
+    cpu: str | None = Field(default=None, max_length=64, description="CPU request and limit, e.g. '8'. Unset: the operator's default.")
+    memory: str | None = Field(default=None, max_length=64, description="Memory request and limit, e.g. 64Gi. Unset: the operator's default.")
+    ephemeral_storage: str | None = Field(
+        default=None, max_length=64, description="Ephemeral storage request, e.g. 100Gi. Unset: the operator's default."
+    )
+    scratch_size: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Size limit of the scratch volume that holds the downloaded model, data cache and checkpoints.",
+    )
+    shm_size: str | None = Field(
+        default=None, max_length=64, description="Size of /dev/shm (memory-backed), used by data loaders and NCCL."
+    )
+
+
+class Toleration(ApiModel):
+    key: str | None = Field(default=None, max_length=SHORT, description="The taint key the toleration applies to; empty matches all keys.")
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal (the default).")
+    value: str | None = Field(default=None, max_length=SHORT, description="The taint value the toleration matches.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="The taint effect to match; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, description="For NoExecute: how long the pod stays bound after the taint appears."
+    )
+
+
+class SchedulingSpec(ApiModel):
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, max_length=32, description="Labels a node must have to run the training pod."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, max_length=32, description="Taints the training pod tolerates (GPU pools are usually tainted)."
+    )
+    affinity: dict[str, Any] | None = Field(
+        default=None,
+        description="A core/v1 Affinity for the training pod, passed through unchanged.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    priority_class_name: str | None = Field(default=None, max_length=SHORT, description="PriorityClass of the training pod.")
+    runtime_class_name: str | None = Field(
+        default=None, max_length=SHORT, description="RuntimeClass of the training pod (e.g. nvidia)."
+    )
+    queue_name: str | None = Field(
+        default=None,
+        max_length=SHORT,
+        description=(
+            "A Kueue LocalQueue: the Job is created suspended with the kueue.x-k8s.io/queue-name "
+            "label and runs when Kueue admits it."
+        ),
+    )
+
+
+class RuntimeSpec(ApiModel):
+    image: str | None = Field(
+        default=None, max_length=URI, description="Trainer image. Unset: the operator's default trainer image."
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None, description="Pull policy of the trainer image. Unset: the Kubernetes default."
+    )
+    service_account_name: str | None = Field(
+        default=None, max_length=SHORT, description="ServiceAccount the training pod runs as (e.g. for IRSA)."
+    )
+    backoff_limit: int = Field(
+        default=3, ge=0, le=100, description="Retries after transient failures; preemption and permanent errors do not count."
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Fail the run when it has been running this long."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        ge=0,
+        description="Delete the finished Job and its pods after this many seconds; the TuningJob stays.",
+    )
+
+
+# ---------------------------------------------------------------------------
+# The spec
+
+
+class TuningJobSpec(ApiModel):
+    model: ModelSpec = Field(description="The base model to tune.")
+    dataset: DatasetSpec = Field(description="The training data and how it is formatted.")
+    method: MethodSpec = Field(default_factory=MethodSpec, description="QLoRA or LoRA, and the adapter's shape.")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation, evaluation and checkpointing.")
+    output: OutputSpec = Field(description="Where the adapter, checkpoints and metrics are written.")
+    s3: S3Spec = Field(default_factory=S3Spec, description="How to reach S3 for every s3:// URI in this spec.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Compute for the training pod.")
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description="Where and when the training pod runs.")
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec, description="Image, identity, retries and deadlines of the training Job.")
+    suspend: bool = Field(
+        default=False,
+        description="True stops the run (its pod is deleted after a checkpoint) and keeps it stopped; false resumes it.",
+    )
+
+    model_config = ConfigDict(protected_namespaces=())
+
+
+class ObjectMeta(BaseModel):
+    """The part of metadata kubetune reads; everything else is kept as is."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(default="local", max_length=SHORT)
+    namespace: str | None = Field(default=None, max_length=63)
+
+
+class TuningJob(BaseModel):
+    """A whole manifest: what `kubectl apply` sends and `kubetune train -f` reads."""
+
+    model_config = ConfigDict(extra="allow")
+
+    api_version: Literal["kubetune.dev/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["TuningJob"]
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: TuningJobSpec

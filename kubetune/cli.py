@@ -1,0 +1,57 @@
+"""The `kubetune` command.
+
+Each subcommand is a thin shell: it parses options, imports its implementation
+lazily (so `kubetune render` never imports torch, and `kubetune train` never imports
+kopf), and turns the errors the project raises on purpose into a message and the
+exit code of the operator/trainer contract (`kubetune.api.contract.ExitCode`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+import click
+
+from kubetune import __version__
+from kubetune.api.contract import ExitCode
+from kubetune.api.manifest import SpecError
+
+T = TypeVar("T")
+
+log = logging.getLogger("kubetune")
+
+
+def run_guarded(action: Callable[[], T]) -> T:
+    """Run a command's body; known errors become a clear message and their exit code."""
+    try:
+        return action()
+    except SpecError as e:
+        click.echo(f"error: invalid TuningJob\n{e.render()}", err=True)
+        sys.exit(ExitCode.INVALID_CONFIG)
+    except Exception as e:
+        # Trainer errors carry their own exit code; imported lazily to keep torch out.
+        code = getattr(e, "exit_code", None)
+        if isinstance(code, ExitCode):
+            click.echo(f"error ({code.reason}): {e}", err=True)
+            sys.exit(code)
+        raise
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="kubetune")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def main(verbose: bool) -> None:
+    """Fine-tune language models on Kubernetes.
+
+    The same TuningJob manifest you `kubectl apply` runs here locally: `kubetune
+    prepare -f job.yaml` builds the packed dataset, `kubetune train -f job.yaml` trains
+    the adapter, `kubetune render -f job.yaml` shows the Job the operator would create.
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )

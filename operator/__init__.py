@@ -1,0 +1,1 @@
+"""The kubetune operator (imported as `kubetune.operator`): TuningJob → GPU Job, status, metrics."""

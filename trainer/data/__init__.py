@@ -1,0 +1,1 @@
+"""The data pipeline: load → format → redact → template → mask → tokenize → pack."""

@@ -1,0 +1,45 @@
+"""Errors the trainer raises on purpose, each tied to an exit code of the contract.
+
+`kubetune prepare/train` turn these into a message on stderr, a termination message
+and the exit code (`kubetune.api.contract.ExitCode`) that tells the operator whether
+retrying can help. Messages say what was wrong, where (file, line, field, S3 key)
+and what to do; they never contain credentials.
+"""
+
+from __future__ import annotations
+
+from kubetune.api.contract import ExitCode
+
+
+class TrainerError(Exception):
+    """Base class: an error with an exit code and a status reason."""
+
+    exit_code: ExitCode = ExitCode.FAILED
+
+    @property
+    def reason(self) -> str:
+        return self.exit_code.reason
+
+
+class InvalidConfigError(TrainerError):
+    """The spec cannot work as written (or the model it names cannot be used)."""
+
+    exit_code = ExitCode.INVALID_CONFIG
+
+
+class BadDataError(TrainerError):
+    """The dataset cannot be used: unreadable records, nothing left to train on."""
+
+    exit_code = ExitCode.BAD_DATA
+
+
+class StorageAccessError(TrainerError):
+    """A bucket, key or path is missing, or access to it is denied."""
+
+    exit_code = ExitCode.STORAGE_ACCESS
+
+
+class Preempted(TrainerError):
+    """SIGTERM arrived and a checkpoint was saved: retrying resumes from it."""
+
+    exit_code = ExitCode.PREEMPTED
