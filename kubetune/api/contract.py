@@ -18,11 +18,19 @@ from typing import Any
 # it; those come from a Secret through the AWS_* variables.
 SPEC_ENV = "KUBETUNE_TUNINGJOB"
 
+# The pod's scratch volume (an emptyDir): downloaded model, data cache, local
+# checkpoints. Unset when running `kubetune train` on a workstation: a cache folder is used.
+SCRATCH_DIR_ENV = "KUBETUNE_SCRATCH_DIR"
+
 # The trainer's Prometheus endpoint: a container port with this name and number.
 METRICS_PORT_NAME = "metrics"
 METRICS_PORT = 9400
 
 TERMINATION_LOG = "/dev/termination-log"
+# Overrides TERMINATION_LOG where there is no container runtime to provide that file
+# (the test ground's local node). Outside a container and without this variable, the
+# trainer writes no termination message.
+TERMINATION_LOG_ENV = "KUBETUNE_TERMINATION_LOG"
 # Kubernetes truncates termination messages beyond 4096 bytes.
 TERMINATION_MESSAGE_LIMIT = 4096
 
