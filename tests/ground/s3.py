@@ -39,6 +39,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,14 +154,18 @@ def _free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGKILL it if the process that started it dies.
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A pre-exec hook asking Linux to SIGKILL the child when the process that started it dies.
 
-    Covers the case no teardown can: the test runner itself being killed.
+    Covers the case no teardown can: the test runner itself being killed. prctl is
+    looked up here, in the parent: between fork and exec only the call itself runs.
     """
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None  # not Linux: teardown and stop() still apply
     PR_SET_PDEATHSIG = 1
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class SeaweedS3:
@@ -323,7 +328,7 @@ class SeaweedS3:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group, so stop() reaches every child
-                preexec_fn=_die_with_parent if die_with_parent else None,
+                preexec_fn=_die_with_parent_hook() if die_with_parent else None,
             )
 
     def _wait_ready(self, timeout: float) -> None:
