@@ -16,9 +16,9 @@ throttling, 5xx, connection errors, with exponential backoff and jitter); files 
 through s3transfer's TransferManager (multipart, parallel parts and files).
 
 Failures become `StorageAccessError` (missing bucket or key, access denied, wrong
-or missing credentials, unreachable endpoint: permanent until someone fixes them)
-or `StorageUnavailableError` (the store kept failing after retries: worth
-retrying the run). Messages name the URI, what went wrong and what to do; they
+or missing credentials: permanent until someone fixes them) or
+`StorageUnavailableError` (the store was unreachable or kept failing after retries:
+worth retrying the run, which the Job bounds by its backoffLimit). Messages name the URI, what went wrong and what to do; they
 never contain credentials.
 """
 
@@ -576,7 +576,9 @@ class _S3Backend:
                 f"AWS_SECRET_ACCESS_KEY{self._secret_hint()}"
             ) from None
         except ConnectionError as error:  # refused, DNS, TLS, connect timeout: after retries
-            raise StorageAccessError(
+            # Retryable: a network outage passes, and a wrong endpoint fails again
+            # within the Job's backoffLimit rather than looping.
+            raise StorageUnavailableError(
                 f"{location}: cannot reach the S3 endpoint {self.endpoint} ({type(error).__name__}); "
                 "check spec.s3.endpoint and that the store is reachable from here"
             ) from None

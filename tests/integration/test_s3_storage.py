@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from kubetune.api.v1alpha1 import S3Spec
-from kubetune.trainer.errors import StorageAccessError
+from kubetune.trainer.errors import StorageAccessError, StorageUnavailableError
 from kubetune.trainer.storage import CACHE_MANIFEST, ByteCounter, Storage
 from tests.ground.s3 import S3Endpoint
 
@@ -236,7 +236,7 @@ def test_unreachable_endpoint(s3_env: S3Endpoint) -> None:
         S3Spec(endpoint=f"http://127.0.0.1:{port}", addressing_style="path"), max_attempts=2
     )
     with pytest.raises(
-        StorageAccessError,
+        StorageUnavailableError,
         match=f"cannot reach the S3 endpoint http://127.0.0.1:{port}.*spec.s3.endpoint",
     ):
         storage.list_objects("s3://data/")
