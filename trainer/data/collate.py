@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from kubetune.trainer.data.encode import IGNORE_INDEX
 
 Row = Mapping[str, Any]  # a row of a prepared split: input_ids, labels, position_ids, seq_lengths

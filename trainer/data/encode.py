@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
 from kubetune.trainer.data.formats import Example
 from kubetune.trainer.data.problems import Problem
 from kubetune.trainer.data.templates import ChatTemplate, Renderer

@@ -27,24 +27,27 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from kubetune import __version__
+from kubetune.api.contract import SCRATCH_DIR_ENV
+from kubetune.api.v1alpha1 import DatasetSpec, TrainingSpec, TuningJob
 from kubetune.trainer.data.encode import IGNORE_INDEX, Encoded, Encoder
 from kubetune.trainer.data.formats import Example, Formatter, detect_format
 from kubetune.trainer.data.packing import build_packs, lower_bound, plan_packs
 from kubetune.trainer.data.problems import Problem, ProblemLog
 from kubetune.trainer.data.redact import Redactor
-from kubetune.trainer.data.sources import SourceFile, list_local, read_records
+from kubetune.trainer.data.sources import SourceFile, file_kind, list_local, read_records
 from kubetune.trainer.data.splits import split_indices
 from kubetune.trainer.data.templates import ChatTemplate, resolve_template
 from kubetune.trainer.errors import BadDataError
-
-from kubetune import __version__
-from kubetune.api.v1alpha1 import DatasetSpec, S3Spec, TrainingSpec, TuningJob
+from kubetune.trainer.storage import Storage
 
 if TYPE_CHECKING:
     import datasets
@@ -58,6 +61,8 @@ PIPELINE_VERSION = 1
 SPLITS = ("train", "validation", "test")
 REPORT_FILE = "prepare-report.json"
 COMPLETE_MARKER = "COMPLETE"
+# S3 objects downloaded at once (each also in parallel parts, by the storage layer).
+DOWNLOAD_THREADS = 4
 # Examples tokenized per call: bounds memory, and the fast tokenizer parallelises within a call.
 ENCODE_CHUNK = 4096
 
@@ -93,12 +98,13 @@ def prepare(job: TuningJob, workdir: str | Path, tokenizer: PreTrainedTokenizerB
     spec = job.spec
     dataset, training = spec.dataset, spec.training
     stages = _Stages()
+    storage = Storage(spec.s3)
     with stages("list"):
-        sources = {"train": _list_source(dataset.source, spec.s3)}
+        sources = {"train": _list_source(dataset.source, storage)}
         for split in ("validation", "test"):
             held = getattr(dataset, split)
             if held is not None and held.source is not None:
-                sources[split] = _list_source(held.source, spec.s3)
+                sources[split] = _list_source(held.source, storage)
     template = resolve_template(dataset.template, tokenizer) if _needs_template(dataset) else None
     ignored = [name for _, skipped in sources.values() for name in skipped]
     files = {split: found for split, (found, _) in sources.items()}
@@ -110,8 +116,11 @@ def prepare(job: TuningJob, workdir: str | Path, tokenizer: PreTrainedTokenizerB
 
     problems = ProblemLog(dataset.on_invalid)
     report: dict[str, Any] = {"kubetuneVersion": __version__, "cacheKey": key, "files": [], "ignoredFiles": ignored}
-    with stages("read"):
-        examples = {split: _read_examples(found, dataset, problems, report, split) for split, found in files.items()}
+    with stages("read"), tempfile.TemporaryDirectory(prefix="downloads-", dir=_ensure(workdir)) as downloads:
+        examples = {
+            split: _read_examples(_download(found, storage, Path(downloads)), dataset, problems, report, split)
+            for split, found in files.items()
+        }
     if dataset.max_examples is not None:
         examples["train"] = examples["train"][: dataset.max_examples]
     with stages("split"):
@@ -151,16 +160,29 @@ def prepare(job: TuningJob, workdir: str | Path, tokenizer: PreTrainedTokenizerB
 # -- steps
 
 
-def _list_source(uri: str, s3: S3Spec) -> tuple[list[SourceFile], list[str]]:
-    if uri.startswith("s3://"):
-        return _list_s3(uri, s3)
-    return list_local(uri)
+def _list_source(uri: str, storage: Storage) -> tuple[list[SourceFile], list[str]]:
+    """The data files of a source, fingerprinted, and the files ignored under it."""
+    if not uri.startswith("s3://"):
+        return list_local(uri)
+    objects = storage.resolve(uri)  # StorageAccessError: no bucket, no key, denied, bad credentials
+    data = [o for o in objects if file_kind(o.uri)]
+    if not data:
+        if len(objects) == 1 and objects[0].uri == uri:
+            raise BadDataError(f"{uri}: unknown file type; use .jsonl, .jsonl.gz, .json, .parquet or .csv")
+        raise BadDataError(f"{uri}: no data files under this prefix (.jsonl, .jsonl.gz, .json, .parquet, .csv)")
+    files = [SourceFile(uri=o.uri, path=None, size=o.size, fingerprint=f"etag:{o.etag}") for o in data]
+    return files, [o.uri for o in objects if not file_kind(o.uri)]
 
 
-def _list_s3(uri: str, s3: S3Spec) -> tuple[list[SourceFile], list[str]]:
-    from kubetune.trainer.errors import StorageAccessError
-
-    raise StorageAccessError(f"{uri}: S3 sources are read through kubetune.trainer.storage, not available yet")
+def _download(files: list[SourceFile], storage: Storage, folder: Path) -> list[SourceFile]:
+    """S3 objects to local files under `folder`, several at a time; local files as they are."""
+    remote = [f for f in files if f.path is None]
+    if not remote:
+        return files
+    targets = {f.uri: folder / f"{i:05d}-{f.name}" for i, f in enumerate(remote)}
+    with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
+        list(pool.map(lambda f: storage.download_file(f.uri, targets[f.uri]), remote))
+    return [f if f.path is not None else replace(f, path=targets[f.uri]) for f in files]
 
 
 def _needs_template(dataset: DatasetSpec) -> bool:
@@ -362,6 +384,20 @@ def _load(entry: Path, from_cache: bool) -> PreparedData:
         directory=entry,
         from_cache=from_cache,
     )
+
+
+def default_workdir() -> Path:
+    """Where `kubetune prepare` caches: the pod's scratch volume, else ~/.cache/kubetune."""
+    scratch = os.environ.get(SCRATCH_DIR_ENV)
+    if scratch:
+        return Path(scratch)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kubetune"
+
+
+def _ensure(folder: str | Path) -> Path:
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 # -- cache key
