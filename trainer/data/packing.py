@@ -12,7 +12,8 @@ heuristics, which is what BFD already is, or exact solvers too slow for tens of
 thousands of items; TRL's `pack_dataset` is BFD applied to each batch of 1,000
 examples separately, which leaves a part-filled pack per batch. BFD is within 11/9
 of optimal in the worst case; on instruction data, with many short examples to fill
-gaps, BFD plus this step reaches the lower bound (see docs/benchmarks.md).
+gaps, BFD plus this step reaches the lower bound or one pack above it where the bound
+leaves almost no slack (see docs/benchmarks.md).
 
 `build_packs` then lays the packed rows out in Arrow: `input_ids`, `labels`,
 `position_ids` (restarting at 0 for every example) and `seq_lengths`.
@@ -78,10 +79,10 @@ def _empty_one_pack(packs: list[list[int]], loads: list[int], lengths: Sequence[
 
     The k least-filled packs (k = 1, 2, 3 in turn: more free examples give more ways to
     trade) are emptied and their examples become "free". Free examples go where they
-    fit (best fit); then each pack with room left trades one or two of its examples
-    for one or two free ones of larger total, as long as that still fits: the pack
-    fills up and the free set shrinks (Falkenauer's dominance-based exchange, as used
-    in the local search of Levine & Ducatelle, 2004). It worked once what is still
+    fit (best fit); then each pack with room left is refilled from its own and the
+    free examples by an exact subset sum, when that fills it more: the pack fills up
+    and the free set shrinks (Falkenauer's dominance-based exchange, as used in the
+    local search of Levine & Ducatelle, 2004, generalised from 2-for-2 swaps to any subset). It worked once what is still
     free fits into k - 1 packs; if a pass changes nothing, the packs are left as they were.
     """
     by_load = sorted(range(len(packs)), key=lambda p: (loads[p], p))
@@ -106,24 +107,45 @@ def _empty_one_pack(packs: list[list[int]], loads: list[int], lengths: Sequence[
 def _trade_pass(
     free: list[int], packs: list[list[int]], loads: list[int], lengths: Sequence[int], capacity: int
 ) -> bool:
-    """One pass of trades over the packs with room; True if any trade was made."""
+    """One pass over the packs with room: refill each from itself plus the free examples.
+
+    For a pack X, the subset of X's and the free examples that fills X best (exact
+    subset sum by dynamic programming over token counts) becomes X; the rest is free.
+    Done only when X gets fuller, so the free set shrinks. True if any pack changed.
+    """
     changed = False
-    offers = _offers(free, lengths)
     for p in range(len(packs)):
-        room = capacity - loads[p]
-        if room > 0 and _trade(p, room, packs, loads, free, offers, lengths):
+        if loads[p] >= capacity or not free:
+            continue
+        pool = packs[p] + free
+        chosen = _best_subset([lengths[i] for i in pool], capacity)
+        total = sum(lengths[pool[j]] for j in chosen)
+        if total > loads[p]:
+            keep = set(chosen)
+            packs[p] = [pool[j] for j in chosen]
+            free[:] = [pool[j] for j in range(len(pool)) if j not in keep]
+            loads[p] = total
             changed = True
-            offers = _offers(free, lengths)
     return changed
 
 
-def _offers(free: list[int], lengths: Sequence[int]) -> tuple[list[int], list[tuple[int, ...]]]:
-    """Sums of one or two free examples, sorted (to find the largest sum <= a bound by bisection)."""
-    offers = sorted(
-        [(lengths[a], (a,)) for a in free]
-        + [(lengths[a] + lengths[b], (a, b)) for x, a in enumerate(free) for b in free[x + 1 :]]
-    )
-    return [s for s, _ in offers], [items for _, items in offers]
+def _best_subset(sizes: Sequence[int], capacity: int) -> list[int]:
+    """Indices of a subset of `sizes` with the largest sum <= capacity (bitset dynamic programming)."""
+    reachable = np.zeros(capacity + 1, dtype=bool)
+    reachable[0] = True
+    history = []
+    for size in sizes:
+        history.append(reachable)
+        reachable = reachable.copy()
+        if size <= capacity:
+            reachable[size:] |= history[-1][: capacity + 1 - size]
+    total = int(np.flatnonzero(reachable)[-1])
+    chosen = []
+    for j in range(len(sizes) - 1, -1, -1):
+        if not history[j][total]:  # not reachable without item j: it is in the subset
+            chosen.append(j)
+            total -= sizes[j]
+    return chosen[::-1]
 
 
 def _place_free(
@@ -144,41 +166,6 @@ def _place_free(
         if room > n:
             bisect.insort(rooms, (room - n, p))
     return left
-
-
-def _trade(
-    p: int,
-    room: int,
-    packs: list[list[int]],
-    loads: list[int],
-    free: list[int],
-    offers: tuple[list[int], list[tuple[int, ...]]],
-    lengths: Sequence[int],
-) -> bool:
-    """Swap up to two of pack p's examples for up to two free ones that fill it more; True if done."""
-    sums, sets = offers
-    members = packs[p]
-    gives = [(lengths[a], (a,)) for a in members] + [
-        (lengths[a] + lengths[b], (a, b)) for x, a in enumerate(members) for b in members[x + 1 :]
-    ]
-    best_gain, best = 0, None
-    for given, out in gives:
-        at = bisect.bisect_right(sums, given + room) - 1
-        if at >= 0 and sums[at] - given > best_gain:
-            best_gain, best = sums[at] - given, (out, sets[at])
-            if best_gain == room:
-                break
-    if best is None:
-        return False
-    out, taken = best
-    for item in out:
-        members.remove(item)
-        free.append(item)
-    for item in taken:
-        free.remove(item)
-        members.append(item)
-    loads[p] += best_gain
-    return True
 
 
 def build_packs(
