@@ -121,8 +121,11 @@ def prepare(job: TuningJob, workdir: str | Path, tokenizer: PreTrainedTokenizerB
             split: _read_examples(_download(found, storage, Path(downloads)), dataset, problems, report, split)
             for split, found in files.items()
         }
+    beyond_max = 0
     if dataset.max_examples is not None:
+        beyond_max = max(len(examples["train"]) - dataset.max_examples, 0)
         examples["train"] = examples["train"][: dataset.max_examples]
+    report["examples"] = {"beyondMaxExamples": beyond_max}
     with stages("split"):
         examples = _split(examples, dataset, training.seed)
     redactor = Redactor(dataset.redact)
@@ -149,6 +152,8 @@ def prepare(job: TuningJob, workdir: str | Path, tokenizer: PreTrainedTokenizerB
             if not enc.input_ids:
                 continue
             tables[split], split_reports[split] = _rows(enc, training, shuffle=split == "train")
+    if not any(e.messages is not None for split_examples in examples.values() for e in split_examples):
+        template = None  # plain text throughout: no template was used
     report.update(
         _summary(report, problems, encoded, split_reports, redactor, template, dataset, training, stages)
     )
@@ -328,6 +333,7 @@ def _summary(
             "redact": list(dataset.redact),
         },
         "examples": {
+            **report["examples"],
             "read": records,
             "kept": kept,
             "invalid": dict(sorted(invalid.items())),

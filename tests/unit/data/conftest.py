@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,6 @@ import pytest
 from kubetune.api.manifest import parse_tuningjob
 from kubetune.api.v1alpha1 import TuningJob
 from kubetune.trainer.tiny import build_tokenizer, mistral_tokenizer
-
-DOLLY = Path(__file__).resolve().parents[2] / "data" / "dolly-sample.jsonl"
 
 
 @pytest.fixture(scope="session")
@@ -32,11 +29,6 @@ def plain_tokenizer():
 def sp_tokenizer():
     """The real Mistral 7B SentencePiece tokenizer (from mistral-common)."""
     return mistral_tokenizer()
-
-
-def write_jsonl(path: Path, records: list[Any]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
 
 
 @pytest.fixture

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from kubetune.trainer.data.encode import IGNORE_INDEX
 from kubetune.trainer.data.packing import _best_fit_decreasing, build_packs, lower_bound, plan_packs
-
-DOLLY = Path(__file__).resolve().parents[2] / "data" / "dolly-sample.jsonl"
+from tests.support.data import DOLLY
 
 
 def _check_partition(packs, lengths, capacity):
@@ -68,7 +66,7 @@ def test_impossible_bound_keeps_a_valid_packing():
 
 
 def test_lengths_must_fit():
-    with pytest.raises(ValueError, match="1..capacity"):
+    with pytest.raises(ValueError, match=r"1\.\.capacity"):
         plan_packs([5, 11], 10)
 
 
