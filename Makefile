@@ -7,7 +7,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PYTEST_ARGS ?=
 
-.PHONY: help deps tools test test-unit lint
+.PHONY: help deps tools test test-unit lint bench-data
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -27,3 +27,6 @@ test-unit: deps ## Run the unit tier only (no servers; seconds)
 
 lint: deps ## Lint the Python code
 	$(UV) run --frozen ruff check .
+
+bench-data: deps ## Benchmark the data pipeline against TRL (figures for docs/benchmarks.md)
+	$(UV) run --frozen python bench/data_pipeline.py --repeat 3

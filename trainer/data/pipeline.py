@@ -168,7 +168,7 @@ def prepare(job: TuningJob, workdir: str | Path, tokenizer: PreTrainedTokenizerB
 def _list_source(uri: str, storage: Storage) -> tuple[list[SourceFile], list[str]]:
     """The data files of a source, fingerprinted, and the files ignored under it."""
     if not uri.startswith("s3://"):
-        return list_local(uri)
+        return list_local(uri.removeprefix("file://"))
     objects = storage.resolve(uri)  # StorageAccessError: no bucket, no key, denied, bad credentials
     data = [o for o in objects if file_kind(o.uri)]
     if not data:
