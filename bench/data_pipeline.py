@@ -70,11 +70,11 @@ def synthetic_records(n: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def best_of(repeat: int, fn):
+def best_of(repeat: int, fn, *args):
     best, result = math.inf, None
     for _ in range(repeat):
         start = time.perf_counter()
-        result = fn()
+        result = fn(*args)
         best = min(best, time.perf_counter() - start)
     return best, result
 
@@ -132,11 +132,11 @@ def run(repeat: int) -> list[dict]:
     rows = []
     for name, records in (("dolly-sample", dolly_records()), ("synthetic-15k", synthetic_records(SYNTHETIC))):
         for capacity in LENGTHS:
-            ours_s, (encoded, table) = best_of(repeat, lambda: kubetune_end_to_end(records, tokenizer, template, capacity))
-            trl_s, trl_packed = best_of(repeat, lambda: trl_end_to_end(records, tokenizer, capacity))
+            ours_s, (encoded, table) = best_of(repeat, kubetune_end_to_end, records, tokenizer, template, capacity)
+            trl_s, trl_packed = best_of(repeat, trl_end_to_end, records, tokenizer, capacity)
             tokens = int(sum(len(x) for x in encoded.input_ids))
             bound = lower_bound([len(x) for x in encoded.input_ids], capacity)
-            ours_pack_s, _ = best_of(repeat, lambda: kubetune_pack(encoded, capacity))
+            ours_pack_s, _ = best_of(repeat, kubetune_pack, encoded, capacity)
             trl_pack_s = min(trl_pack(encoded, capacity)[0] for _ in range(repeat))
             _, trl_same = trl_pack(encoded, capacity)
             trl_tokens = int(sum(len(x) for x in trl_packed["input_ids"]))
