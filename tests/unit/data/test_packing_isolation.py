@@ -110,3 +110,21 @@ def test_a_kv_cache_or_plain_positions_would_leak(tokenizer, examples):
     torch.testing.assert_close(isolated, expected, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(with_cache, expected, atol=1e-3)
     assert not torch.allclose(plain, expected, atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_logits_equal_on_cuda_sdpa(tokenizer, examples, dtype):
+    """The same proof with CUDA's sdpa kernels, which take the block-diagonal mask too."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    ids, labels = examples
+    model = build_model(tokenizer, "llama").to("cuda", dtype).eval()
+    rows = build_packs(ids, labels, [[0, 1, 2, 3]]).to_pylist()
+    batch = PackedCollator(tokenizer.pad_token_id)(rows).to("cuda")
+    tolerance = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    with torch.no_grad():
+        packed = model(**batch.inputs).logits[0]
+        for example, where in zip(range(4), _slices(rows[0]["seq_lengths"]), strict=True):
+            alone = model(input_ids=torch.as_tensor(ids[example][None]).long().cuda(), use_cache=False).logits[0]
+            torch.testing.assert_close(packed[where].float(), alone.float(), **tolerance)
