@@ -1,10 +1,14 @@
 """Batches for the model: padding-free packed batches, or padded length-bucketed ones.
 
-The trainer uses one collator with a torch DataLoader and calls the model with
-`model(**batch.inputs)`; `batch.num_trained_tokens` is the number of loss terms in the
-batch (labels other than -100), to normalise the loss by trained tokens across
-gradient accumulation (sum the per-token losses, divide by the total over the
-accumulated micro-batches; or pass that total as `num_items_in_batch`).
+The trainer uses one collator (`make_collator`) with a torch DataLoader. A batch is a
+dict: the model inputs (`MODEL_INPUTS` present in it: `input_ids`, `position_ids`
+for packed rows or `attention_mask` for padded ones), `labels` (-100 where not
+trained), and counts: `num_trained_tokens` (the loss terms: labels other than -100,
+none of which is the first token of an example, so it is also the number of
+shifted targets), `num_tokens` (real tokens, padding excluded) and `num_examples`.
+Normalise the loss by trained tokens across gradient accumulation: sum the
+per-token losses, divide by the total `num_trained_tokens` of the accumulated
+micro-batches. Call the model with `use_cache=False` (below).
 
 Packed rows (`PackedCollator`) carry `position_ids` that restart at 0 for every
 example and no attention mask. transformers (5.x, `masking_utils.
@@ -31,33 +35,26 @@ that little is padded.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from kubetune.trainer.data.encode import IGNORE_INDEX
+from kubetune.trainer.errors import InvalidConfigError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from kubetune.api.v1alpha1 import TrainingSpec
 
 Row = Mapping[str, Any]  # a row of a prepared split: input_ids, labels, position_ids, seq_lengths
 
 
-@dataclass(frozen=True)
-class Batch:
-    """One micro-batch: what the model takes, and the counts the trainer needs."""
+Batch = dict[str, Any]  # see the module docstring
 
-    inputs: dict[str, Any]  # model(**inputs): input_ids, labels, position_ids | attention_mask, use_cache
-    num_trained_tokens: int  # labels != -100: the loss terms of this batch
-    num_tokens: int  # real tokens (padding excluded)
-    num_examples: int  # examples (not packs) in the batch
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        moved = {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in self.inputs.items()}
-        return replace(self, inputs=moved)
-
-    def pin_memory(self) -> Batch:
-        """Called by DataLoader(pin_memory=True)."""
-        return replace(self, inputs={k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in self.inputs.items()})
+# The keys of a batch that are model inputs (labels aside; the trainer computes its own loss).
+MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask")
 
 
 class PackedCollator:
@@ -84,17 +81,14 @@ class PackedCollator:
             label_rows[i, : len(y)] = y
             position_rows[i, : len(p)] = p
             position_rows[i, len(p) :] -= len(p)
-        return Batch(
-            inputs={
-                "input_ids": torch.from_numpy(input_ids),
-                "labels": torch.from_numpy(label_rows),
-                "position_ids": torch.from_numpy(position_rows),
-                "use_cache": False,
-            },
-            num_trained_tokens=int((label_rows != IGNORE_INDEX).sum()),
-            num_tokens=sum(len(x) for x in ids),
-            num_examples=examples,
-        )
+        return {
+            "input_ids": torch.from_numpy(input_ids),
+            "labels": torch.from_numpy(label_rows),
+            "position_ids": torch.from_numpy(position_rows),
+            "num_trained_tokens": int((label_rows != IGNORE_INDEX).sum()),
+            "num_tokens": sum(len(x) for x in ids),
+            "num_examples": examples,
+        }
 
 
 class PaddedCollator:
@@ -117,17 +111,14 @@ class PaddedCollator:
             input_ids[i, : len(x)] = x
             label_rows[i, : len(y)] = y
             mask[i, : len(x)] = 1
-        return Batch(
-            inputs={
-                "input_ids": torch.from_numpy(input_ids),
-                "labels": torch.from_numpy(label_rows),
-                "attention_mask": torch.from_numpy(mask),
-                "use_cache": False,
-            },
-            num_trained_tokens=int((label_rows != IGNORE_INDEX).sum()),
-            num_tokens=int(mask.sum()),
-            num_examples=len(rows),
-        )
+        return {
+            "input_ids": torch.from_numpy(input_ids),
+            "labels": torch.from_numpy(label_rows),
+            "attention_mask": torch.from_numpy(mask),
+            "num_trained_tokens": int((label_rows != IGNORE_INDEX).sum()),
+            "num_tokens": int(mask.sum()),
+            "num_examples": len(rows),
+        }
 
 
 class LengthBucketedBatchSampler:
@@ -168,6 +159,14 @@ class LengthBucketedBatchSampler:
             yield batches[k]
 
 
-def make_collator(packing: bool, pad_token_id: int, flatten: bool = False) -> PackedCollator | PaddedCollator:
-    """The collator for `training.packing`; `flatten` for flash-attention (see the module docstring)."""
-    return PackedCollator(pad_token_id, flatten=flatten) if packing else PaddedCollator(pad_token_id)
+def make_collator(
+    training: TrainingSpec, tokenizer: PreTrainedTokenizerBase, flatten: bool = False
+) -> PackedCollator | PaddedCollator:
+    """The collator for `training.packing`; `flatten` for flash-attention (see the module docstring).
+
+    Padding uses the tokenizer's pad token, else EOS (padding is never attended to nor trained).
+    """
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise InvalidConfigError("the model's tokenizer has neither a pad nor an EOS token to pad batches with")
+    return PackedCollator(pad, flatten=flatten) if training.packing else PaddedCollator(pad)

@@ -79,6 +79,11 @@ class PreparedData:
     directory: Path  # the cache entry holding <split>.parquet and the report
     from_cache: bool
 
+    @property
+    def packing_efficiency(self) -> float | None:
+        """Tokens / (packs x maxSeqLength) of the train split; None without packing."""
+        return self.report.get("packingEfficiency")
+
     def save(self, output: Path, report_path: Path | None = None) -> list[Path]:
         """Copy the Parquet splits and the report to `output` (the report to `report_path` if given)."""
         output.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from kubetune.trainer.data.collate import PackedCollator
+from kubetune.trainer.data.collate import MODEL_INPUTS, PackedCollator
 from kubetune.trainer.data.encode import IGNORE_INDEX
 from kubetune.trainer.data.packing import build_packs
 from kubetune.trainer.tiny import build_model, build_tokenizer
@@ -42,6 +42,11 @@ def examples(tokenizer):
     return ids, labels
 
 
+def _inputs(batch: dict) -> dict:
+    """What the trainer passes the model: the model inputs, and no KV cache."""
+    return {k: batch[k] for k in MODEL_INPUTS if k in batch} | {"use_cache": False}
+
+
 def _alone(model, ids: np.ndarray) -> torch.Tensor:
     return model(input_ids=torch.as_tensor(ids[None], dtype=torch.long), use_cache=False).logits[0]
 
@@ -66,7 +71,7 @@ def test_packed_logits_equal_each_example_alone(tokenizer, examples, arch, attn,
     rows = table.to_pylist()
     batch = PackedCollator(tokenizer.pad_token_id, flatten=flatten)(rows)
     with torch.set_grad_enabled(mode == "train"):
-        packed = model(**batch.inputs).logits
+        packed = model(**_inputs(batch)).logits
         order = [0, 1, 2, 3]
         lengths = [n for row in rows for n in row["seq_lengths"]]
         if flatten:
@@ -85,14 +90,14 @@ def test_packed_loss_equals_the_examples_losses(tokenizer, examples, attn):
     model = build_model(tokenizer, "llama", attn_implementation=attn).eval()
     batch = PackedCollator(tokenizer.pad_token_id, flatten=True)(build_packs(ids, labels, [[0, 1, 2, 3]]).to_pylist())
     with torch.no_grad():
-        packed_loss = model(**batch.inputs).loss
+        packed_loss = model(**_inputs(batch), labels=batch["labels"]).loss
         total, count = 0.0, 0
         for x, y in zip(ids, labels, strict=True):
             n = int((y[1:] != IGNORE_INDEX).sum())
             out = model(input_ids=torch.as_tensor(x[None]).long(), labels=torch.as_tensor(y[None]).long(), use_cache=False)
             total += out.loss.item() * n
             count += n
-    assert batch.num_trained_tokens == count
+    assert batch["num_trained_tokens"] == count
     assert packed_loss.item() == pytest.approx(total / count, rel=1e-5)
 
 
@@ -104,9 +109,9 @@ def test_a_kv_cache_or_plain_positions_would_leak(tokenizer, examples):
     second = slice(len(ids[0]), len(ids[0]) + len(ids[1]))
     expected = _alone(model, ids[1])
     with torch.no_grad():
-        isolated = model(**batch.inputs).logits[0, second]
-        with_cache = model(**{**batch.inputs, "use_cache": True}).logits[0, second]
-        plain = model(**{**batch.inputs, "position_ids": None}).logits[0, second]
+        isolated = model(**_inputs(batch)).logits[0, second]
+        with_cache = model(**{**_inputs(batch), "use_cache": True}).logits[0, second]
+        plain = model(**{**_inputs(batch), "position_ids": None}).logits[0, second]
     torch.testing.assert_close(isolated, expected, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(with_cache, expected, atol=1e-3)
     assert not torch.allclose(plain, expected, atol=1e-3)
@@ -121,10 +126,10 @@ def test_packed_logits_equal_on_cuda_sdpa(tokenizer, examples, dtype):
     ids, labels = examples
     model = build_model(tokenizer, "llama").to("cuda", dtype).eval()
     rows = build_packs(ids, labels, [[0, 1, 2, 3]]).to_pylist()
-    batch = PackedCollator(tokenizer.pad_token_id)(rows).to("cuda")
+    batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in PackedCollator(tokenizer.pad_token_id)(rows).items()}
     tolerance = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
     with torch.no_grad():
-        packed = model(**batch.inputs).logits[0]
+        packed = model(**_inputs(batch)).logits[0]
         for example, where in zip(range(4), _slices(rows[0]["seq_lengths"]), strict=True):
             alone = model(input_ids=torch.as_tensor(ids[example][None]).long().cuda(), use_cache=False).logits[0]
             torch.testing.assert_close(packed[where].float(), alone.float(), **tolerance)
