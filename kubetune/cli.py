@@ -58,7 +58,7 @@ def main(verbose: bool) -> None:
 
 
 @main.command()
-@click.option("-f", "--file", "manifest", required=True, type=click.Path(dir_okay=False), help="A TuningJob manifest (YAML or JSON).")
+@click.option("-f", "--filename", "manifest", required=True, type=click.Path(dir_okay=False), help="A TuningJob manifest (YAML or JSON).")
 @click.option(
     "-o",
     "--output",
