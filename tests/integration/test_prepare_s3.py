@@ -35,6 +35,11 @@ def bucket(s3_env: S3Endpoint, s3_bucket: str, tmp_path: Path) -> str:
     return s3_bucket
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # `prepare` without -o writes ./NAME-prepared/
+
+
 def _prepare(endpoint: S3Endpoint, tmp_path: Path, source: str, model: str, *args: str):
     manifest = tmp_path / "job.yaml"
     manifest.write_text(

@@ -25,6 +25,7 @@ def model_dir(tmp_path_factory, tokenizer):
 @pytest.fixture
 def run(tmp_path, model_dir, monkeypatch):
     monkeypatch.setenv("KUBETUNE_SCRATCH_DIR", str(tmp_path / "scratch"))
+    monkeypatch.chdir(tmp_path)  # without -o, prepare writes ./NAME-prepared/
 
     def invoke(dataset: dict, *args: str, model: str | None = None, training: dict | None = None):
         manifest = tmp_path / "job.yaml"
