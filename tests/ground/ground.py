@@ -1,0 +1,147 @@
+"""The whole test ground in one object: a cluster (the built-in control plane, or an
+existing one from KUBETUNE_TEST_KUBECONFIG), kwok's fake GPU nodes and the local node,
+each started on first use and all stopped by `stop()`.
+
+The pytest fixtures (tests/ground/fixtures.py) and `make cluster`
+(tests/ground/__main__.py) both build on it; only the latter lets the processes
+outlive the command that started them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from kubernetes.client import CoreV1Api
+from kubernetes.client.exceptions import ApiException
+
+from tests.ground.cluster import Cluster
+from tests.ground.controlplane import ControlPlane
+from tests.ground.kwok import KwokNodes
+from tests.ground.localnode import LocalNode
+from tests.ground.process import GroundError, ManagedProcess
+from tests.ground.tools import find_tools
+
+log = logging.getLogger(__name__)
+
+EXTERNAL_KUBECONFIG_ENV = "KUBETUNE_TEST_KUBECONFIG"
+LOCAL_NODE_NAME = "local-node"
+
+
+def external_kubeconfig() -> Path | None:
+    """The existing cluster to test against, if KUBETUNE_TEST_KUBECONFIG names one."""
+    value = os.environ.get(EXTERNAL_KUBECONFIG_ENV)
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise GroundError("cluster", f"{EXTERNAL_KUBECONFIG_ENV}={value}: no such file", hint="")
+    return path
+
+
+class Ground:
+    """Parts of the test ground, started lazily, stopped together (newest first)."""
+
+    def __init__(self, folder: Path, *, external: Path | None = None, tie_to_parent: bool = True):
+        self.folder = folder
+        self.external = external
+        self.tie_to_parent = tie_to_parent
+        self.timings: dict[str, float] = {}
+        self._control_plane: ControlPlane | None = None
+        self._cluster: Cluster | None = None
+        self._kwok: KwokNodes | None = None
+        self._local_node: LocalNode | None = None
+
+    @property
+    def processes(self) -> list[ManagedProcess]:
+        """Every process started so far, in start order."""
+        found = list(self._control_plane.processes) if self._control_plane else []
+        for part in (self._kwok, self._local_node):
+            if part is not None and part.process is not None:
+                found.append(part.process)
+        return found
+
+    def cluster(self) -> Cluster:
+        if self._cluster is None:
+            started = time.monotonic()
+            if self.external is not None:
+                tools = find_tools(need_control_plane=False)
+                self._cluster = Cluster(self.external, tools, self.folder, external=True)
+                try:
+                    self._cluster.core.list_namespace(limit=1)
+                except Exception as e:
+                    raise GroundError("cluster", f"cannot reach the cluster of {self.external}: {e}", hint="") from e
+            else:
+                tools = find_tools()
+                self._control_plane = ControlPlane(self.folder / "control-plane", tools, tie_to_parent=self.tie_to_parent)
+                try:
+                    self._control_plane.start()
+                except BaseException:
+                    self._control_plane.stop()
+                    raise
+                self._cluster = Cluster(self._control_plane.kubeconfig, tools, self.folder, ca=self._control_plane.ca)
+            self.timings["cluster"] = time.monotonic() - started
+        return self._cluster
+
+    def kwok(self) -> KwokNodes:
+        if self._kwok is None:
+            cluster = self.cluster()
+            started = time.monotonic()
+            kwok = self._kwok = KwokNodes(self.folder / "kwok", cluster.tools)
+            kwok.start(cluster.kubeconfig, tie_to_parent=self.tie_to_parent)
+            kwok.create_nodes(cluster.core)
+            kwok.wait_ready(cluster.core)
+            self.timings["kwok"] = time.monotonic() - started
+        return self._kwok
+
+    def local_node(self) -> LocalNode:
+        if self._local_node is None:
+            cluster = self.cluster()
+            started = time.monotonic()
+            node = self._local_node = LocalNode(self.folder / "local-node", name=LOCAL_NODE_NAME)
+            if self._control_plane is not None:
+                # A kubelet's identity: the Node authorizer and NodeRestriction then
+                # limit it to its own Node, its pods and the Secrets they reference.
+                kubeconfig = self._control_plane.kubeconfig_for_user(
+                    f"system:node:{node.name}", ("system:nodes",), self.folder / "local-node" / "kubeconfig"
+                )
+            else:
+                kubeconfig = cluster.kubeconfig
+            node.start(kubeconfig, tie_to_parent=self.tie_to_parent)
+            node.wait_ready(cluster.core)
+            self.timings["local-node"] = time.monotonic() - started
+        return self._local_node
+
+    def stop(self) -> None:
+        """Stop everything started (safe to call twice). On an existing cluster, also
+        delete the Node objects the ground added to it."""
+        errors = []
+        core = CoreV1Api(self._cluster.api) if self._cluster is not None and self.external else None
+        if self._local_node is not None:
+            self._local_node.stop()
+            if core is not None:
+                _delete_node(core, self._local_node.name)
+        if self._kwok is not None:
+            self._kwok.stop()
+            if core is not None:
+                for name in self._kwok.names:
+                    _delete_node(core, name)
+        if self._control_plane is not None:
+            try:
+                self._control_plane.stop()
+            except Exception as e:
+                errors.append(e)
+        self._local_node = self._kwok = None
+        self._control_plane = self._cluster = None
+        if errors:
+            raise errors[0]
+
+
+def _delete_node(core: CoreV1Api, name: str) -> None:
+    try:
+        core.delete_node(name)
+    except ApiException as e:
+        if e.status != 404:
+            log.warning("could not delete node %s: %s", name, e)
