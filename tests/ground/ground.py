@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from pathlib import Path
 
 from kubernetes.client import CoreV1Api
@@ -19,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.ground.cluster import Cluster
 from tests.ground.controlplane import ControlPlane
-from tests.ground.kwok import KwokNodes
+from tests.ground.kwok import KwokNodes, default_pool
 from tests.ground.localnode import LocalNode
 from tests.ground.process import GroundError, ManagedProcess
 from tests.ground.tools import find_tools
@@ -49,6 +50,8 @@ class Ground:
         self.external = external
         self.tie_to_parent = tie_to_parent
         self.timings: dict[str, float] = {}
+        # On a cluster others may use too, the nodes this ground adds get unique names.
+        self.suffix = "" if external is None else f"-{uuid.uuid4().hex[:5]}"
         self._control_plane: ControlPlane | None = None
         self._cluster: Cluster | None = None
         self._kwok: KwokNodes | None = None
@@ -89,7 +92,8 @@ class Ground:
         if self._kwok is None:
             cluster = self.cluster()
             started = time.monotonic()
-            kwok = self._kwok = KwokNodes(self.folder / "kwok", cluster.tools)
+            kwok = self._kwok = KwokNodes(self.folder / "kwok", cluster.tools, pool=f"fake{self.suffix}",
+                                          nodes=default_pool(self.suffix))
             kwok.start(cluster.kubeconfig, tie_to_parent=self.tie_to_parent)
             kwok.create_nodes(cluster.core)
             kwok.wait_ready(cluster.core)
@@ -100,7 +104,7 @@ class Ground:
         if self._local_node is None:
             cluster = self.cluster()
             started = time.monotonic()
-            node = self._local_node = LocalNode(self.folder / "local-node", name=LOCAL_NODE_NAME)
+            node = self._local_node = LocalNode(self.folder / "local-node", name=LOCAL_NODE_NAME + self.suffix)
             if self._control_plane is not None:
                 # A kubelet's identity: the Node authorizer and NodeRestriction then
                 # limit it to its own Node, its pods and the Secrets they reference.

@@ -1,7 +1,7 @@
 """Fake GPU nodes: kwok (sigs.k8s.io/kwok) plays their kubelets.
 
-kwok manages only the nodes annotated `kwok.x-k8s.io/node=fake`, never the local node
-or a real cluster's nodes. Its stages (copied from kwok's release by build-tools.sh)
+kwok manages only the nodes annotated `kwok.x-k8s.io/node=<pool>` (`fake` by
+default), never the local node or a real cluster's nodes. Its stages (copied from kwok's release by build-tools.sh)
 make a node Ready and keep its Lease, make a pod bound to it Running and Ready, and
 delete a pod once it is being deleted. Pods on kwok nodes never complete by
 themselves: a test decides their outcome by patching their status (e.g. `Failed`
@@ -19,13 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubernetes.client import CoreV1Api
+from kubernetes.client import CoreV1Api, V1Node
 from kubernetes.client.exceptions import ApiException
 
 from tests.ground.process import ManagedProcess, free_port, wait_until
 from tests.ground.tools import Tools
 
 MANAGED_ANNOTATION = "kwok.x-k8s.io/node"
+# Which ground's pool a fake node belongs to (two grounds may share a cluster).
+POOL_LABEL = "kubetune.dev/kwok-pool"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
 
@@ -73,21 +75,43 @@ class FakeNode:
         }
 
 
-DEFAULT_POOL = (
-    FakeNode("kwok-gpu-0", gpus=8),
-    FakeNode("kwok-gpu-1", gpus=8),
-    FakeNode("kwok-cpu-0", cpu="16", memory="64Gi"),
-)
+def default_pool(suffix: str = "") -> tuple[FakeNode, ...]:
+    """Two 8-GPU nodes and one CPU node; `suffix` keeps names unique on a shared cluster."""
+    return (
+        FakeNode(f"kwok-gpu-0{suffix}", gpus=8),
+        FakeNode(f"kwok-gpu-1{suffix}", gpus=8),
+        FakeNode(f"kwok-cpu-0{suffix}", cpu="16", memory="64Gi"),
+    )
+
+
+def node_schedulable(node: V1Node) -> bool:
+    """Ready, and the node lifecycle controller has lifted its not-ready taint (it
+    taints every new node until it sees it Ready, within ~5 s)."""
+    ready = any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+    tainted = any(t.key.startswith("node.kubernetes.io/") for t in node.spec.taints or [])
+    return ready and not tainted
 
 
 class KwokNodes:
-    """The kwok controller and the fake nodes it manages."""
+    """The kwok controller and the fake nodes it manages.
 
-    def __init__(self, folder: Path, tools: Tools, nodes: tuple[FakeNode, ...] = DEFAULT_POOL):
+    `pool` names this set of nodes: kwok manages the nodes annotated
+    `kwok.x-k8s.io/node=<pool>` and they carry the label `kubetune.dev/kwok-pool=<pool>`,
+    so a second ground on the same cluster (e.g. tests against a `make cluster`
+    ground) neither manages nor schedules onto the first one's nodes.
+    """
+
+    def __init__(self, folder: Path, tools: Tools, *, pool: str = "fake", nodes: tuple[FakeNode, ...] | None = None):
         self.folder = folder
         self.tools = tools
-        self.nodes = nodes
+        self.pool = pool
+        self.nodes = nodes if nodes is not None else default_pool()
         self.process: ManagedProcess | None = None
+
+    @property
+    def node_selector(self) -> dict[str, str]:
+        """Pins a pod to this pool (add `FakeNode.tolerations` for the GPU nodes)."""
+        return {POOL_LABEL: self.pool}
 
     @property
     def gpu_nodes(self) -> list[FakeNode]:
@@ -107,7 +131,7 @@ class KwokNodes:
                 f"--kubeconfig={kubeconfig}",
                 f"--config={self.tools['kwok-stages']}",
                 "--manage-all-nodes=false",
-                f"--manage-nodes-with-annotation-selector={MANAGED_ANNOTATION}=fake",
+                f"--manage-nodes-with-annotation-selector={MANAGED_ANNOTATION}={self.pool}",
                 "--node-lease-duration-seconds=40",
                 f"--server-address=127.0.0.1:{port}",
                 "--cidr=10.244.0.0/16",
@@ -119,8 +143,11 @@ class KwokNodes:
 
     def create_nodes(self, core: CoreV1Api) -> None:
         for node in self.nodes:
+            manifest = node.manifest()
+            manifest["metadata"]["annotations"][MANAGED_ANNOTATION] = self.pool
+            manifest["metadata"]["labels"][POOL_LABEL] = self.pool
             try:
-                core.create_node(node.manifest())
+                core.create_node(manifest)
             except ApiException as e:
                 if e.status != 409:
                     raise
@@ -135,11 +162,7 @@ class KwokNodes:
         wait_until(healthy, timeout=timeout, what="healthy", part="kwok", processes=processes)
 
         def all_ready() -> bool:
-            for name in self.names:
-                node = core.read_node(name)
-                if not any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or []):
-                    return False
-            return True
+            return all(node_schedulable(core.read_node(name)) for name in self.names)
 
         wait_until(all_ready, timeout=timeout, what="Ready (its nodes)", part="kwok", processes=processes)
 

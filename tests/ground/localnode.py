@@ -48,6 +48,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config import new_client_from_config
 from kubernetes.watch.watch import iter_resp_lines
 
+from tests.ground.kwok import node_schedulable
 from tests.ground.localpod import (
     NODE_IP,
     STRATEGIC_MERGE,
@@ -371,7 +372,8 @@ class LocalNode:
 
     @property
     def node_selector(self) -> dict[str, str]:
-        return {LABEL: "true"}
+        # The hostname pins this node where another ground's local node shares the cluster.
+        return {LABEL: "true", "kubernetes.io/hostname": self.name}
 
     @property
     def tolerations(self) -> list[dict[str, str]]:
@@ -395,8 +397,7 @@ class LocalNode:
         def ready() -> bool:
             if not ready_file(self.state_dir).exists():
                 return False
-            node = core.read_node(self.name)
-            return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+            return node_schedulable(core.read_node(self.name))
 
         wait_until(ready, timeout=timeout, what="Ready", part="local node",
                    processes=[self.process] if self.process else [])

@@ -173,6 +173,7 @@ def test_job_pod_is_scheduled_on_a_kwok_gpu_node(cluster: Cluster, gpu_nodes: Kw
                 "restartPolicy": "Never",
                 "containers": [container],
                 "tolerations": gpu_node.tolerations,
+                "nodeSelector": gpu_nodes.node_selector,
             }},
         },
     })
