@@ -44,7 +44,7 @@ build-tools: FAILED to build $what.
 $why
 
 The Go build needs the Go module proxy (GOPROXY=$(go env GOPROXY 2>/dev/null || echo unknown))
-and about 6 GiB free under $(go env GOMODCACHE 2>/dev/null || echo '$GOMODCACHE') and $cache.
+and about 7 GiB free under $(go env GOMODCACHE 2>/dev/null || echo '$GOMODCACHE') and $cache.
 To run the integration and e2e tiers against an existing cluster instead of the built-in
 one, set KUBETUNE_TEST_KUBECONFIG=/path/to/kubeconfig (see docs/testing.md).
 EOF

@@ -64,7 +64,8 @@ def _start(start: Callable[[], object]) -> object:
     try:
         return start()
     except GroundError as e:
-        pytest.fail(str(e), pytrace=False)
+        failure = str(e)
+    pytest.fail(failure, pytrace=False)  # outside the except: no chained traceback
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +93,10 @@ def _local_node_survives(request: pytest.FixtureRequest) -> Iterator[None]:
         try:
             node.check()
         except GroundError as e:
-            pytest.fail(str(e), pytrace=False)
+            failure = str(e)
+        else:
+            return
+        pytest.fail(failure, pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="add to every pod's environment (repeatable)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(threadName)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     capacity = {"cpu": args.cpu, "memory": args.memory, "pods": "32", "ephemeral-storage": "100Gi"}
     if args.gpus:
         capacity["nvidia.com/gpu"] = str(args.gpus)

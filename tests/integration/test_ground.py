@@ -314,3 +314,11 @@ def test_deleting_a_local_pod_stops_it_gracefully(cluster: Cluster, local_node: 
     wait_for(gone, timeout=30, what="the pod to be deleted")
     assert time.monotonic() - started < 15, "SIGTERM ended it; it did not wait for SIGKILL"
     assert "got SIGTERM" in local_node.pod_log(namespace, "long")
+
+
+def test_local_pod_runs_this_checkouts_kubetune(cluster: Cluster, local_node: LocalNode, namespace: str) -> None:
+    from kubetune import __version__
+
+    cluster.core.create_namespaced_pod(namespace, pod_manifest("cli", ["kubetune", "--version"], extra=local_node.scheduling))
+    assert terminated(cluster, namespace, "cli")["exitCode"] == 0
+    assert __version__ in local_node.pod_log(namespace, "cli")
