@@ -1,7 +1,8 @@
 """The test ground for a person: `make cluster` / `make cluster-down`.
 
-    python -m tests.ground up      start the control plane, kwok's GPU nodes and the
-                                   local node; print how to use them; leave them running
+    python -m tests.ground up      start the control plane, kwok's GPU nodes, the local
+                                   node and SeaweedFS (S3); print how to use them; leave
+                                   them running
     python -m tests.ground status  say what runs
     python -m tests.ground down    stop everything `up` started and remove its state
 
@@ -25,6 +26,7 @@ from typing import Any
 from tests.ground.ground import Ground
 from tests.ground.localpod import sweep_pod_processes
 from tests.ground.process import GroundError, ManagedProcess
+from tests.ground.s3 import remove_sockets
 from tests.ground.tools import REPO_ROOT
 
 DEFAULT_STATE_DIR = REPO_ROOT / ".kubetune" / "cluster"
@@ -56,8 +58,9 @@ def _describe(state: dict[str, Any], state_dir: Path) -> str:
     ]
     s3 = state.get("s3")
     if s3:
-        lines += ["", f"S3 endpoint: {s3['url']} (region {s3['region']})"]
+        lines += ["", f"S3 (SeaweedFS): {s3['url']}, region {s3['region']}, path-style addressing; admin identity:"]
         lines += [f"  {k}={v}" for k, v in s3["env"].items()]
+        lines += ["read-only identity:"] + [f"  {k}={v}" for k, v in s3["reader_env"].items()]
     lines += ["", f"logs: {state_dir}/**/*.log", "stop: make cluster-down"]
     return "\n".join(lines)
 
@@ -80,6 +83,7 @@ def up(state_dir: Path) -> int:
         cluster = ground.cluster()
         kwok = ground.kwok()
         local_node = ground.local_node()
+        s3 = ground.s3()
     except BaseException as e:
         ground.stop()
         if isinstance(e, GroundError):
@@ -98,14 +102,23 @@ def up(state_dir: Path) -> int:
         "local_node": local_node.name,
         "local_node_pods": str(local_node.pods_dir),
         "local_node_state": str(local_node.state_dir),
+        "s3": {
+            "url": s3.endpoint.url,
+            "region": s3.endpoint.region,
+            "ports": list(s3.ports.values()),
+            "env": {"AWS_ENDPOINT_URL": s3.endpoint.url, **s3.endpoint.env()},
+            "reader_env": s3.endpoint.env(reader=True),
+        },
     }
     (state_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+    (state_dir / STATE_FILE).chmod(0o600)  # it holds the S3 keys
     env = {"KUBECONFIG": state["kubeconfig"]}
     if state.get("s3"):
         env.update(state["s3"]["env"])
     exports = [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
     exports.append(f"export PATH={shlex.quote(':'.join(state['path']))}:\"$PATH\"")
     (state_dir / ENV_FILE).write_text("\n".join(exports) + "\n")
+    (state_dir / ENV_FILE).chmod(0o600)
     print(f"The test ground is up after {time.monotonic() - started:.1f}s ({state_dir}):\n{_describe(state, state_dir)}")
     return 0
 
@@ -120,6 +133,8 @@ def down(state_dir: Path, *, quiet: bool = False) -> int:
     for process in reversed(processes):
         process.stop()
     sweep_pod_processes(Path(state["local_node_pods"]))
+    if state.get("s3"):
+        remove_sockets(state["s3"]["ports"])
     shutil.rmtree(state_dir)
     if not quiet:
         print(f"Stopped the test ground ({len(processes)} processes) and removed {state_dir}.")

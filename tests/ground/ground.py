@@ -1,6 +1,6 @@
 """The whole test ground in one object: a cluster (the built-in control plane, or an
-existing one from KUBETUNE_TEST_KUBECONFIG), kwok's fake GPU nodes and the local node,
-each started on first use and all stopped by `stop()`.
+existing one from KUBETUNE_TEST_KUBECONFIG), kwok's fake GPU nodes, the local node and
+SeaweedFS, each started on first use and all stopped by `stop()`.
 
 The pytest fixtures (tests/ground/fixtures.py) and `make cluster`
 (tests/ground/__main__.py) both build on it; only the latter lets the processes
@@ -23,6 +23,7 @@ from tests.ground.controlplane import ControlPlane
 from tests.ground.kwok import KwokNodes, default_pool
 from tests.ground.localnode import LocalNode
 from tests.ground.process import GroundError, ManagedProcess
+from tests.ground.s3 import SeaweedS3, SeaweedStartError
 from tests.ground.tools import find_tools
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class Ground:
         self._cluster: Cluster | None = None
         self._kwok: KwokNodes | None = None
         self._local_node: LocalNode | None = None
+        self._s3: SeaweedS3 | None = None
 
     @property
     def processes(self) -> list[ManagedProcess]:
@@ -64,6 +66,8 @@ class Ground:
         for part in (self._kwok, self._local_node):
             if part is not None and part.process is not None:
                 found.append(part.process)
+        if self._s3 is not None and self._s3.pid is not None:
+            found.append(ManagedProcess.adopt("seaweedfs", self._s3.pid, [str(self._s3.weed)], self._s3.log_path))
         return found
 
     def cluster(self) -> Cluster:
@@ -118,10 +122,24 @@ class Ground:
             self.timings["local-node"] = time.monotonic() - started
         return self._local_node
 
+    def s3(self) -> SeaweedS3:
+        """SeaweedFS as the S3 endpoint (tests use the `s3_server` fixture instead)."""
+        if self._s3 is None:
+            started = time.monotonic()
+            try:
+                self._s3 = SeaweedS3.start(self.folder / "s3", die_with_parent=self.tie_to_parent)
+            except SeaweedStartError as e:
+                raise GroundError("seaweedfs", str(e), hint="") from e
+            self.timings["s3"] = time.monotonic() - started
+        return self._s3
+
     def stop(self) -> None:
         """Stop everything started (safe to call twice). On an existing cluster, also
         delete the Node objects the ground added to it."""
         errors = []
+        if self._s3 is not None:
+            self._s3.stop()
+            self._s3 = None
         core = CoreV1Api(self._cluster.api) if self._cluster is not None and self.external else None
         if self._local_node is not None:
             self._local_node.stop()
