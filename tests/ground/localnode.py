@@ -50,6 +50,7 @@ from kubernetes.watch.watch import iter_resp_lines
 
 from tests.ground.kwok import node_schedulable
 from tests.ground.localpod import (
+    API_TIMEOUT,
     NODE_IP,
     STRATEGIC_MERGE,
     NodeContext,
@@ -169,7 +170,7 @@ class LocalNodeAgent:
 
     def _update_status(self) -> None:
         self.core.patch_node_status(self.name, {"status": self._node_status(self._version)},
-                                    _content_type=STRATEGIC_MERGE)
+                                    _content_type=STRATEGIC_MERGE, _request_timeout=API_TIMEOUT)
 
     def _renew_lease(self) -> None:
         leases = CoordinationV1Api(self.api)
@@ -180,7 +181,7 @@ class LocalNodeAgent:
         try:
             leases.patch_namespaced_lease(self.name, "kube-node-lease",
                                           {"spec": {"renewTime": stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}},
-                                          _content_type="application/merge-patch+json")
+                                          _content_type="application/merge-patch+json", _request_timeout=API_TIMEOUT)
         except ApiException as e:
             if e.status != 404:
                 raise
@@ -208,6 +209,8 @@ class LocalNodeAgent:
                 log.warning("heartbeat failed: %s", e)
 
     def emit_event(self, pod: Pod, kind: str, reason: str, message: str) -> None:
+        if self.context.shutting_down.is_set():
+            return
         meta = pod["metadata"]
         stamp = now()
         try:
@@ -226,7 +229,7 @@ class LocalNodeAgent:
                 "firstTimestamp": stamp,
                 "lastTimestamp": stamp,
                 "count": 1,
-            })
+            }, _request_timeout=API_TIMEOUT)
         except ApiException as e:
             log.debug("event %s for %s not recorded: %s", reason, meta["name"], e.status)
 
@@ -303,6 +306,7 @@ class LocalNodeAgent:
     def shutdown(self) -> None:
         """Stop every pod process (quickly: the node is going away with the ground)."""
         self.stopping.set()
+        self.context.shutting_down.set()
         for runner in self.runners.values():
             runner.kill_now()
         deadline = time.monotonic() + 10
@@ -391,7 +395,8 @@ class LocalNode:
             argv += ["--env", f"{key}={value}"]
         repo_root = Path(__file__).resolve().parents[2]
         self.process = ManagedProcess("local-node", argv, self.state_dir / "local-node.log", cwd=repo_root)
-        return self.process.start(tie_to_parent=tie_to_parent)
+        # TERM: it stops its pods' processes on the way out.
+        return self.process.start(tie_to_parent=tie_to_parent, death_signal="TERM")
 
     def wait_ready(self, core: CoreV1Api, timeout: float = 60.0) -> None:
         def ready() -> bool:

@@ -48,6 +48,7 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 RESTART_BACKOFF_MAX = 30.0
 
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"
+API_TIMEOUT = 10  # seconds for each API request: a hung request must not hang a pod's worker
 
 
 class ContainerConfigError(Exception):
@@ -482,6 +483,9 @@ class NodeContext:
     extra_env: Mapping[str, str]
     unshare: list[str] | None
     emit_event: Callable[[Pod, str, str, str], None]
+    # Set when the node stops: pods are killed without telling the API (it may be
+    # going away too, and a request to it must not hold up the kill).
+    shutting_down: threading.Event = field(default_factory=threading.Event)
     # Mount points created on this machine's filesystem, removed when the node stops.
     created_mountpoints: list[Path] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -551,7 +555,7 @@ class PodRunner:
             self._stop.set()
 
     def kill_now(self) -> None:
-        """The local node is shutting down (or the pod is gone): stop at once."""
+        """The pod is gone from the API, or the node is stopping: stop at once."""
         self._grace = min(self._grace, 2.0)
         self._stop.set()
 
@@ -562,10 +566,13 @@ class PodRunner:
         return CoreV1Api(self.node.api)
 
     def _patch_status(self, status: dict[str, Any]) -> None:
+        if self.node.shutting_down.is_set():
+            return
         meta = self.pod["metadata"]
         try:
             self._core.patch_namespaced_pod_status(
-                meta["name"], meta["namespace"], {"status": status}, _content_type=STRATEGIC_MERGE
+                meta["name"], meta["namespace"], {"status": status}, _content_type=STRATEGIC_MERGE,
+                _request_timeout=API_TIMEOUT,
             )
         except ApiException as e:
             if e.status != 404:  # deleted meanwhile: nothing left to report to
@@ -573,11 +580,14 @@ class PodRunner:
 
     def _finalize_deletion(self) -> None:
         """What a kubelet does once a deleted pod's containers are gone: delete it for good."""
+        if self.node.shutting_down.is_set():
+            return
         meta = self.pod["metadata"]
         try:
             self._core.delete_namespaced_pod(
                 meta["name"], meta["namespace"], grace_period_seconds=0,
                 body={"gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}},
+                _request_timeout=API_TIMEOUT,
             )
         except ApiException as e:
             if e.status not in (404, 409):
@@ -719,9 +729,9 @@ class PodRunner:
                 pass
             if self._stop.is_set():
                 if kill_at is None:
-                    self.node.emit_event(self.pod, "Normal", "Killing", "Stopping container")
                     _signal(process.pid, signal.SIGTERM)
                     kill_at = time.monotonic() + self._grace
+                    self.node.emit_event(self.pod, "Normal", "Killing", "Stopping container")
                 elif time.monotonic() >= kill_at:
                     _signal(process.pid, signal.SIGKILL)
                     kill_at = float("inf")

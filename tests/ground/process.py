@@ -72,11 +72,11 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _pdeathsig_prefix() -> list[str]:
+def _pdeathsig_prefix(signal_name: str) -> list[str]:
     # util-linux's setpriv sets PR_SET_PDEATHSIG and execs the server: the kernel then
-    # sends SIGTERM when the process that started it exits, even by SIGKILL.
+    # sends the signal when the process that started it exits, even by SIGKILL.
     setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+    return [setpriv, "--pdeathsig", signal_name, "--"] if setpriv else []
 
 
 @dataclass
@@ -95,14 +95,16 @@ class ManagedProcess:
     pid: int | None = None
     _popen: subprocess.Popen[bytes] | None = None
 
-    def start(self, *, tie_to_parent: bool = True) -> ManagedProcess:
+    def start(self, *, tie_to_parent: bool = True, death_signal: str = "KILL") -> ManagedProcess:
         """Start the process in a new session, stdout and stderr to `log_path`.
 
-        tie_to_parent: stop it when the starting process dies (pytest); False for
-        servers that must outlive the command that started them (`make cluster`).
+        tie_to_parent: send it `death_signal` when the starting process dies (pytest
+        killed); False for servers that must outlive the command that started them
+        (`make cluster`). KILL by default: a graceful stop is pointless then, and an API
+        server whose etcd died first never finishes stopping.
         """
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        argv = [*(_pdeathsig_prefix() if tie_to_parent else []), *map(str, self.argv)]
+        argv = [*(_pdeathsig_prefix(death_signal) if tie_to_parent else []), *map(str, self.argv)]
         log.debug("starting %s: %s", self.name, " ".join(argv))
         with self.log_path.open("ab") as out:
             try:
