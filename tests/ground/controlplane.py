@@ -83,6 +83,11 @@ class ControlPlane:
             "controller-manager": ca.issue_client("controller-manager", "system:kube-controller-manager"),
             "scheduler": ca.issue_client("scheduler", "system:kube-scheduler"),
         }
+        # The aggregation layer's own CA and client (what an APIService such as
+        # metrics-server is called with); without it the components log errors about
+        # the missing request-header CA forever.
+        front_proxy = CertificateAuthority.create(self.pki_dir / "front-proxy")
+        pairs["front-proxy-client"] = front_proxy.issue_client("front-proxy-client", "front-proxy-client")
         write_signing_key(self.pki_dir)
         self._kubeconfig_for(pairs["admin"], ADMIN_USER, self.kubeconfig)
         for component in ("controller-manager", "scheduler"):
@@ -175,6 +180,13 @@ class ControlPlane:
                 f"--tls-cert-file={pairs['serving'].cert_path}",
                 f"--tls-private-key-file={pairs['serving'].key_path}",
                 f"--client-ca-file={pki / 'ca.crt'}",
+                f"--requestheader-client-ca-file={pki / 'front-proxy' / 'ca.crt'}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={pairs['front-proxy-client'].cert_path}",
+                f"--proxy-client-key-file={pairs['front-proxy-client'].key_path}",
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
