@@ -322,3 +322,32 @@ def test_local_pod_runs_this_checkouts_kubetune(cluster: Cluster, local_node: Lo
     cluster.core.create_namespaced_pod(namespace, pod_manifest("cli", ["kubetune", "--version"], extra=local_node.scheduling))
     assert terminated(cluster, namespace, "cli")["exitCode"] == 0
     assert __version__ in local_node.pod_log(namespace, "cli")
+
+
+@pytest.mark.parametrize(("exit_code", "condition", "reason"), [(0, "Complete", None), (78, "Failed", "PodFailurePolicy")])
+def test_job_on_the_local_node_ends_by_its_exit_code(
+    cluster: Cluster, local_node: LocalNode, namespace: str, exit_code: int, condition: str, reason: str | None
+) -> None:
+    """The path an operator relies on: exit code → pod status → the Job's podFailurePolicy."""
+    container = {"name": "main", "image": "trainer", "command": ["/bin/sh", "-c", f"exit {exit_code}"], **RESTRICTED_CONTAINER}
+    cluster.batch.create_namespaced_job(namespace, {
+        "metadata": {"name": "job"},
+        "spec": {
+            "backoffLimit": 3,
+            "podFailurePolicy": {"rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [78]}},
+            ]},
+            "template": {"spec": {"restartPolicy": "Never", "containers": [container], **local_node.scheduling}},
+        },
+    })
+
+    def finished() -> Any:
+        job = cluster.batch.read_namespaced_job("job", namespace)
+        return next((c for c in job.status.conditions or [] if c.type in ("Complete", "Failed") and c.status == "True"), None)
+
+    ended = wait_for(finished, timeout=60, what="the Job to finish")
+    assert ended.type == condition
+    if reason:
+        assert ended.reason == reason
+    failed = cluster.batch.read_namespaced_job("job", namespace).status.failed or 0
+    assert failed == (1 if exit_code else 0), "one pod, no retries: the exit code decided"
