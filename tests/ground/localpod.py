@@ -596,8 +596,11 @@ class PodRunner:
     def _run(self) -> None:
         try:
             self._lifecycle()
-        except Exception:
+        except Exception as e:
+            # A bug here must show as a failed pod, not as one that runs forever.
             log.exception("pod %s: the local node failed to run it", self.key)
+            containers = self.pod["spec"].get("containers") or [None]
+            self._patch_status(failed_status(self.pod, containers[0], "LocalNodeError", f"{type(e).__name__}: {e}"))
         finally:
             self.finished.set()
 

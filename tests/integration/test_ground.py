@@ -351,3 +351,17 @@ def test_job_on_the_local_node_ends_by_its_exit_code(
         assert ended.reason == reason
     failed = cluster.batch.read_namespaced_job("job", namespace).status.failed or 0
     assert failed == (1 if exit_code else 0), "one pod, no retries: the exit code decided"
+
+
+def test_local_node_fails_a_pod_it_cannot_run(cluster: Cluster, local_node: LocalNode, namespace: str) -> None:
+    pod = pod_manifest("no-command", [], extra=local_node.scheduling)
+    del pod["spec"]["containers"][0]["command"]
+    cluster.core.create_namespaced_pod(namespace, pod)
+
+    def failed() -> Any:
+        status = cluster.core.read_namespaced_pod("no-command", namespace).status
+        return status if status.phase == "Failed" else None
+
+    status = wait_for(failed, what="the pod to fail")
+    assert status.reason == "UnsupportedByLocalNode"
+    assert "has no command" in status.message
