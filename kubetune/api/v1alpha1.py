@@ -35,6 +35,8 @@ SHORT = 253  # a DNS subdomain: names, keys, resource names
 URI = 2048
 TEMPLATE = 32768  # an inline Jinja chat template
 
+ShortString = Annotated[str, Field(max_length=SHORT)]
+
 
 class ApiModel(BaseModel):
     """Base for every API object: camelCase aliases, unknown fields rejected."""
@@ -134,7 +136,7 @@ class DatasetSpec(ApiModel):
             "prompt-completion (prompt/completion), text (plain text, for domain adaptation)."
         ),
     )
-    columns: dict[str, str] = Field(
+    columns: dict[str, ShortString] = Field(
         default_factory=dict,
         max_length=16,
         description=(
@@ -448,7 +450,7 @@ class Toleration(ApiModel):
 
 
 class SchedulingSpec(ApiModel):
-    node_selector: dict[str, str] = Field(
+    node_selector: dict[str, ShortString] = Field(
         default_factory=dict, max_length=32, description="Labels a node must have to run the training pod."
     )
     tolerations: list[Toleration] = Field(
