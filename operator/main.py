@@ -18,6 +18,7 @@ from typing import Any
 
 import kopf
 
+from kubetune.operator import handlers  # noqa: F401  (registers the kopf handlers)
 from kubetune.operator.election import LeaseConfig, LeaseElector
 from kubetune.operator.metrics import HttpServers, OperatorMetrics
 from kubetune.operator.runtime import Runtime, health_report
@@ -42,8 +43,9 @@ def configure_logging(settings: Settings) -> None:
         level = logging.getLogger().level
         logging.getLogger().handlers.clear()
         kopf.configure(log_format=kopf.LogFormat.JSON, verbose=level <= logging.DEBUG)
-    # kopf's own per-object logs are verbose at INFO; keep its warnings.
-    logging.getLogger("kopf").setLevel(logging.WARNING)
+    # kopf's own per-object logs are verbose at INFO; keep its warnings (all of it with -v).
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("kopf").setLevel(logging.WARNING)
 
 
 def identity() -> str:

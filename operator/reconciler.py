@@ -264,7 +264,7 @@ class Reconciler:
             self.metrics.transitions_total.labels(new.phase, new.reason or "").inc()
             event = transition_event(
                 dict(body), phase=new.phase, reason=new.reason or new.phase, message=new.message or "",
-                now=_rfc3339(self.clock(), micro=True), instance=self.identity,
+                now=_rfc3339(self.clock(), micro=True), instance=self.identity, unique=f"{time.time_ns():x}",
             )
             try:
                 await self.api.create_event(event)
