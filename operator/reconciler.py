@@ -14,11 +14,12 @@ remembered so that a lagging index never causes a duplicate Event.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kubetune.api.contract import METRICS_PORT
@@ -58,8 +59,10 @@ class _Memory:
 
     uid: str
     status: TuningJobStatus
-    first_sample: dict[str, MetricsSample] = field(default_factory=dict)  # pod uid → first metrics read
+    # Metrics of the running pod: (pod uid, first read, latest read); the first paces the ETA.
+    samples: tuple[str, MetricsSample, MetricsSample] | None = None
     last_scrape: float = 0.0
+    scraping: bool = False
 
 
 class Reconciler:
@@ -72,7 +75,9 @@ class Reconciler:
         *,
         identity: str,
         http: Any = None,  # an aiohttp.ClientSession for the trainers' metrics
+        wake: Callable[[Key], None] = lambda key: None,
         clock: Callable[[], float] = time.time,
+        max_scrapes: int = 32,
     ):
         self.settings = settings
         self.api = api
@@ -81,7 +86,15 @@ class Reconciler:
         self.identity = identity
         self.http = http
         self.clock = clock
+        self.wake = wake
         self._memory: dict[Key, _Memory] = {}
+        self._scrapes = asyncio.Semaphore(max_scrapes)
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     def forget(self, key: Key) -> None:
         self._memory.pop(key, None)
@@ -137,7 +150,7 @@ class Reconciler:
 
         pods = [p for p in self.views.pods(key) if _owned_by(p, job["metadata"].get("uid"))]
         observation = observe(tuningjob, job, pods)
-        progress = await self._progress(memory, observation)
+        progress = self._progress(key, memory, observation)
         await self._observe_and_write(
             key, body, memory, observation, job_name=job["metadata"]["name"], progress=progress
         )
@@ -208,24 +221,42 @@ class Reconciler:
 
     # --- progress -------------------------------------------------------------------
 
-    async def _progress(self, memory: _Memory, observation: Observation) -> Progress | None:
+    def _progress(self, key: Key, memory: _Memory, observation: Observation) -> Progress | None:
+        """Progress from the latest metrics of the running pod; a read is started when due.
+
+        Reading happens in the background (at most max_scrapes at once) and wakes the
+        TuningJob when done, so a slow or unreachable trainer never holds a worker.
+        """
         pod = observation.running_pod
         if pod is None or self.http is None:
             return None
-        now = self.clock()
-        if now - memory.last_scrape < self.settings.progress_interval_seconds * 0.9:
-            return None  # read recently; keep the last progress
-        ip = (pod.get("status") or {}).get("podIP")
-        if not ip:
-            return None
-        memory.last_scrape = now
-        host = f"[{ip}]" if ":" in ip else ip
-        sample = await scrape(self.http, f"http://{host}:{METRICS_PORT}/metrics", self.settings.progress_timeout_seconds, now)
-        if sample is None or sample.step is None:
-            return None
         pod_uid = pod["metadata"].get("uid") or pod["metadata"]["name"]
-        first = memory.first_sample.setdefault(pod_uid, sample)
-        return progress_from(sample, first if first is not sample else None, _rfc3339(now))
+        ip = (pod.get("status") or {}).get("podIP")
+        now = self.clock()
+        if ip and not memory.scraping and now - memory.last_scrape >= self.settings.progress_interval_seconds * 0.9:
+            memory.scraping, memory.last_scrape = True, now
+            host = f"[{ip}]" if ":" in ip else ip
+            task = asyncio.create_task(self._scrape(key, memory, pod_uid, f"http://{host}:{METRICS_PORT}/metrics"))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        if memory.samples is None or memory.samples[0] != pod_uid:
+            return None
+        _, first, latest = memory.samples
+        return progress_from(latest, first if first is not latest else None, _rfc3339(latest.at))
+
+    async def _scrape(self, key: Key, memory: _Memory, pod_uid: str, url: str) -> None:
+        try:
+            async with self._scrapes:
+                sample = await scrape(self.http, url, self.settings.progress_timeout_seconds, self.clock())
+        finally:
+            memory.scraping = False
+        if sample is None or sample.step is None:
+            return
+        if memory.samples is None or memory.samples[0] != pod_uid:
+            memory.samples = (pod_uid, sample, sample)
+        else:
+            memory.samples = (pod_uid, memory.samples[1], sample)
+        self.wake(key)
 
     # --- status ---------------------------------------------------------------------
 

@@ -33,7 +33,9 @@ class Runtime:
         self.metrics = metrics
         self.queue = WorkQueue()
         self.http = aiohttp.ClientSession()
-        self.reconciler = Reconciler(settings, api, views, metrics, identity=identity, http=self.http)
+        self.reconciler = Reconciler(
+            settings, api, views, metrics, identity=identity, http=self.http, wake=self.queue.add
+        )
         self._workers: list[asyncio.Task[None]] = []
         self._failures: dict[Hashable, int] = {}
         self.started_at = time.monotonic()
@@ -49,6 +51,7 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers.clear()
+        await self.reconciler.close()
         self.queue.close()
         await self.http.close()
 
