@@ -46,8 +46,9 @@ def pod_index(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) ->
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def tuningjob_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    memo.runtime.wake((namespace, child_name(name)))
+async def tuningjob_changed(namespace: str, name: str, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
+    # Not started yet (no Job): served first, so a burst of new TuningJobs starts quickly.
+    memo.runtime.wake((namespace, child_name(name)), urgent=not status.get("jobName"))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=CHILDREN)

@@ -27,7 +27,7 @@ from kubetune.api.manifest import SpecError, parse_tuningjob
 from kubetune.api.status import Progress, TuningJobStatus
 from kubetune.api.v1alpha1 import TuningJob
 from kubetune.operator.builders import build_job
-from kubetune.operator.events import transition_event
+from kubetune.operator.events import WARNING_REASONS, transition_event
 from kubetune.operator.metrics import OperatorMetrics
 from kubetune.operator.progress import MetricsSample, progress_from, scrape
 from kubetune.operator.settings import Settings
@@ -42,6 +42,8 @@ Body = Mapping[str, Any]
 
 # How soon to look again when the index has not caught up with our own write yet.
 STALE_RETRY = 0.5
+
+_WAITING_FOR_POD = Observation("Pending", "PodCreating", "waiting for the Job controller to create the trainer pod")
 
 
 @dataclass
@@ -174,7 +176,12 @@ class Reconciler:
         if memory.status.job_name != name:
             # The CRD's CEL rule forbids spec changes once status.jobName is set. Setting it
             # against the resourceVersion we validated means the Job runs the stored spec.
-            locked = memory.status.model_copy(update={"job_name": name, "observed_generation": generation})
+            # The same write is the status as it will be once the Job exists, so creating
+            # the Job needs no second status write.
+            locked = next_status(
+                memory.status, _WAITING_FOR_POD, generation=generation, job_name=name, progress=None,
+                now=_rfc3339(self.clock()),
+            )
             try:
                 await self._write(key, body, memory, locked, resource_version=metadata.get("resourceVersion"))
             except Conflict:
@@ -236,9 +243,7 @@ class Reconciler:
         if ip and not memory.scraping and now - memory.last_scrape >= self.settings.progress_interval_seconds * 0.9:
             memory.scraping, memory.last_scrape = True, now
             host = f"[{ip}]" if ":" in ip else ip
-            task = asyncio.create_task(self._scrape(key, memory, pod_uid, f"http://{host}:{METRICS_PORT}/metrics"))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._in_background(self._scrape(key, memory, pod_uid, f"http://{host}:{METRICS_PORT}/metrics"))
         if memory.samples is None or memory.samples[0] != pod_uid:
             return None
         _, first, latest = memory.samples
@@ -293,14 +298,26 @@ class Reconciler:
         if new.phase and (new.phase, new.reason) != (old.phase, old.reason):
             log.info("%s/%s: %s (%s) %s", metadata["namespace"], metadata["name"], new.phase, new.reason, new.message or "")
             self.metrics.transitions_total.labels(new.phase, new.reason or "").inc()
-            event = transition_event(
-                dict(body), phase=new.phase, reason=new.reason or new.phase, message=new.message or "",
-                now=_rfc3339(self.clock(), micro=True), instance=self.identity, unique=f"{time.time_ns():x}",
-            )
-            try:
-                await self.api.create_event(event)
-            except ApiError as e:  # an Event is informative; its loss must not block the status
-                log.warning("could not post an Event for %s: %s", key, e)
+            # An Event per phase change, and per new reason that needs a person's attention
+            # (not for every step of Pending: PodCreating, Scheduling, ContainerCreating).
+            if new.phase != old.phase or (new.reason or "") in WARNING_REASONS:
+                event = transition_event(
+                    dict(body), phase=new.phase, reason=new.reason or new.phase, message=new.message or "",
+                    now=_rfc3339(self.clock(), micro=True), instance=self.identity, unique=f"{time.time_ns():x}",
+                )
+                self._in_background(self._post_event(key, event))
+
+    def _in_background(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _post_event(self, key: Key, event: dict[str, Any]) -> None:
+        # Off the reconcile path: an Event is informative, and its loss must not block the status.
+        try:
+            await self.api.create_event(event)
+        except (ApiError, OSError) as e:
+            log.warning("could not post an Event for %s: %s", key, e)
 
 
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:

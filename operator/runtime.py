@@ -55,8 +55,8 @@ class Runtime:
         self.queue.close()
         await self.http.close()
 
-    def wake(self, key: Key) -> None:
-        self.queue.add(key)
+    def wake(self, key: Key, urgent: bool = False) -> None:
+        self.queue.add(key, urgent)
 
     def healthy(self) -> bool:
         return bool(self._workers) and not any(t.done() for t in self._workers)

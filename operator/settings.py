@@ -106,7 +106,9 @@ class Settings(BaseSettings):
     )
 
     # --- Reconciling ---------------------------------------------------------------
-    workers: int = Field(default=8, ge=1, le=256, description="TuningJobs reconciled at the same time.")
+    workers: int = Field(
+        default=32, ge=1, le=256, description="TuningJobs reconciled at the same time (each mostly waits on the API server)."
+    )
     progress_interval_seconds: float = Field(
         default=15.0, gt=0, description="How often a running trainer's metrics are read for status.progress."
     )
