@@ -2,12 +2,13 @@
 
 For each scale (1, 50, 500 TuningJobs by default) on the test ground (a real control
 plane, kwok nodes): start a fresh `kubetune operator` watching a fresh namespace,
-create N TuningJobs at once from 8 client threads, and time each from just before its
-create request to the moment a watch on Jobs sees its Job (what a user would see:
-both API round trips and the watch delivery included). Then wait until every
-TuningJob has a status, and sample the operator process: CPU seconds used for the
-burst, CPU use while idle with N TuningJobs (progress reads and resyncs), resident
-memory now and at its peak.
+create N TuningJobs at once from 8 client threads (the burst), and time each from
+just before its create request to the moment a watch on Jobs sees its Job (what a
+user would see: both API round trips and the watch delivery included). Then, with
+the N TuningJobs in place and settled, create 20 more one at a time, 0.25 s apart
+(steady state: a user submitting to an operator that manages N jobs), timed the same
+way. Sampled from the operator process: CPU seconds used for the burst, CPU use while
+idle with N TuningJobs (progress reads and resyncs), resident memory and its peak.
 
     .venv/bin/python -m bench.operator_latency [--scales 1,50,500] [--idle 30] [--json out.json]
 
@@ -64,7 +65,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def run_scale(cluster: Cluster, folder: Path, scale: int, idle: float) -> dict[str, Any]:
+def run_scale(cluster: Cluster, folder: Path, scale: int, idle: float, probes: int = 20) -> dict[str, Any]:
     ns = cluster.create_namespace(f"bench{scale}", restricted=True)
     operator = OperatorProcess(
         cluster, folder, [ns], lease_namespace=ns, name=f"operator-{scale}",
@@ -81,7 +82,7 @@ def run_scale(cluster: Cluster, folder: Path, scale: int, idle: float) -> dict[s
         for event in stream.stream(cluster.batch.list_namespaced_job, ns, timeout_seconds=600):
             name = event["object"].metadata.name
             seen.setdefault(name, time.perf_counter())
-            if len(seen) >= scale:
+            if len(seen) >= scale + probes:
                 stream.stop()
 
     watcher = threading.Thread(target=watch_jobs, daemon=True)
@@ -100,7 +101,8 @@ def run_scale(cluster: Cluster, folder: Path, scale: int, idle: float) -> dict[s
     burst_started = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(create, range(scale)))
-    wait_for(lambda: len(seen) >= scale, timeout=600, interval=0.5, what=f"{scale} Jobs")
+    all_created = time.perf_counter()
+    wait_for(lambda: len(seen) >= scale, timeout=600, interval=0.2, what=f"{scale} Jobs")
     jobs_done = time.perf_counter()
 
     def all_have_status() -> bool:
@@ -114,6 +116,13 @@ def run_scale(cluster: Cluster, folder: Path, scale: int, idle: float) -> dict[s
     time.sleep(idle)
     cpu_idle = (cpu_seconds(pid) - cpu_idle_start) / idle
     rss, peak = memory_mib(pid)
+
+    # Steady state: new TuningJobs submitted one by one to an operator managing `scale`.
+    for i in range(scale, scale + probes):
+        create(i)
+        time.sleep(0.25)
+    wait_for(lambda: len(seen) >= scale + probes, timeout=120, interval=0.2, what="the probe Jobs")
+    steady = [seen[f"tj-{i:04d}"] - sent[f"tj-{i:04d}"] for i in range(scale, scale + probes)]
     phases: dict[str, int] = {}
     for item in cluster.custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]:
         phase = (item.get("status") or {}).get("phase", "none")
@@ -121,12 +130,15 @@ def run_scale(cluster: Cluster, folder: Path, scale: int, idle: float) -> dict[s
     operator.stop()
     cluster.delete_namespace(ns)
 
-    latencies = [seen[name] - sent[name] for name in sent]
+    latencies = [seen[f"tj-{i:04d}"] - sent[f"tj-{i:04d}"] for i in range(scale)]
     return {
         "tuningjobs": scale,
         "latency_p50_s": round(statistics.median(latencies), 3),
         "latency_p99_s": round(percentile(latencies, 0.99), 3),
         "latency_max_s": round(max(latencies), 3),
+        "steady_p50_s": round(statistics.median(steady), 3),
+        "steady_p99_s": round(percentile(steady, 0.99), 3),
+        "all_tuningjobs_created_s": round(all_created - burst_started, 2),
         "all_jobs_created_s": round(jobs_done - burst_started, 2),
         "all_statuses_written_s": round(settled - burst_started, 2),
         "operator_cpu_burst_s": round(cpu_burst, 2),
@@ -152,12 +164,12 @@ def main() -> None:
             results = [run_scale(cluster, Path(tmp), int(s), args.idle) for s in args.scales.split(",")]
         finally:
             ground.stop()
-    print(f"{'TuningJobs':>10} {'p50 s':>7} {'p99 s':>7} {'max s':>7} {'all Jobs s':>10} {'CPU burst s':>11} "
-          f"{'CPU idle':>9} {'RSS MiB':>8} {'peak MiB':>9}")
+    print(f"{'TuningJobs':>10} {'p50 s':>7} {'p99 s':>7} {'max s':>7} {'all TJs s':>9} {'all Jobs s':>10} {'CPU burst s':>11} "
+          f"{'CPU idle':>9} {'RSS MiB':>8} {'peak MiB':>9} {'steady p50':>10} {'steady p99':>10}")
     for r in results:
         print(f"{r['tuningjobs']:>10} {r['latency_p50_s']:>7} {r['latency_p99_s']:>7} {r['latency_max_s']:>7} "
-              f"{r['all_jobs_created_s']:>10} {r['operator_cpu_burst_s']:>11} {r['operator_cpu_idle_cores']:>9} "
-              f"{r['operator_rss_mib']:>8} {r['operator_peak_rss_mib']:>9}")
+              f"{r['all_tuningjobs_created_s']:>9} {r['all_jobs_created_s']:>10} {r['operator_cpu_burst_s']:>11} {r['operator_cpu_idle_cores']:>9} "
+              f"{r['operator_rss_mib']:>8} {r['operator_peak_rss_mib']:>9} {r['steady_p50_s']:>10} {r['steady_p99_s']:>10}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
