@@ -44,7 +44,6 @@ MANAGED_BY = "kubetune-operator"
 
 SCRATCH_MOUNT = "/scratch"
 SHM_MOUNT = "/dev/shm"
-TMP_MOUNT = "/tmp"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
@@ -269,8 +268,10 @@ def environment(tuningjob: TuningJob, settings: Settings) -> list[dict[str, Any]
     env: list[dict[str, Any]] = [
         {"name": SPEC_ENV, "value": pod_spec_document(tuningjob, settings)},
         {"name": SCRATCH_DIR_ENV, "value": SCRATCH_MOUNT},
-        # The root filesystem is read-only: caches (Hugging Face, torch) go to scratch.
+        # The root filesystem is read-only: caches (Hugging Face, torch) and temporary
+        # files go to the scratch volume.
         {"name": "HOME", "value": f"{SCRATCH_MOUNT}/home"},
+        {"name": "TMPDIR", "value": SCRATCH_MOUNT},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
     secret = credentials_secret(tuningjob, settings)
@@ -290,7 +291,6 @@ def volumes(tuningjob: TuningJob, settings: Settings) -> list[dict[str, Any]]:
         {"name": "scratch", "emptyDir": {"sizeLimit": resources.scratch_size or settings.default_scratch_size}},
         # Memory-backed /dev/shm: the container runtime's default 64Mi starves data loaders and NCCL.
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": resources.shm_size or settings.default_shm_size}},
-        {"name": "tmp", "emptyDir": {}},
     ]
     claim = pvc_claim(tuningjob.spec.model.source)
     if claim:
@@ -302,7 +302,6 @@ def volume_mounts(tuningjob: TuningJob) -> list[dict[str, Any]]:
     mounts: list[dict[str, Any]] = [
         {"name": "scratch", "mountPath": SCRATCH_MOUNT},
         {"name": "dshm", "mountPath": SHM_MOUNT},
-        {"name": "tmp", "mountPath": TMP_MOUNT},
     ]
     claim = pvc_claim(tuningjob.spec.model.source)
     if claim:
