@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 from tests.ground.cluster import Cluster
 from tests.ground.localnode import LocalNode
+from tests.ground.s3 import S3Endpoint
 from tests.support.data import DOLLY
 
 from tests.integration.operator_support import OperatorProcess, get, install_crds
@@ -26,7 +27,7 @@ from tests.integration.operator_support import OperatorProcess, get, install_crd
 def test_kubectl_apply_trains_to_succeeded_with_progress_and_adapter_in_s3(
     cluster: Cluster,
     local_node: LocalNode,
-    s3_server: S3Endpoint,  # noqa: F821 - tests.ground.s3 (storage branch)
+    s3_server: S3Endpoint,
     s3_bucket: str,
     tiny_model: Path,
     namespace_factory: Callable[..., str],
