@@ -27,3 +27,14 @@ test-unit: deps ## Run the unit tier only (no servers; seconds)
 
 lint: deps ## Lint the Python code
 	$(UV) run --frozen ruff check .
+
+.PHONY: crds bench-operator demo-cluster
+
+crds: deps ## Regenerate crds/ from the TuningJob models (a unit test fails while it is stale)
+	$(UV) run --frozen kubetune crd --output-dir crds
+
+bench-operator: deps tools ## Operator benchmark: created → Job latency, CPU and memory at 1, 50, 500 TuningJobs
+	$(UV) run --frozen python -m bench.operator_latency --json out/operator-latency.json
+
+demo-cluster: cluster ## The whole path on the test ground: CRD, operator, S3 Secret, a TuningJob trained on the local node
+	$(UV) run --frozen python -m hack.demo_cluster

@@ -171,6 +171,7 @@ def main() -> None:
               f"{r['all_tuningjobs_created_s']:>9} {r['all_jobs_created_s']:>10} {r['operator_cpu_burst_s']:>11} {r['operator_cpu_idle_cores']:>9} "
               f"{r['operator_rss_mib']:>8} {r['operator_peak_rss_mib']:>9} {r['steady_p50_s']:>10} {r['steady_p99_s']:>10}")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
 
 
