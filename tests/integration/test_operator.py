@@ -263,3 +263,23 @@ def test_example_manifests_contain_their_secret() -> None:
     for path in sorted((ROOT / "examples").glob("*.yaml")):
         kinds = [d["kind"] for d in load_documents(path)]
         assert "TuningJob" in kinds and "Secret" in kinds, path
+
+
+def test_a_finished_job_removed_by_its_ttl_is_not_recreated(cluster: Cluster, ns: str, operator: OperatorProcess) -> None:
+    create(cluster, ns, tuningjob("short-lived", runtime={"ttlSecondsAfterFinished": 1}))
+    end_pod(cluster, running_pod(cluster, ns, "short-lived"), 0)
+    wait_phase(cluster, ns, "short-lived", "Succeeded")
+    wait_for(lambda: not jobs(cluster, ns, "short-lived"), timeout=60, what="the TTL controller to delete the Job")
+    import time
+
+    time.sleep(3)  # several reconciles: a finished TuningJob must stay finished, Job or not
+    assert not jobs(cluster, ns, "short-lived")
+    assert get(cluster, ns, "short-lived")["status"]["phase"] == "Succeeded"
+
+
+def test_kubectl_explain_reads_the_models_descriptions(cluster: Cluster, crds: None) -> None:
+    explained = cluster.kubectl("explain", "tuningjob.spec").stdout
+    assert "What to tune, on what data, how, and where the adapter goes." in explained
+    assert "The base model to tune." in explained
+    training = cluster.kubectl("explain", "tuningjob.spec.training.learningRate").stdout
+    assert "Peak learning rate of the adapters." in training
