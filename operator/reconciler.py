@@ -32,7 +32,15 @@ from kubetune.operator.metrics import OperatorMetrics
 from kubetune.operator.progress import MetricsSample, progress_from, scrape
 from kubetune.operator.settings import Settings
 from kubetune.operator.status import Observation, invalid_spec, next_status, observe
-from kubetune.operator.storage import ApiError, Conflict, Forbidden, Invalid, KubeApi, NotFound
+from kubetune.operator.storage import (
+    ApiError,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    Invalid,
+    KubeApi,
+    NotFound,
+)
 from kubetune.operator.validation import validate
 
 log = logging.getLogger(__name__)
@@ -202,7 +210,7 @@ class Reconciler:
             )
             await self._observe_and_write(key, body, memory, Observation("Pending", "JobConflict", message), job_name=name)
             return self.settings.resync_seconds
-        except Invalid as e:
+        except (Invalid, BadRequest) as e:
             # The API server rejected the pod spec (e.g. a malformed affinity): the spec must change.
             await self._observe_and_write(
                 key, body, memory, invalid_spec(f"the Job was rejected by the API server: {e.message}"), job_name=None

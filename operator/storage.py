@@ -50,11 +50,15 @@ class Invalid(ApiError):
     """422: the object breaks a validation rule; the message names the field."""
 
 
+class BadRequest(ApiError):
+    """400: the object cannot even be decoded (e.g. a list where an object belongs)."""
+
+
 class Forbidden(ApiError):
     """403: RBAC, an admission policy or a ResourceQuota said no."""
 
 
-_ERRORS = {404: NotFound, 409: Conflict, 422: Invalid, 403: Forbidden}
+_ERRORS = {400: BadRequest, 403: Forbidden, 404: NotFound, 409: Conflict, 422: Invalid}
 
 
 class KubeApi:

@@ -283,3 +283,39 @@ def test_kubectl_explain_reads_the_models_descriptions(cluster: Cluster, crds: N
     assert "The base model to tune." in explained
     training = cluster.kubectl("explain", "tuningjob.spec.training.learningRate").stdout
     assert "Peak learning rate of the adapters." in training
+
+
+@pytest.mark.parametrize(
+    ("affinity", "expected"),
+    [
+        ({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}},
+         "nodeSelectorTerms: Required value"),
+        ({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": "gpu"}}},
+         "cannot unmarshal"),
+    ],
+    ids=["invalid", "undecodable"],
+)
+def test_a_job_the_api_server_rejects_fails_the_tuningjob_once(
+    cluster: Cluster, ns: str, operator: OperatorProcess, affinity: dict, expected: str
+) -> None:
+    name = f"bad-affinity-{len(str(affinity)) % 97}"
+    create(cluster, ns, tuningjob(name, scheduling={"affinity": affinity}))
+    status = wait_phase(cluster, ns, name, "Failed", reason="InvalidSpec")
+    assert status["message"].startswith("the Job was rejected by the API server") and expected in status["message"]
+    assert "jobName" not in status, "no Job: the spec stays editable"
+    assert not jobs(cluster, ns, name)
+
+
+def test_a_job_name_taken_by_someone_else_waits_and_then_proceeds(cluster: Cluster, ns: str, operator: OperatorProcess) -> None:
+    squatter = {"metadata": {"name": "taken"}, "spec": {"suspend": True, "template": {"spec": {
+        "restartPolicy": "Never", "containers": [{"name": "x", "image": "busybox", "securityContext": {
+            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"}}}]}}}}
+    cluster.batch.create_namespaced_job(ns, squatter)
+    create(cluster, ns, tuningjob("taken"))
+    status = wait_phase(cluster, ns, "taken", "Pending", reason="JobConflict")
+    assert "a Job named 'taken' already exists" in status["message"]
+    cluster.batch.delete_namespaced_job("taken", ns, propagation_policy="Foreground")
+    wait_phase(cluster, ns, "taken", "Running", timeout=90)
+    (job,) = jobs(cluster, ns, "taken")
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "TuningJob"
