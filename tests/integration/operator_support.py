@@ -64,8 +64,11 @@ class OperatorProcess:
 
     def start(self, *, leader: bool = True) -> OperatorProcess:
         self.process.start()
-        wait_for(lambda: self.health().get("role") == ("leader" if leader else "standby"),
-                 timeout=60, what=f"{self.name} to become {'leader' if leader else 'standby'}\n{self.log()}")
+        role = "leader" if leader else "standby"
+        try:
+            wait_for(lambda: self.health().get("role") == role, timeout=60, what=f"{self.name} to become {role}")
+        except Exception as e:
+            raise AssertionError(f"{e}\n{self.name}'s log:\n{self.log()}") from None
         return self
 
     def stop(self, grace: float = 20.0) -> None:
