@@ -116,10 +116,10 @@ def upload_inputs(s3: dict[str, Any]) -> None:
     import boto3
     from botocore.config import Config
 
-    # Test support: a tiny random Llama and its tokenizer, built locally (tests/support).
+    # A tiny random Llama and its tokenizer, built here; the Dolly sample of the tests.
     sys.path.insert(0, str(ROOT))
+    from kubetune.trainer.tiny import save_tiny
     from tests.support.data import DOLLY
-    from tests.support.training import save_tiny_model
 
     client = boto3.client(
         "s3", endpoint_url=s3["url"], region_name=s3["region"],
@@ -130,7 +130,7 @@ def upload_inputs(s3: dict[str, Any]) -> None:
     if BUCKET not in existing:
         client.create_bucket(Bucket=BUCKET)
     with tempfile.TemporaryDirectory() as tmp:
-        model = save_tiny_model(Path(tmp) / "model")
+        model = save_tiny(Path(tmp) / "model")
         for file in sorted(p for p in model.rglob("*") if p.is_file()):
             client.upload_file(str(file), BUCKET, f"models/tiny-llama/{file.relative_to(model)}")
     records = "".join(DOLLY.read_text().splitlines(keepends=True)[:DOLLY_RECORDS])

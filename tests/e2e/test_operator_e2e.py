@@ -16,12 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
+
+from kubetune.trainer.tiny import save_tiny
 from tests.ground.cluster import Cluster
 from tests.ground.localnode import LocalNode
 from tests.ground.s3 import S3Endpoint
-from tests.support.data import DOLLY
-
 from tests.integration.operator_support import OperatorProcess, get, install_crds
+from tests.support.data import DOLLY
 
 
 def test_kubectl_apply_trains_to_succeeded_with_progress_and_adapter_in_s3(
@@ -29,12 +30,12 @@ def test_kubectl_apply_trains_to_succeeded_with_progress_and_adapter_in_s3(
     local_node: LocalNode,
     s3_server: S3Endpoint,
     s3_bucket: str,
-    tiny_model: Path,
     namespace_factory: Callable[..., str],
     tmp_path: Path,
 ) -> None:
     install_crds(cluster)
     ns = namespace_factory("e2e")
+    tiny_model = save_tiny(tmp_path / "tiny-llama")
     s3 = s3_server.client()
     for path in sorted(p for p in tiny_model.rglob("*") if p.is_file()):
         s3.upload_file(str(path), s3_bucket, f"models/tiny/{path.relative_to(tiny_model)}")
