@@ -51,3 +51,14 @@ lint: deps ## Lint the Python code
 
 bench-data: deps ## Benchmark the data pipeline against TRL (figures for docs/benchmarks.md)
 	$(UV) run --frozen python bench/data_pipeline.py --repeat 3
+
+.PHONY: crds bench-operator demo-cluster
+
+crds: deps ## Regenerate crds/ from the TuningJob models (a unit test fails while it is stale)
+	$(UV) run --frozen kubetune crd --output-dir crds
+
+bench-operator: deps tools ## Operator benchmark: created → Job latency, CPU and memory at 1, 50, 500 TuningJobs
+	$(UV) run --frozen python -m bench.operator_latency --json out/operator-latency.json
+
+demo-cluster: cluster ## The whole path on the test ground: CRD, operator, S3 Secret, a TuningJob trained on the local node
+	$(UV) run --frozen python -m hack.demo_cluster
