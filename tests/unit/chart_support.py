@@ -113,3 +113,14 @@ def render_raw(
         check=False,
         timeout=120,
     )
+
+
+@functools.cache
+def go_tool(name: str) -> str:
+    """A small Go tool from hack/tools/NAME, built on first use and cached (hack/go-tool.sh)."""
+    result = subprocess.run(
+        [str(ROOT / "hack" / "go-tool.sh"), name], capture_output=True, text=True, check=False, timeout=900
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"hack/go-tool.sh {name} failed:\n{result.stderr}")
+    return result.stdout.strip()
