@@ -402,7 +402,7 @@ Quantity = Annotated[
         max_length=64,
         json_schema_extra={
             "x-kubernetes-validations": [
-                {"rule": "isQuantity(self) && quantity(self).sign() > 0", "message": _QUANTITY_HINT}
+                {"rule": "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))", "message": _QUANTITY_HINT}
             ]
         },
     ),

@@ -43,3 +43,11 @@ def test_crd_command_prints_the_committed_crd() -> None:
     result = CliRunner().invoke(main, ["crd"])
     assert result.exit_code == 0
     assert result.output == (ROOT / "crds" / "tuningjobs.kubetune.dev.yaml").read_text()
+
+
+def test_every_example_renders() -> None:
+    examples = sorted((ROOT / "examples").glob("*.yaml"))
+    assert len(examples) >= 4
+    for path in examples:
+        result = CliRunner().invoke(main, ["render", "-f", str(path)])
+        assert result.exit_code == 0, f"{path}: {result.output}"
