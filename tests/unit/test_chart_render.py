@@ -120,6 +120,8 @@ def test_operator_probes_resources_and_identity(default: Rendered) -> None:
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     assert container["args"] == ["operator"]
+    # The Lease names the leader by its pod (operator/main.py identity()).
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
     pod = default.deployment["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == FULLNAME
     assert default.one("ServiceAccount", FULLNAME, NAMESPACE)
