@@ -83,7 +83,7 @@ app.kubernetes.io/managed-by: kubetune-operator
 {{/* What the operator does in a namespace it watches, and so all it may do there.
      Each rule names the code that needs it; tests/integration/test_chart_install.py
      runs the operator as the chart's ServiceAccount and checks, from the API server's
-     audit log, that every verb granted here is used and none is refused. */}}
+     answers to it, that every verb granted here is used and none is refused. */}}
 {{- define "kubetune.operatorRules" -}}
 # kopf lists and watches TuningJobs (its index of them; operator/main.py).
 - apiGroups: ["kubetune.dev"]
