@@ -16,8 +16,10 @@ deps: ## Install uv if missing and sync the locked environment (.venv)
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	$(UV) sync --frozen --all-extras
 
-tools: ## Build (first time, minutes) or reuse the cached control-plane binaries
+tools: ## Build (first time, minutes) or reuse the cached control-plane binaries and Go tools
 	hack/build-tools.sh >/dev/null
+	hack/go-tool.sh helm-docs >/dev/null
+	hack/go-tool.sh kindconfig >/dev/null
 
 test: deps tools ## Run every test tier: unit, integration, e2e
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
