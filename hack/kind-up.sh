@@ -11,7 +11,7 @@
 # 5. creates namespace tuning (restricted Pod Security) with the S3 credentials Secret;
 # 6. uploads the dataset (DATASET, default: the Dolly sample beside the checkout, or
 #    databricks-dolly-15k from the Hugging Face hub) through a port-forward;
-# 7. applies examples/kind-smollm.yaml and watches it.
+# 7. applies hack/kind/tuningjob.yaml and watches it.
 #
 # Needs: docker, kind (>= v0.24), kubectl, helm (v3.14+ or v4), uv. Environment:
 #   CLUSTER (kubetune), DATASET (a local .jsonl), SKIP_BUILD=1 (images already loaded),
@@ -125,7 +125,7 @@ print(f"uploaded {path} to s3://kubetune/datasets/dolly-sample.jsonl", file=sys.
 PY
 
 say "7/7 the TuningJob"
-kc -n tuning apply -f examples/kind-smollm.yaml
+kc -n tuning apply -f hack/kind/tuningjob.yaml
 cat >&2 <<MSG
 TuningJob tuning/smollm-dolly is applied. Follow it with:
   kubectl --context $context -n tuning get tuningjobs -w
