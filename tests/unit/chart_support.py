@@ -1,13 +1,12 @@
 """Rendering the Helm chart with the real helm binary, for the chart's tests.
 
-helm is the one hack/build-tools.sh builds (`make tools`); KUBETUNE_HELM names another
-binary instead. `helm template` needs no cluster, so these tests are unit tests.
+helm is the one hack/build-tools.sh builds (`make tools`), found as the test ground
+finds it. `helm template` needs no cluster, so these tests are unit tests.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.ground.tools import find_tools
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kubetune"
@@ -25,19 +26,11 @@ NAMESPACE = "kubetune-system"
 
 @functools.cache
 def helm_binary() -> str:
-    override = os.environ.get("KUBETUNE_HELM")
-    if override:
-        return override
-    result = subprocess.run(
-        [str(ROOT / "hack" / "build-tools.sh"), "--check"], capture_output=True, text=True, check=False
-    )
-    for line in result.stdout.splitlines():
-        name, _, path = line.partition("=")
-        if name == "helm" and Path(path).is_file():
-            return path
-    raise RuntimeError(
-        "helm is not built yet: run `make tools` (or set KUBETUNE_HELM=/path/to/helm)\n" + result.stderr
-    )
+    """The helm hack/build-tools.sh built (else one on PATH); the error says what to run."""
+    tools = find_tools(need_control_plane=False)
+    if "helm" not in tools:
+        raise RuntimeError("helm is not built yet: run `make tools` (hack/build-tools.sh)")
+    return str(tools["helm"])
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
