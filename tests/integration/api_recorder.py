@@ -84,7 +84,8 @@ class ApiRecorder:
         self.upstream = upstream.rstrip("/")
         self.port = port
         self.requests: list[ApiRequest] = []
-        self._ssl = ssl.create_default_context(cadata=ca_pem.decode()) if ca_pem else None
+        # The kubeconfig's CA, else the system's (a cluster with a public certificate).
+        self._ssl = ssl.create_default_context(cadata=ca_pem.decode()) if ca_pem else ssl.create_default_context()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="api-recorder", daemon=True)
         self._runner: web.AppRunner | None = None
@@ -126,7 +127,7 @@ class ApiRecorder:
 
     async def _start(self) -> None:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=self._ssl if self._ssl else False),
+            connector=aiohttp.TCPConnector(ssl=self._ssl),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
             auto_decompress=False,
         )

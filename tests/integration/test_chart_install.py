@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ import yaml
 
 from kubetune.api.v1alpha1 import GROUP, PLURAL, VERSION
 from tests.ground.cluster import Cluster, wait_for
+from tests.ground.kubeconfig import read_server
 from tests.ground.process import ManagedProcess, free_port
 from tests.integration.api_recorder import ApiRecorder, ApiRequest
 
@@ -182,15 +184,8 @@ class ChartOperator:
 
         token_kubeconfig = cluster.kubeconfig_for_service_account(release.namespace, FULLNAME)
         token = yaml.safe_load(token_kubeconfig.read_text())["users"][0]["user"]["token"]
-        server = yaml.safe_load(cluster.kubeconfig.read_text())["clusters"][0]["cluster"]
-        ca_pem = None
-        if "certificate-authority-data" in server:
-            import base64
-
-            ca_pem = base64.b64decode(server["certificate-authority-data"])
-        elif "certificate-authority" in server:
-            ca_pem = Path(server["certificate-authority"]).read_bytes()
-        self.recorder = ApiRecorder(server["server"], ca_pem, free_port()).start()
+        server, ca_pem = read_server(cluster.kubeconfig)
+        self.recorder = ApiRecorder(server, ca_pem, free_port()).start()
         kubeconfig = self.recorder.write_kubeconfig(folder / "operator.kubeconfig", token, release.namespace)
 
         process_env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBETUNE_OPERATOR_", "KUBERNETES_"))}
@@ -203,8 +198,6 @@ class ChartOperator:
 
         def leading() -> bool:
             self.process.check()
-            import urllib.request
-
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as r:
                     return json.loads(r.read()).get("role") == "leader"
