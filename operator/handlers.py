@@ -78,6 +78,11 @@ async def startup(
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubetune.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kubetune.dev")
     settings.posting.reporting_component = "kubetune-operator"
+    # The resources and namespaces are known (the CRD ships with the operator, the
+    # namespaces are settings), so kopf need not observe CRDs and namespaces: that would
+    # take cluster-wide list/watch permissions the operator has no other use for, and
+    # without them kopf retries for about a minute before it starts watching.
+    settings.scanning.disabled = True
     # Children only: the API server filters, so other pods never reach the operator.
     settings.watching.label_selectors["batch", "v1", "jobs"] = TUNINGJOB_LABEL
     settings.watching.label_selectors["", "v1", "pods"] = TUNINGJOB_LABEL
