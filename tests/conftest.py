@@ -13,6 +13,9 @@ import pytest
 
 TIERS = ("unit", "integration", "e2e")
 
+# Real servers as fixtures (tests/ground/).
+pytest_plugins = ["tests.ground.s3_fixtures"]
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:

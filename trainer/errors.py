@@ -39,6 +39,16 @@ class StorageAccessError(TrainerError):
     exit_code = ExitCode.STORAGE_ACCESS
 
 
+class StorageUnavailableError(TrainerError):
+    """S3 kept failing with server errors, throttling or timeouts after every retry.
+
+    Not permanent (exit code FAILED): the Job's backoff retries the run, which resumes
+    from its last checkpoint. Missing or denied storage is a StorageAccessError instead.
+    """
+
+    exit_code = ExitCode.FAILED
+
+
 class Preempted(TrainerError):
     """SIGTERM arrived and a checkpoint was saved: retrying resumes from it."""
 
