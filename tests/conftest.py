@@ -14,7 +14,7 @@ import pytest
 TIERS = ("unit", "integration", "e2e")
 
 # Real servers as fixtures (tests/ground/).
-pytest_plugins = ["tests.ground.s3_fixtures"]
+pytest_plugins = ["tests.ground.s3_fixtures", "tests.support.training_fixtures"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

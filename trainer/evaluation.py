@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kubetune.trainer.distributed import Dist
-from kubetune.trainer.loop import IGNORE_INDEX, Collate, StopSignal, count_tokens, loss_sum, to_device
+from kubetune.trainer.loop import (
+    IGNORE_INDEX,
+    Collate,
+    StopSignal,
+    count_tokens,
+    loss_sum,
+    to_device,
+)
 
 if TYPE_CHECKING:
     import torch

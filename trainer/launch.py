@@ -26,7 +26,13 @@ import uuid
 from pathlib import Path
 
 from kubetune.api.contract import ExitCode
-from kubetune.trainer.outcome import OUTCOME_DIR_ENV, Outcome, pick, read_outcomes, write_termination_log
+from kubetune.trainer.outcome import (
+    OUTCOME_DIR_ENV,
+    Outcome,
+    pick,
+    read_outcomes,
+    write_termination_log,
+)
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ compute dtype (the 4-bit layers' `compute_dtype`, and autocast in the loop).
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -124,7 +125,10 @@ def load_model(folder: Path, source: str, plan: TrainPlan, lora: LoraSpec, devic
         task_type="CAUSAL_LM",
     )
     try:
-        peft_model = get_peft_model(model, peft_config)
+        with warnings.catch_warnings():
+            # peft 0.21 asks for transformers' old name of activation checkpointing.
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            peft_model = get_peft_model(model, peft_config)
     except ValueError as e:
         if "not found in the base model" not in str(e) and "Target modules" not in str(e):
             raise

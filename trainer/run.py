@@ -39,10 +39,21 @@ from typing import Any
 from kubetune.api.contract import METRICS_PORT, SCRATCH_DIR_ENV, ExitCode, OutputLayout
 from kubetune.api.v1alpha1 import TuningJob
 from kubetune.trainer.checkpoint import CheckpointStore, TrainingObjects, load_checkpoint
-from kubetune.trainer.distributed import Dist, init_distributed, launched_by_torchrun, shutdown_distributed
+from kubetune.trainer.distributed import (
+    Dist,
+    init_distributed,
+    launched_by_torchrun,
+    shutdown_distributed,
+)
 from kubetune.trainer.errors import Preempted
 from kubetune.trainer.evaluation import LossResult, evaluate_loss, exact_match
-from kubetune.trainer.export import upload_results, write_adapter, write_merged, write_model_card, write_summary
+from kubetune.trainer.export import (
+    upload_results,
+    write_adapter,
+    write_merged,
+    write_model_card,
+    write_summary,
+)
 from kubetune.trainer.logs import ProgressBar, configure_logging
 from kubetune.trainer.loop import StepReport, StopRequested, StopSignal, TrainLoop, autocast_for
 from kubetune.trainer.outcome import outcome_of, report, success
@@ -326,6 +337,10 @@ class _Run:
         self.telemetry.set_phase("training")
         bar = ProgressBar(loop.total_steps, progress.step, enabled=self.dist.is_main)
         window = _Window()
+        if progress.step == 0 and data.validation is not None:
+            # The baseline: how much the run improved is measured against it.
+            self._evaluate_validation(model, data, loop)
+            self.telemetry.set_phase("training")
         try:
             for step in loop.steps():
                 window.add(step)
@@ -438,7 +453,8 @@ class _Run:
                 self._evaluate_validation(model, data, loop)
             if progress.evaluations:
                 metrics.update({k: v for k, v in progress.evaluations[-1].items() if k.startswith("eval_")})
-                metrics["eval_loss_first"] = progress.evaluations[0]["eval_loss"]
+                if progress.evaluations[0]["step"] == 0:
+                    metrics["eval_loss_initial"] = progress.evaluations[0]["eval_loss"]
         if data.test is not None:
             self.telemetry.set_phase("evaluating")
             result = evaluate_loss(
