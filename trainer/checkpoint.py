@@ -199,14 +199,18 @@ def load_checkpoint(folder: Path, objects: TrainingObjects, *, rank: int, device
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    different = InvalidConfigError(
+        f"the checkpoint {folder.name} was made for different adapters (spec.method.lora changed "
+        "since?); use a new output.destination or delete its checkpoints/ to start over"
+    )
     weights = load_file(str(folder / ADAPTER_WEIGHTS), device=str(device))
-    result = set_peft_model_state_dict(objects.model, weights)
+    try:
+        result = set_peft_model_state_dict(objects.model, weights)
+    except RuntimeError:  # "size mismatch for ...lora_A...": another rank r
+        raise different from None
     lora_missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
     if getattr(result, "unexpected_keys", None) or lora_missing:
-        raise InvalidConfigError(
-            f"the checkpoint in {folder.name} was made for different adapters (spec.method.lora "
-            "changed since?); use a new output.destination or delete its checkpoints/ to start over"
-        )
+        raise different
     try:
         objects.optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, map_location=device, weights_only=True))
     except ValueError as e:  # "loaded state dict contains a parameter group that doesn't match"
