@@ -144,7 +144,7 @@ def test_a_checkpoint_whose_files_do_not_match_the_marker_is_refused(tmp_path: P
     save(store, 1)
     with open(tmp_path / "out" / "checkpoints" / "step-000001" / "optimizer.pt", "ab") as f:
         f.write(b"garbage")
-    with pytest.raises(InvalidConfigError, match="optimizer.pt is missing or has the wrong size"):
+    with pytest.raises(InvalidConfigError, match=r"optimizer\.pt is missing or has the wrong size"):
         store.download(store.latest_complete())  # type: ignore[arg-type]
 
 
