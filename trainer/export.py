@@ -140,11 +140,12 @@ def write_merged(adapter_folder: Path, base_folder: Path, folder: Path, compute_
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kubetune.trainer.model import torch_dtype
+    from kubetune.trainer.model import peft_without_deprecation_noise, torch_dtype
 
     shutil.rmtree(folder, ignore_errors=True)
     base = AutoModelForCausalLM.from_pretrained(str(base_folder), dtype=torch_dtype(compute_dtype), device_map={"": device})
-    merged = PeftModel.from_pretrained(base, str(adapter_folder)).merge_and_unload()
+    with peft_without_deprecation_noise():
+        merged = PeftModel.from_pretrained(base, str(adapter_folder)).merge_and_unload()
     merged.save_pretrained(str(folder), safe_serialization=True)
     AutoTokenizer.from_pretrained(str(adapter_folder)).save_pretrained(str(folder))
     log.info("merged model written to %s", folder)

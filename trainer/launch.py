@@ -40,7 +40,11 @@ SHUTDOWN_TIMEOUT = 300  # seconds the agent waits for workers after forwarding a
 
 
 def launch_workers(world_size: int, argv: list[str]) -> ExitCode:
-    """Run `python -m kubetune.cli <argv>` as `world_size` workers; the run's exit code."""
+    """Run this program again (`python -m kubetune.cli <argv>`) as `world_size` workers.
+
+    Returns the run's exit code. The workers run the module this process was started
+    as (`python -m ...`), and `kubetune.cli` when started as the `kubetune` script.
+    """
     import os
 
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
@@ -65,7 +69,7 @@ def launch_workers(world_size: int, argv: list[str]) -> ExitCode:
         log.info("starting %d data-parallel workers", world_size)
         missing: dict[int, str] = {}
         try:
-            elastic_launch(config, entrypoint=sys.executable)("-m", "kubetune.cli", *argv)
+            elastic_launch(config, entrypoint=sys.executable)("-m", _main_module(), *argv)
         except ChildFailedError as e:
             for rank, failure in e.failures.items():
                 missing[rank] = f"exited with code {failure.exitcode}" + (
@@ -82,3 +86,11 @@ def launch_workers(world_size: int, argv: list[str]) -> ExitCode:
         del os.environ[OUTCOME_DIR_ENV]
     write_termination_log(chosen.message)
     return chosen.exit_code
+
+
+def _main_module() -> str:
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(spec, "name", None)
+    if not name or name.endswith(".__main__"):
+        return "kubetune.cli"
+    return name

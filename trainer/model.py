@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -125,9 +127,7 @@ def load_model(folder: Path, source: str, plan: TrainPlan, lora: LoraSpec, devic
         task_type="CAUSAL_LM",
     )
     try:
-        with warnings.catch_warnings():
-            # peft 0.21 asks for transformers' old name of activation checkpointing.
-            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        with peft_without_deprecation_noise():
             peft_model = get_peft_model(model, peft_config)
     except ValueError as e:
         if "not found in the base model" not in str(e) and "Target modules" not in str(e):
@@ -148,6 +148,14 @@ def load_model(folder: Path, source: str, plan: TrainPlan, lora: LoraSpec, devic
         100 * trainable / max(total, 1),
     )
     return peft_model
+
+
+@contextmanager
+def peft_without_deprecation_noise() -> Iterator[None]:
+    """peft 0.21 asks transformers 5 for `is_gradient_checkpointing`, deprecated there."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def linear_layer_names(model: torch.nn.Module) -> list[str]:
