@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,14 @@ from kubetune.trainer import run
 from kubetune.trainer.errors import Preempted
 from kubetune.trainer.loop import TrainLoop
 from kubetune.trainer.quantization import four_bit_config
-from tests.support.training import ANIMALS, manifest, save_tiny_model, standin_prepare_data
+from tests.support.training import (
+    ANIMALS,
+    manifest,
+    save_tiny_model,
+    standin_prepare_data,
+    synthetic_records,
+    write_records,
+)
 
 pytestmark = pytest.mark.usefixtures("standin_data")
 
@@ -51,11 +59,14 @@ LEARNING_FACTOR = 10  # validation loss must fall at least this many times
 def learned(tiny_model: Path, synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One QLoRA run on the synthetic task, with the model object kept for inspection."""
     root = tmp_path_factory.mktemp("learned")
+    test_split = write_records(root / "test.jsonl", synthetic_records(24, seed=99))
     the_job = job(
         tiny_model,
         synthetic_data,
         root / "out",
+        dataset={"test": {"source": str(test_split)}},
         training={
+            "evalExactMatch": True,
             "maxSteps": LEARNING_STEPS,
             "learningRate": 1e-2,
             "batchSize": 4,
@@ -96,6 +107,16 @@ def test_validation_loss_falls_by_the_stated_factor(learned: dict[str, Any]) -> 
     assert [r["step"] for r in evaluations] == [0, 10, 20, 30, 40]
     losses = [r["eval_loss"] for r in evaluations]
     assert losses == sorted(losses, reverse=True), losses
+
+
+def test_the_test_split_is_evaluated_at_the_end_with_exact_match(learned: dict[str, Any]) -> None:
+    metrics = learned["result"].metrics
+    assert metrics["test_loss"] < metrics["eval_loss_initial"] / LEARNING_FACTOR
+    assert metrics["test_perplexity"] == pytest.approx(math.exp(metrics["test_loss"]))
+    assert metrics["test_exact_match_examples"] == 24
+    assert metrics["test_exact_match"] >= 0.8, metrics
+    test_records = [r for r in records(learned["out"] / "metrics.jsonl") if r["kind"] == "test"]
+    assert len(test_records) == 1 and test_records[0]["step"] == LEARNING_STEPS
 
 
 def test_every_trainable_parameter_changed_and_no_base_weight_did(learned: dict[str, Any]) -> None:
