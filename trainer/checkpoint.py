@@ -6,6 +6,7 @@ A checkpoint holds everything needed to continue as if never stopped:
     optimizer.pt, scheduler.pt, [grad_scaler.pt]     their state dicts
     rng-rank-00000.pt, ...                           each rank's RNG states
     trainer_state.json                               step, epoch, data position, counters
+    metrics.jsonl                                    the records up to this step
     COMPLETE                                         written last (see below)
 
 Writing: every rank writes its part into a folder on the scratch volume (all ranks
@@ -113,6 +114,7 @@ class CheckpointStore:
         is_main: bool,
         barrier: Callable[[], None],
         extra_state: dict[str, Any],
+        extra_files: tuple[Path, ...] = (),
     ) -> str:
         """Write the checkpoint of `step` (every rank calls this); returns its URI."""
         import torch
@@ -131,6 +133,9 @@ class CheckpointStore:
             if objects.scaler is not None:
                 torch.save(objects.scaler.state_dict(), folder / SCALER_FILE)
             progress.save(folder, extra_state)
+            for path in extra_files:
+                if path.exists():
+                    shutil.copyfile(path, folder / path.name)
         barrier()
         uri = self._uri(step)
         if is_main:

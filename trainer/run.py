@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import platform
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -306,17 +307,18 @@ class _Run:
         self.last_checkpoint, self.last_checkpoint_step = found.uri, progress.step
         if self.dist.is_main:
             log.info("resumed from %s (step %d, epoch %d)", found.uri, progress.step, progress.epoch)
-            self._restore_metrics_file(progress.step)
+            self._restore_metrics_file(folder, progress.step)
         if extra.get("world_size") not in (None, self.dist.world_size):
             log.warning("the checkpoint was made by %s processes, this run has %d: the data order differs from there on", extra["world_size"], self.dist.world_size)
         return progress
 
-    def _restore_metrics_file(self, step: int) -> None:
+    def _restore_metrics_file(self, checkpoint: Path, step: int) -> None:
+        """Continue metrics.jsonl from the copy inside the checkpoint: exactly its steps."""
         path = self.telemetry.metrics_file
         assert path is not None
-        remote = join_uri(self.destination, OutputLayout.METRICS)
-        if self.storage.exists(remote):
-            self.storage.download_file(remote, path)
+        saved = checkpoint / OutputLayout.METRICS
+        if saved.exists():
+            shutil.copyfile(saved, path)
             self.telemetry.truncate_records_after(step)
         else:
             path.unlink(missing_ok=True)
@@ -434,6 +436,9 @@ class _Run:
             is_main=self.dist.is_main,
             barrier=self.dist.barrier,
             extra_state=extra,
+            # The records so far travel with the checkpoint: a resumed run continues them
+            # even when the pod died before the top-level metrics.jsonl was updated.
+            extra_files=(self.telemetry.metrics_file,) if self.telemetry.metrics_file else (),
         )
         self.last_checkpoint_step = step
         if self.dist.is_main and self.telemetry.metrics_file is not None and self.telemetry.metrics_file.exists():
