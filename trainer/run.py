@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from kubetune.api.contract import METRICS_PORT, SCRATCH_DIR_ENV, ExitCode, OutputLayout
 from kubetune.api.v1alpha1 import TuningJob
@@ -63,7 +63,7 @@ from kubetune.trainer.quantization import quiet_bitsandbytes_import
 from kubetune.trainer.sampling import Schedule
 from kubetune.trainer.sources import check_model_folder, fetch_model
 from kubetune.trainer.state import Progress, seed_everything
-from kubetune.trainer.storage import Storage, join_uri
+from kubetune.trainer.storage import ByteCounter, Storage, join_uri
 from kubetune.trainer.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,13 @@ class _Run:
         self.training = job.spec.training
         self.destination = job.spec.output.destination
         self.device = torch.device(f"cuda:{dist.local_rank}" if plan.device_type == "cuda" else "cpu")
-        self.storage = Storage(job.spec.s3, on_bytes=telemetry.add_s3_bytes)
+        self.s3_bytes = ByteCounter()
+
+        def count_bytes(direction: Literal["upload", "download"], amount: int) -> None:
+            self.s3_bytes(direction, amount)
+            telemetry.add_s3_bytes(direction, amount)
+
+        self.storage = Storage(job.spec.s3, on_bytes=count_bytes)
         self.checkpoints = CheckpointStore(self.storage, self.destination, scratch, self.training.keep_checkpoints)
         self.last_checkpoint: str | None = None
         self.last_checkpoint_step = -1
@@ -498,6 +504,7 @@ class _Run:
             "metrics": metrics,
             "evaluations": progress.evaluations,
             "data": data.summary,
+            "s3_bytes": self.s3_bytes.totals,  # up to the export (the final upload comes after)
             "versions": {
                 "python": platform.python_version(),
                 "torch": torch.__version__,
