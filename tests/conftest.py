@@ -3,18 +3,30 @@
 A test is marked with its folder's tier automatically, so `-m unit` (and so on)
 selects a tier without every file repeating the marker. Fixtures for the real
 servers live in tests/ground/ (see docs/testing.md).
+
+Tests marked `gpu` need a CUDA device. Where there is none (CI, laptops) they are
+skipped with that reason, and only then: the GPU path's CPU-runnable parts are
+tested unmarked.
 """
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 import pytest
 
 TIERS = ("unit", "integration", "e2e")
 
-# Real servers as fixtures (tests/ground/).
-pytest_plugins = ["tests.ground.s3_fixtures", "tests.support.training_fixtures"]
+# Real servers as fixtures (tests/ground/); tiny models and runs for the trainer (tests/support/).
+pytest_plugins = ["tests.ground.fixtures", "tests.ground.s3_fixtures", "tests.support.training_fixtures"]
+
+
+@cache
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -23,3 +35,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for tier in TIERS:
             if tier in parts:
                 item.add_marker(getattr(pytest.mark, tier))
+        if item.get_closest_marker("gpu") and not _cuda_available():
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device; none on this machine"))

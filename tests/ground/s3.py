@@ -39,7 +39,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,6 +168,15 @@ def _die_with_parent_hook() -> Callable[[], None] | None:
     return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def remove_sockets(ports: Iterable[int]) -> None:
+    """weed puts its local sockets in /tmp whatever TMPDIR says, and a killed weed
+    leaves them behind: remove those of a server, found by its ports."""
+    for port in ports:
+        for path in glob.glob(f"/tmp/seaweedfs-*-{port}.sock"):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
 class SeaweedS3:
     """One `weed mini` process (master, volume, filer and S3 gateway) in its own process group."""
 
@@ -229,12 +238,7 @@ class SeaweedS3:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-        # weed puts its local sockets in /tmp whatever TMPDIR says, and a killed weed
-        # leaves them behind: remove ours, found by port.
-        for port in self._ports.values():
-            for path in glob.glob(f"/tmp/seaweedfs-*-{port}.sock"):
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+        remove_sockets(self._ports.values())
 
     def __enter__(self) -> SeaweedS3:
         return self
@@ -245,6 +249,16 @@ class SeaweedS3:
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The server's pid (also its process group), for a launcher that records it."""
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """The ports it listens on, by `weed mini` flag."""
+        return dict(self._ports)
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         try:
