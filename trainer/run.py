@@ -458,6 +458,10 @@ class _Run:
             metrics["train_loss"] = train_records[-1]["loss"]
         if progress.train_seconds > 0:
             metrics["tokens_per_second"] = round(progress.tokens_total / progress.train_seconds, 2)
+        if self.plan.device_type == "cuda":
+            import torch
+
+            metrics["gpu_peak_memory_bytes"] = float(torch.cuda.max_memory_allocated(self.device))
         if data.validation is not None:
             last = progress.evaluations[-1] if progress.evaluations else None
             if last is None or last["step"] != progress.step:
