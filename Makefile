@@ -7,7 +7,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PYTEST_ARGS ?=
 
-.PHONY: help deps tools test test-unit test-integration test-e2e lint cluster cluster-down cluster-status
+.PHONY: help deps tools test test-unit test-integration test-e2e lint cluster cluster-down cluster-status bench-data
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -48,3 +48,6 @@ cluster-down: ## Stop everything `make cluster` started
 
 lint: deps ## Lint the Python code
 	$(UV) run --frozen ruff check .
+
+bench-data: deps ## Benchmark the data pipeline against TRL (figures for docs/benchmarks.md)
+	$(UV) run --frozen python bench/data_pipeline.py --repeat 3

@@ -58,6 +58,51 @@ def main(verbose: bool) -> None:
 
 
 @main.command()
+@click.option("-f", "--filename", "manifest", required=True, type=click.Path(dir_okay=False), help="A TuningJob manifest (YAML or JSON).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False),
+    help="Folder for the packed splits (train/validation/test.parquet) and the report. Default: ./<name>-prepared/",
+)
+@click.option("--report", type=click.Path(dir_okay=False), help="Write the JSON report here instead of OUTPUT/prepare-report.json.")
+def prepare(manifest: str, output: str | None, report: str | None) -> None:
+    """Build the packed, loss-masked dataset of a TuningJob, as the trainer would.
+
+    Reads spec.dataset (local paths or s3://), formats, redacts, tokenizes with the
+    tokenizer of spec.model.source, masks and packs; writes Parquet splits with the
+    columns input_ids, labels (-100 where not trained), position_ids and seq_lengths,
+    and a JSON report. Results are cached by a hash of the inputs
+    ($KUBETUNE_SCRATCH_DIR, else ~/.cache/kubetune).
+    """
+
+    def run() -> None:
+        from pathlib import Path
+
+        from kubetune.api.manifest import load_tuningjob
+        from kubetune.trainer.data.pipeline import default_workdir
+        from kubetune.trainer.data.pipeline import prepare as run_prepare
+        from kubetune.trainer.data.tokenizer import load_tokenizer
+
+        job = load_tuningjob(manifest)
+        workdir = default_workdir()
+        tokenizer = load_tokenizer(job.spec.model, job.spec.s3, workdir)
+        prepared = run_prepare(job, workdir, tokenizer)
+        folder = Path(output) if output else Path(f"{job.metadata.name}-prepared")
+        written = prepared.save(folder, Path(report) if report else None)
+        summary = prepared.report
+        click.echo(
+            f"{summary['examples']['kept']} examples ({summary['tokens']} tokens, {summary['trainedTokens']} trained) "
+            f"in {summary['packs']} rows, packing efficiency {summary['packingEfficiency']}"
+            + (" (from cache)" if prepared.from_cache else "")
+        )
+        for path in written:
+            click.echo(f"wrote {path}")
+
+    run_guarded(run)
+
+
+@main.command()
 @click.option(
     "-f",
     "--filename",
@@ -126,6 +171,3 @@ def train(filename: str | None, from_env: bool, scratch: str | None, metrics_por
     code = run_guarded(lambda: run_command(load, options, sys.argv[1:], json_logs=json_logs))
     sys.exit(code)
 
-
-if __name__ == "__main__":
-    main()

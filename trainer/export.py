@@ -82,7 +82,7 @@ def model_card(job: TuningJob, summary: dict[str, Any]) -> str:
         "seed": training.seed,
     }
     hyper_rows = "\n".join(f"| {k} | {v} |" for k, v in hyper.items())
-    data_rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in data.items())
+    data_rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in data.items() if v is not None)
     return f"""---
 library_name: peft
 base_model: {spec.model.source}

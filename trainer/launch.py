@@ -40,10 +40,10 @@ SHUTDOWN_TIMEOUT = 300  # seconds the agent waits for workers after forwarding a
 
 
 def launch_workers(world_size: int, argv: list[str]) -> ExitCode:
-    """Run this program again (`python -m kubetune.cli <argv>`) as `world_size` workers.
+    """Run this program again (`python -m kubetune <argv>`) as `world_size` workers.
 
     Returns the run's exit code. The workers run the module this process was started
-    as (`python -m ...`), and `kubetune.cli` when started as the `kubetune` script.
+    as (`python -m ...`), and `kubetune` when started as the `kubetune` script.
     """
     import os
 
@@ -92,5 +92,5 @@ def _main_module() -> str:
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     name = getattr(spec, "name", None)
     if not name or name.endswith(".__main__"):
-        return "kubetune.cli"
+        return "kubetune"
     return name

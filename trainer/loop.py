@@ -91,9 +91,16 @@ def shifted_labels(labels: torch.Tensor, position_ids: torch.Tensor | None) -> t
 
 
 def count_tokens(batch: Batch) -> tuple[int, int]:
-    """(trained tokens, input tokens) of a collated batch."""
+    """(trained tokens, input tokens) of a collated batch.
+
+    Trained tokens are counted from the shifted targets the loss uses (the collator's
+    `num_trained_tokens` agrees when its labels follow the contract); input tokens
+    are the collator's `num_tokens` (padding excluded) when it says so.
+    """
     targets = shifted_labels(batch["labels"], batch.get("position_ids"))
     trained = int((targets != IGNORE_INDEX).sum())
+    if "num_tokens" in batch:
+        return trained, int(batch["num_tokens"])
     mask = batch.get("attention_mask")
     inputs = int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
     return trained, inputs

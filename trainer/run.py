@@ -225,6 +225,9 @@ class _Run:
         data = self._on_main_first(lambda: prepare_data(self.job, self.scratch / "data", tokenizer, self.storage))
         if data.packing_efficiency is not None:
             self.telemetry.packing_efficiency.set(data.packing_efficiency)
+        if self.dist.is_main and data.report is not None:
+            report_uri = join_uri(self.destination, OutputLayout.PREPARE_REPORT)
+            self.storage.write_text(report_uri, json.dumps(data.report, indent=2) + "\n")
         self._check_stop()
 
         self.telemetry.set_phase("loading")
@@ -610,22 +613,40 @@ class PreparedSplits:
     lengths: list[int] | None = None  # tokens per row (for length bucketing when not packing)
     packing_efficiency: float | None = None
     summary: dict[str, Any] = field(default_factory=dict)  # for the model card and summary
+    report: dict[str, Any] | None = None  # the pipeline's full report: prepare-report.json
 
 
 def prepare_data(job: TuningJob, workdir: Path, tokenizer: Any, storage: Storage) -> PreparedSplits:
-    """Run the data pipeline (`kubetune.trainer.data`) and adapt its result for the loop."""
+    """Run the data pipeline (`kubetune.trainer.data`, docs/data.md) and adapt it for the loop.
+
+    The tokenizer gets the chat template the pipeline used, so the exported adapter's
+    tokenizer formats prompts exactly as in training. Cached under `workdir`: ranks
+    other than 0, which run this after rank 0, load the cached result.
+    """
+    import pyarrow.compute as pc
+
     from kubetune.trainer import data as pipeline
 
     prepared = pipeline.prepare(job, workdir, tokenizer)
-    collate = pipeline.make_collator(job.spec.training, tokenizer)
-    lengths = [len(row["input_ids"]) for row in prepared.train] if not job.spec.training.packing else None
-    report = getattr(prepared, "report", None) or {}
+    if prepared.chat_template is not None:
+        tokenizer.chat_template = prepared.chat_template
+    lengths = None
+    if not job.spec.training.packing:
+        lengths = pc.list_value_length(prepared.train.data.column("input_ids")).to_pylist()
+    report = prepared.report
     return PreparedSplits(
         train=prepared.train,
         validation=prepared.validation,
         test=prepared.test,
-        collate=collate,
+        collate=pipeline.make_collator(job.spec.training, tokenizer),
         lengths=lengths,
-        packing_efficiency=getattr(prepared, "packing_efficiency", None),
-        summary=dict(report) if isinstance(report, dict) else {},
+        packing_efficiency=prepared.packing_efficiency,
+        summary={
+            "examples": report.get("examples", {}).get("kept"),
+            "tokens": report.get("tokens"),
+            "trained tokens": report.get("trainedTokens"),
+            "packing efficiency": report.get("packingEfficiency"),
+            "template": report.get("template"),
+        },
+        report=report,
     )

@@ -1,8 +1,7 @@
 """`kubetune train` as the pod runs it: exit codes, termination messages, signals, metrics, DDP.
 
-The trainer runs as a real subprocess (`python -m tests.support.standin_cli`, which is
-`kubetune.cli` with the temporary stand-in data pipeline), receives real SIGTERM and
-SIGKILL, and is scraped over HTTP while it trains.
+The trainer runs as a real subprocess (`python -m kubetune train ...`), receives real
+SIGTERM and SIGKILL, and is scraped over HTTP while it trains.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ class Trainer:
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.standin_cli", "train", *args],
+            [sys.executable, "-m", "kubetune", "train", *args],
             cwd=ROOT,
             env={**os.environ, **env},
             stdout=subprocess.DEVNULL,
@@ -185,7 +184,7 @@ def test_an_invalid_manifest_exits_78_with_file_line_and_field(tmp_path: Path) -
     path = write_manifest(tmp_path / "job.yaml", document)
     env = {**os.environ, TERMINATION_LOG_ENV: str(tmp_path / "termination-log")}
     result = subprocess.run(
-        [sys.executable, "-m", "kubetune.cli", "train", "-f", str(path)], cwd=ROOT, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "kubetune", "train", "-f", str(path)], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert result.returncode == 78, result.stderr
     assert re.search(rf"{path}:\d+: spec.method.type: input should be 'qlora' or 'lora'", result.stderr)
@@ -199,7 +198,7 @@ def test_an_unwritable_output_exits_77_before_training(tiny_model: Path, synthet
     document = manifest(str(tiny_model), str(synthetic_data), str(blocker / "out"))
     env = {**os.environ, TERMINATION_LOG_ENV: str(tmp_path / "termination-log"), SPEC_ENV: json.dumps(document)}
     result = subprocess.run(
-        [sys.executable, "-m", "tests.support.standin_cli", "train", "--from-env", "--metrics-port", "-1"],
+        [sys.executable, "-m", "kubetune", "train", "--from-env", "--metrics-port", "-1"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -219,7 +218,7 @@ def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return log
 
 
-@pytest.mark.usefixtures("standin_data", "cli_env")
+@pytest.mark.usefixtures("cli_env")
 def test_bad_data_exits_65(tiny_model: Path, tmp_path: Path) -> None:
     from kubetune.cli import main
 
@@ -230,7 +229,7 @@ def test_bad_data_exits_65(tiny_model: Path, tmp_path: Path) -> None:
     assert termination(tmp_path).reason == "BadData"
 
 
-@pytest.mark.usefixtures("standin_data", "cli_env")
+@pytest.mark.usefixtures("cli_env")
 def test_an_unexpected_error_exits_1_with_its_type_in_the_message(
     tiny_model: Path, synthetic_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -249,7 +248,7 @@ def test_an_unexpected_error_exits_1_with_its_type_in_the_message(
     assert (message.reason, message.message) == ("TrainerError", "RuntimeError: CUDA error: an illegal memory access was encountered")
 
 
-@pytest.mark.usefixtures("standin_data", "cli_env")
+@pytest.mark.usefixtures("cli_env")
 def test_success_exits_0_with_the_adapter_and_metrics(tiny_model: Path, synthetic_data: Path, tmp_path: Path) -> None:
     from kubetune.cli import main
 
@@ -271,7 +270,6 @@ def test_exactly_one_source_of_the_manifest() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("standin_data")
 def test_two_processes_train_the_same_adapter_as_one_with_twice_the_accumulation(
     tiny_model: Path, synthetic_data: Path, tmp_path: Path
 ) -> None:

@@ -19,7 +19,7 @@ from kubetune.trainer.errors import Preempted
 from kubetune.trainer.loop import TrainLoop
 from tests.support.training import manifest
 
-pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("standin_data")]
+pytestmark = pytest.mark.gpu
 
 
 def gpu_job(model: Path, data: Path, out: Path) -> Any:

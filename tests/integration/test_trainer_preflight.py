@@ -17,8 +17,6 @@ from kubetune.trainer.sources import PVC_MOUNT_ROOT_ENV, fetch_model
 from kubetune.trainer.storage import Storage
 from tests.support.training import manifest
 
-pytestmark = pytest.mark.usefixtures("standin_data")
-
 
 @pytest.fixture
 def no_training(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,12 +21,9 @@ from tests.support.training import (
     ANIMALS,
     manifest,
     save_tiny_model,
-    standin_prepare_data,
     synthetic_records,
     write_records,
 )
-
-pytestmark = pytest.mark.usefixtures("standin_data")
 
 OPTIONS = {"metrics_port": None}
 
@@ -91,7 +88,6 @@ def learned(tiny_model: Path, synthetic_data: Path, tmp_path_factory: pytest.Tem
 
     patch = pytest.MonkeyPatch()
     patch.setattr(model_module, "load_model", spy)
-    patch.setattr(run, "prepare_data", standin_prepare_data)  # module scope: the fixture cannot
     try:
         result = train(the_job, root / "scratch")
     finally:

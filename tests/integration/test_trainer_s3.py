@@ -5,14 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from kubetune.api.manifest import parse_tuningjob
 from kubetune.trainer import run
 from tests.ground.s3 import S3Endpoint
 from tests.support.training import manifest
-
-pytestmark = pytest.mark.usefixtures("standin_data")
 
 
 def keys(client, bucket: str, prefix: str) -> list[str]:  # type: ignore[no-untyped-def]
@@ -27,9 +23,10 @@ def test_model_from_s3_results_to_s3_and_a_rerun_resumes_from_s3(
     for path in tiny_model.iterdir():
         client.upload_file(str(path), s3_bucket, f"models/tiny/{path.name}")
     model_bytes = sum(p.stat().st_size for p in tiny_model.iterdir())
+    client.upload_file(str(synthetic_data), s3_bucket, "datasets/animals.jsonl")
     document = manifest(
         f"s3://{s3_bucket}/models/tiny/",
-        str(synthetic_data),
+        f"s3://{s3_bucket}/datasets/animals.jsonl",
         f"s3://{s3_bucket}/runs/first/",
         training={"maxSteps": 4, "checkpointEvery": 2, "keepCheckpoints": 1, "evalEvery": 2},
         s3=s3_env.spec(),
@@ -39,7 +36,8 @@ def test_model_from_s3_results_to_s3_and_a_rerun_resumes_from_s3(
 
     assert result.adapter_uri == f"s3://{s3_bucket}/runs/first/adapter/"
     stored = keys(client, s3_bucket, "runs/first/")
-    assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/README.md", "adapter/training-summary.json", "adapter/tokenizer.json", "metrics.jsonl"} <= set(stored)
+    expected = {"adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/README.md", "adapter/training-summary.json"}
+    assert expected | {"adapter/tokenizer.json", "metrics.jsonl", "prepare-report.json"} <= set(stored)
     assert [k for k in stored if k.startswith("checkpoints/") and k.endswith("COMPLETE")] == ["checkpoints/step-000004/COMPLETE"]
     summary = json.loads(client.get_object(Bucket=s3_bucket, Key="runs/first/adapter/training-summary.json")["Body"].read())
     assert summary["s3_bytes"]["download"] >= model_bytes

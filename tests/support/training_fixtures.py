@@ -1,10 +1,8 @@
 """Pytest fixtures for trainer tests (loaded by tests/conftest.py).
 
 - `tiny_model` (session): a folder with a tiny random Llama (hidden 64, 2 layers) and its
-  tokenizer, built once.
+  tokenizer (kubetune.trainer.tiny), built once.
 - `synthetic_data` (session): a JSONL file of the synthetic classification task.
-- `standin_data` (function): routes `kubetune.trainer.run.prepare_data` to the
-  stand-in pipeline of tests/support/training.py (TEMPORARY, see there).
 
 Torch runs on one thread in tests (OMP_NUM_THREADS=1, set before torch is imported,
 inherited by subprocesses): tiny matrices gain nothing from more, and on a loaded
@@ -32,10 +30,3 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return training.write_records(tmp_path_factory.mktemp("data") / "animals.jsonl", training.synthetic_records(240))
-
-
-@pytest.fixture
-def standin_data(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kubetune.trainer import run
-
-    monkeypatch.setattr(run, "prepare_data", training.standin_prepare_data)

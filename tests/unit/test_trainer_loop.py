@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from kubetune.api.v1alpha1 import LoraSpec, TrainingSpec, TuningJobSpec
+from kubetune.trainer.data import PackedCollator
 from kubetune.trainer.distributed import Dist
 from kubetune.trainer.loop import (
     IGNORE_INDEX,
@@ -23,9 +24,9 @@ from kubetune.trainer.model import load_model
 from kubetune.trainer.plan import Hardware, make_plan
 from kubetune.trainer.sampling import Schedule
 from kubetune.trainer.state import Progress
-from tests.support.training import standin_collate
 
 X = IGNORE_INDEX
+collate_packed = PackedCollator(pad_token_id=0)
 
 
 def test_shifted_labels_predict_the_next_token_and_never_across_a_pack_boundary() -> None:
@@ -93,7 +94,7 @@ def one_step(model_folder: Path, rows: list[dict[str, list[int]]], batch_size: i
         plan=plan,
         training=training,
         train_split=rows,
-        collate=standin_collate,
+        collate=collate_packed,
         schedule=Schedule(len(rows), 1, batch_size, accumulation),
         total_steps=1,
         dist=Dist.single(),
@@ -119,7 +120,7 @@ def test_batch_1_times_accumulation_4_matches_batch_4_times_accumulation_1(tiny_
     # Uneven enough that averaging each micro-batch's mean loss (the classic
     # accumulation bug) would weigh a token in the 1-token row 50x more than one in a
     # 50-token row, and the two runs above would differ.
-    counts = [count_tokens(standin_collate([row]))[0] for row in rows]
+    counts = [count_tokens(collate_packed([row]))[0] for row in rows]
     assert max(counts) / min(counts) > 10, counts
 
 
@@ -137,7 +138,7 @@ def test_a_stop_between_micro_batches_discards_the_partial_step(tiny_model: Path
 
     def collate(batch_rows: list[dict[str, Any]]) -> dict[str, Any]:
         calls["n"] += 1
-        return standin_collate(batch_rows)
+        return collate_packed(batch_rows)
 
     loop = TrainLoop(
         model=model,
