@@ -138,13 +138,15 @@ def build_model(
     return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
 
 
-def save_tiny(path: str | Path, arch: Arch = "llama", texts: Iterable[str] | None = None, **model_options: Any) -> Path:
+def save_tiny(
+    path: str | Path, arch: Arch = "llama", texts: Iterable[str] | None = None, *, vocab_size: int = 512, **model_options: Any
+) -> Path:
     """Write a tiny model and its tokenizer to `path` (a directory), ready for `model.source`.
 
     `model_options` go to `build_model` (hidden_size, layers, init_std, ...).
     """
     path = Path(path)
-    tokenizer = build_tokenizer(texts)
+    tokenizer = build_tokenizer(texts, vocab_size=vocab_size)
     model = build_model(tokenizer, arch, **model_options)
     model.generation_config.eos_token_id = _stop_token_ids(tokenizer)
     model.save_pretrained(path)
