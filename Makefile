@@ -7,7 +7,8 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PYTEST_ARGS ?=
 
-.PHONY: help demo deps tools test test-unit test-integration test-e2e lint cluster cluster-down cluster-status bench-data bench-trainer
+.PHONY: help demo deps tools test test-unit test-integration test-e2e lint cluster cluster-down cluster-status \
+	bench-data bench-operator bench-trainer crds chart-docs demo-cluster kind-up kind-down
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -21,12 +22,15 @@ deps: ## Install uv if missing and sync the locked environment (.venv)
 
 # With KUBETUNE_TEST_KUBECONFIG set, the tests run against that cluster: the
 # control-plane binaries are not needed, and kubectl, helm and kwok may come from PATH.
-tools: ## Build (first time, minutes) or reuse the cached control-plane binaries
+# The chart's small Go tools (helm-docs, kindconfig) are built either way.
+tools: ## Build (first time, minutes) or reuse the cached control-plane binaries and Go tools
 	@if [ -n "$$KUBETUNE_TEST_KUBECONFIG" ] && ! hack/build-tools.sh --check >/dev/null 2>&1; then \
 	  echo "KUBETUNE_TEST_KUBECONFIG is set: not building the control plane; kubectl, helm and kwok come from PATH"; \
 	else \
 	  hack/build-tools.sh >/dev/null; \
 	fi
+	hack/go-tool.sh helm-docs >/dev/null
+	hack/go-tool.sh kindconfig >/dev/null
 
 test: deps tools ## Run every test tier: unit, integration, e2e
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
@@ -54,6 +58,25 @@ lint: deps ## Lint the Python code
 
 bench-data: deps ## Benchmark the data pipeline against TRL (figures for docs/benchmarks.md)
 	$(UV) run --frozen python bench/data_pipeline.py --repeat 3
+
+bench-operator: deps tools ## Operator benchmark: created → Job latency, CPU and memory at 1, 50, 500 TuningJobs
+	$(UV) run --frozen python -m bench.operator_latency --json out/operator-latency.json
+
+demo-cluster: cluster ## The whole path on the test ground: CRD, operator, S3 Secret, a TuningJob trained on the local node
+	$(UV) run --frozen python -m hack.demo_cluster
+
+crds: deps ## Regenerate crds/ from the spec model, and the Helm chart's copy of it
+	$(UV) run --frozen kubetune crd --output-dir crds
+	cp crds/tuningjobs.kubetune.dev.yaml charts/kubetune/files/crds/
+
+chart-docs: ## Regenerate charts/kubetune/README.md from the documented values (helm-docs)
+	cd charts/kubetune && "$$(../../hack/go-tool.sh helm-docs)" --chart-search-root . --template-files README.md.gotmpl --log-level warning
+
+kind-up: ## Try kubetune in a local kind cluster, end to end (needs Docker; see docs/install.md)
+	hack/kind-up.sh
+
+kind-down: ## Delete the kind cluster that kind-up made
+	kind delete cluster --name $${CLUSTER:-kubetune}
 
 bench-trainer: deps ## Trainer figures on CPU: base precision, loop vs transformers Trainer, 4-bit generation
 	$(UV) run --frozen python bench/trainer_cpu.py

@@ -44,7 +44,7 @@ from kubetune.trainer.data.encode import Encoder  # noqa: E402
 from kubetune.trainer.data.formats import Formatter  # noqa: E402
 from kubetune.trainer.data.packing import build_packs, lower_bound, plan_packs  # noqa: E402
 from kubetune.trainer.data.templates import BUILTIN, resolve_template  # noqa: E402
-from kubetune.trainer.tiny import mistral_tokenizer  # noqa: E402
+from tests.support.tokenizers import mistral_tokenizer  # noqa: E402
 
 DOLLY = ROOT / "tests" / "data" / "dolly-sample.jsonl"
 LENGTHS = (2048, 4096)

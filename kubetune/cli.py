@@ -171,3 +171,65 @@ def train(filename: str | None, from_env: bool, scratch: str | None, metrics_por
     code = run_guarded(lambda: run_command(load, options, sys.argv[1:], json_logs=json_logs))
     sys.exit(code)
 
+
+@main.command()
+@click.option(
+    "-f",
+    "--filename",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The TuningJob manifest (YAML or JSON; other documents in it are ignored).",
+)
+@click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
+def render(filename: str, output: str) -> None:
+    """Print the Job the operator would create for a TuningJob; no cluster needed.
+
+    Uses the operator settings from the environment (KUBETUNE_OPERATOR_*), such as the
+    default trainer image; see docs/operator.md.
+    """
+
+    def action() -> None:
+        from kubetune.operator.render import render as render_job
+
+        click.echo(render_job(filename, output), nl=False)
+
+    run_guarded(action)
+
+
+@main.command()
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write the CRD into this folder (as `make crds` does for crds/) instead of printing it.",
+)
+def crd(output_dir: str | None) -> None:
+    """Print (or write) the TuningJob CustomResourceDefinition, generated from the spec model."""
+    from pathlib import Path
+
+    from kubetune.api.crd import CRD_FILE, render_crd
+
+    text = render_crd()
+    if output_dir is None:
+        click.echo(text, nl=False)
+        return
+    path = Path(output_dir) / CRD_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    click.echo(f"wrote {path}", err=True)
+
+
+@main.command()
+def operator() -> None:
+    """Run the TuningJob operator (kopf): TuningJobs in, GPU Jobs out, status back.
+
+    Configured by environment variables KUBETUNE_OPERATOR_* (docs/operator.md); talks to
+    the cluster of the in-cluster service account or of KUBECONFIG.
+    """
+
+    def action() -> None:
+        from kubetune.operator.main import run
+
+        run()
+
+    run_guarded(action)

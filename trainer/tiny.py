@@ -10,8 +10,9 @@ the spot and is deterministic:
 - `build_model(tokenizer, arch)` makes a randomly initialised causal LM of a real
   architecture (llama, qwen2, mistral) sized in kilobytes.
 - `save_tiny(path)` writes both where `spec.model.source` can point at them.
-- `mistral_tokenizer()` loads the real SentencePiece tokenizer shipped in the PyPI
-  package mistral-common (dev dependency), for realistic token counts.
+
+A real production tokenizer, for realistic token counts, is in test support
+(`tests.support.tokenizers.mistral_tokenizer`): it needs a dev dependency.
 
 Example::
 
@@ -21,10 +22,7 @@ Example::
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterable
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -161,31 +159,3 @@ def _stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     if isinstance(end_of_turn, int) and end_of_turn != tokenizer.unk_token_id:
         ids.append(end_of_turn)
     return ids
-
-
-def mistral_tokenizer() -> PreTrainedTokenizerFast:
-    """The Mistral 7B v0.1 SentencePiece tokenizer (32,000 pieces) shipped in mistral-common.
-
-    A real production tokenizer, for realistic token counts in tests and benchmarks. It
-    has no chat template (a base model's tokenizer). Converted once per process (about
-    five seconds) and cached; the caller gets its own copy.
-    """
-    import copy
-
-    return copy.deepcopy(_mistral_tokenizer())
-
-
-@lru_cache(maxsize=1)
-def _mistral_tokenizer() -> PreTrainedTokenizerFast:
-    try:
-        import mistral_common
-    except ImportError as e:  # a dev dependency: not in the trainer image
-        raise RuntimeError("mistral_tokenizer() needs the dev dependency mistral-common (uv sync)") from e
-    from transformers import LlamaTokenizer
-
-    model_file = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
-    with tempfile.TemporaryDirectory() as folder:
-        shutil.copy(model_file, Path(folder) / "tokenizer.model")
-        tokenizer = LlamaTokenizer.from_pretrained(folder)
-    tokenizer.pad_token = tokenizer.unk_token
-    return tokenizer

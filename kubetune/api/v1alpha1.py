@@ -18,9 +18,10 @@ Conventions:
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "kubetune.dev"
@@ -33,6 +34,8 @@ PLURAL = "tuningjobs"
 SHORT = 253  # a DNS subdomain: names, keys, resource names
 URI = 2048
 TEMPLATE = 32768  # an inline Jinja chat template
+
+ShortString = Annotated[str, Field(max_length=SHORT)]
 
 
 class ApiModel(BaseModel):
@@ -80,6 +83,18 @@ RedactionKind = Literal["email", "phone", "credit-card", "ipv4", "ipv6", "iban",
 class SplitSpec(ApiModel):
     """A held-out split: a fraction of the training source, or a source of its own."""
 
+    # The same rule as _exactly_one, for the API server (see kubetune/api/crd.py).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.fraction) != has(self.source)",
+                    "message": "set exactly one of fraction (e.g. 0.05) or source (a file or prefix)",
+                }
+            ]
+        }
+    )
+
     fraction: float | None = Field(
         default=None,
         gt=0.0,
@@ -121,7 +136,7 @@ class DatasetSpec(ApiModel):
             "prompt-completion (prompt/completion), text (plain text, for domain adaptation)."
         ),
     )
-    columns: dict[str, str] = Field(
+    columns: dict[str, ShortString] = Field(
         default_factory=dict,
         max_length=16,
         description=(
@@ -213,6 +228,21 @@ class LoraSpec(ApiModel):
 
 
 class MethodSpec(ApiModel):
+    # The same rule as _weights_match_type, for the API server.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.type) || self.type != 'qlora' || !has(self.baseWeights) || self.baseWeights == 'auto'",
+                    "message": (
+                        "baseWeights must be auto for type qlora, whose base weights are always 4-bit NF4; "
+                        "use type: lora for bf16/fp16/fp32/int8 base weights"
+                    ),
+                }
+            ]
+        }
+    )
+
     type: Literal["qlora", "lora"] = Field(
         default="qlora",
         description=(
@@ -361,6 +391,34 @@ class S3Spec(ApiModel):
 # Resources, scheduling, runtime
 
 
+# A Kubernetes resource quantity (resource.Quantity's grammar); positive.
+_QUANTITY = re.compile(
+    r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+_QUANTITY_HINT = "must be a positive Kubernetes quantity, such as 64Gi, 500Mi or 8"
+
+
+def _check_quantity(value: str) -> str:
+    if not _QUANTITY.match(value) or not re.search(r"[1-9]", value.split("e")[0].split("E")[0]):
+        raise ValueError(_QUANTITY_HINT)
+    return value
+
+
+Quantity = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))", "message": _QUANTITY_HINT}
+            ]
+        },
+    ),
+    AfterValidator(_check_quantity),
+]
+
+
 class ResourcesSpec(ApiModel):
     gpus: int = Field(
         default=1,
@@ -368,18 +426,23 @@ class ResourcesSpec(ApiModel):
         le=64,
         description="GPUs for the training pod; more than one trains data-parallel with torchrun. 0 trains on CPU.",
     )
-    cpu: str | None = Field(default=None, max_length=64, description="CPU request and limit, e.g. '8'. Unset: the operator's default.")
-    memory: str | None = Field(default=None, max_length=64, description="Memory request and limit, e.g. 64Gi. Unset: the operator's default.")
-    ephemeral_storage: str | None = Field(
-        default=None, max_length=64, description="Ephemeral storage request, e.g. 100Gi. Unset: the operator's default."
+    cpu: Quantity | None = Field(default=None, description="CPU request and limit, e.g. '8'. Unset: the operator's default.")
+    memory: Quantity | None = Field(default=None, description="Memory request and limit, e.g. 64Gi. Unset: the operator's default.")
+    ephemeral_storage: Quantity | None = Field(
+        default=None, description="Ephemeral storage request, e.g. 100Gi. Unset: the operator's default."
     )
-    scratch_size: str | None = Field(
+    scratch_size: Quantity | None = Field(
         default=None,
-        max_length=64,
-        description="Size limit of the scratch volume that holds the downloaded model, data cache and checkpoints.",
+        description=(
+            "Size limit of the scratch volume that holds the downloaded model, data cache and "
+            "checkpoints. Unset: the operator's default."
+        ),
     )
-    shm_size: str | None = Field(
-        default=None, max_length=64, description="Size of /dev/shm (memory-backed), used by data loaders and NCCL."
+    shm_size: Quantity | None = Field(
+        default=None, description=(
+            "Size of /dev/shm (memory-backed, counted in the memory limit), used by data loaders "
+            "and NCCL. Unset: the operator's default."
+        )
     )
 
 
@@ -396,7 +459,7 @@ class Toleration(ApiModel):
 
 
 class SchedulingSpec(ApiModel):
-    node_selector: dict[str, str] = Field(
+    node_selector: dict[str, ShortString] = Field(
         default_factory=dict, max_length=32, description="Labels a node must have to run the training pod."
     )
     tolerations: list[Toleration] = Field(

@@ -1,0 +1,100 @@
+"""End to end: `kubectl apply` of a TuningJob runs the real trainer to Succeeded.
+
+The operator (a real `kubetune operator` process) builds the Job; the control plane
+schedules its pod on the local node, which runs the container's command (`kubetune
+train --from-env`) as a local process with the pod's environment: the TuningJob JSON,
+the S3 credentials resolved from the Secret, the scratch volume. The trainer trains a
+tiny Llama with QLoRA on a Dolly subset from the real S3 server, serves its metrics,
+and writes the adapter to S3 and its termination message; the operator reports
+progress while it runs and the adapter's location at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from kubetune.trainer.tiny import save_tiny
+from tests.ground.cluster import Cluster
+from tests.ground.localnode import LocalNode
+from tests.ground.s3 import S3Endpoint
+from tests.integration.operator_support import OperatorProcess, get, install_crds
+from tests.support.data import DOLLY
+
+
+def test_kubectl_apply_trains_to_succeeded_with_progress_and_adapter_in_s3(
+    cluster: Cluster,
+    local_node: LocalNode,
+    s3_server: S3Endpoint,
+    s3_bucket: str,
+    namespace_factory: Callable[..., str],
+    tmp_path: Path,
+) -> None:
+    install_crds(cluster)
+    ns = namespace_factory("e2e")
+    tiny_model = save_tiny(tmp_path / "tiny-llama")
+    s3 = s3_server.client()
+    for path in sorted(p for p in tiny_model.rglob("*") if p.is_file()):
+        s3.upload_file(str(path), s3_bucket, f"models/tiny/{path.relative_to(tiny_model)}")
+    subset = "".join(DOLLY.read_text().splitlines(keepends=True)[:160])
+    s3.put_object(Bucket=s3_bucket, Key="data/dolly.jsonl", Body=subset.encode())
+
+    credentials = s3_server.env()
+    secret = {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-credentials"}, "type": "Opaque",
+        "stringData": {k: credentials[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
+    }
+    tuningjob = {
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "TuningJob",
+        "metadata": {"name": "dolly-tiny"},
+        "spec": {
+            "model": {"source": f"s3://{s3_bucket}/models/tiny/"},
+            "dataset": {"source": f"s3://{s3_bucket}/data/dolly.jsonl", "format": "dolly", "validation": {"fraction": 0.1}},
+            "method": {"type": "qlora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
+            "training": {
+                "maxSteps": 8, "learningRate": 5e-3, "batchSize": 2, "gradientAccumulation": 1, "maxSeqLength": 256,
+                "warmupRatio": 0.0, "evalEvery": 4, "checkpointEvery": 4, "logEvery": 1,
+            },
+            "output": {"destination": f"s3://{s3_bucket}/out/"},
+            "s3": {**s3_server.spec(), "credentialsSecret": "s3-credentials"},
+            "resources": {"gpus": 0, "cpu": "1", "memory": "4Gi", "ephemeralStorage": "1Gi", "scratchSize": "2Gi", "shmSize": "256Mi"},
+            "scheduling": {"nodeSelector": local_node.node_selector, "tolerations": local_node.tolerations},
+            "runtime": {"backoffLimit": 0},
+        },
+    }
+    manifest = tmp_path / "tuningjob.yaml"
+    manifest.write_text(yaml.safe_dump_all([secret, tuningjob], sort_keys=False))
+
+    operator = OperatorProcess(cluster, tmp_path, [ns], lease_namespace=ns, progress_interval_seconds=1).start()
+    try:
+        cluster.kubectl("apply", "-n", ns, "-f", str(manifest))
+        phases, progress_seen, status = [], [], {}
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            status = get(cluster, ns, "dolly-tiny").get("status") or {}
+            if status.get("phase") and (not phases or phases[-1] != status["phase"]):
+                phases.append(status["phase"])
+            if status.get("phase") == "Running" and (status.get("progress") or {}).get("step"):
+                progress_seen.append(status["progress"])
+            if status.get("phase") in ("Succeeded", "Failed"):
+                break
+            time.sleep(0.5)
+        pod_logs = "\n".join(local_node.pod_log(ns, p.metadata.name) for p in cluster.core.list_namespaced_pod(ns).items)
+        assert status.get("phase") == "Succeeded", f"status: {status}\ntrainer:\n{pod_logs[-4000:]}\noperator:\n{operator.log()}"
+    finally:
+        operator.stop()
+
+    assert phases[0] == "Pending" and "Running" in phases, phases
+    assert progress_seen, "the operator read the trainer's progress while it ran"
+    assert progress_seen[-1]["totalSteps"] == 8 and progress_seen[-1]["summary"].endswith("%)")
+    adapter = status["output"]["adapter"]
+    assert adapter.startswith(f"s3://{s3_bucket}/out/adapter")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="out/adapter")["Contents"]]
+    assert any(k.endswith("adapter_config.json") for k in keys) and any(k.endswith(".safetensors") for k in keys), keys
+    assert status["progress"]["summary"] == "8/8 (100%)"
+    table = cluster.kubectl("get", "tuningjobs", "-n", ns).stdout
+    assert "dolly-tiny" in table and "Succeeded" in table

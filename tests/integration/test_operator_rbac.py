@@ -1,0 +1,53 @@
+"""The operator works with exactly the permissions kubetune.operator.rbac lists."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from kubetune.operator.rbac import CLUSTER_RULES, LEASE_RULES
+from tests.ground.cluster import Cluster
+from tests.integration.operator_support import (
+    OperatorProcess,
+    create,
+    end_pod,
+    install_crds,
+    running_pod,
+    tuningjob,
+    wait_phase,
+)
+
+
+def test_operator_runs_with_its_documented_rbac(
+    cluster: Cluster, gpu_nodes: object, namespace_factory: Callable[..., str], tmp_path: Path
+) -> None:
+    install_crds(cluster)
+    ns = namespace_factory("rbac")
+    home = namespace_factory("rbac-home", restricted=False)
+    account = "kubetune-operator"
+    cluster.core.create_namespaced_service_account(home, {"metadata": {"name": account}})
+    role = f"kubetune-operator-{ns}"
+    subject = [{"kind": "ServiceAccount", "name": account, "namespace": home}]
+    cluster.rbac.create_cluster_role({"metadata": {"name": role}, "rules": CLUSTER_RULES})
+    cluster.rbac.create_cluster_role_binding({
+        "metadata": {"name": role}, "subjects": subject,
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+    })
+    cluster.rbac.create_namespaced_role(home, {"metadata": {"name": "lease"}, "rules": LEASE_RULES})
+    cluster.rbac.create_namespaced_role_binding(home, {
+        "metadata": {"name": "lease"}, "subjects": subject,
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "lease"},
+    })
+    kubeconfig = cluster.kubeconfig_for_service_account(home, account)
+    operator = OperatorProcess(cluster, tmp_path, [ns], lease_namespace=home, kubeconfig=kubeconfig).start()
+    try:
+        create(cluster, ns, tuningjob("least-privilege"))
+        end_pod(cluster, running_pod(cluster, ns, "least-privilege"), 0)
+        wait_phase(cluster, ns, "least-privilege", "Succeeded")
+        events = cluster.core.list_namespaced_event(ns, field_selector="involvedObject.name=least-privilege").items
+        assert {e.reason for e in events} >= {"Training", "Succeeded"}
+        assert "Forbidden" not in operator.log() and "403" not in operator.log()
+    finally:
+        operator.stop()
+        cluster.rbac.delete_cluster_role_binding(role)
+        cluster.rbac.delete_cluster_role(role)

@@ -1,0 +1,51 @@
+"""What the operator rejects beyond the schema, and how it says so."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubetune.api.manifest import SpecError
+from kubetune.operator.validation import validate
+from tests.unit.operator_fixtures import manifest, settings
+
+
+def _problems(document: dict, **config) -> list[str]:
+    with pytest.raises(SpecError) as error:
+        validate(document, settings(**config), "TuningJob team-a/dolly")
+    return [f"{p.field}: {p.message}" for p in error.value.problems]
+
+
+def test_a_good_manifest_passes() -> None:
+    assert validate(manifest(), settings(), "x").metadata.name == "dolly"
+
+
+def test_local_paths_do_not_work_in_a_cluster() -> None:
+    problems = _problems(manifest(model={"source": "/models/llama"}, output={"destination": "./out"}))
+    assert problems == [
+        "spec.model.source: use s3://, pvc:// or hf:// in a cluster; a local path works only with "
+        "`kubetune train` on a workstation (got '/models/llama')",
+        "spec.output.destination: use an s3://bucket/prefix URI in a cluster; a local path works only "
+        "with `kubetune train` on a workstation (got './out')",
+    ]
+
+
+def test_bad_uris_and_claims() -> None:
+    problems = _problems(
+        manifest(
+            model={"source": "pvc:///weights"},
+            dataset={"source": "s3://B/x.jsonl", "validation": {"source": "gs://bucket/val.jsonl"}},
+        )
+    )
+    assert [p.split(":")[0] for p in problems] == ["spec.model.source", "spec.dataset.source", "spec.dataset.validation.source"]
+    assert "pvc://CLAIM/PATH" in problems[0] and "bucket name" in problems[1]
+
+
+def test_shm_must_fit_in_memory_including_operator_defaults() -> None:
+    (problem,) = _problems(manifest(resources={"shmSize": "16Gi"}), default_memory="16Gi")
+    assert problem.startswith("spec.resources.shmSize: /dev/shm (16Gi) is memory and must fit inside the memory limit (16Gi)")
+
+
+def test_schema_errors_name_the_field_in_manifest_terms() -> None:
+    problems = _problems(manifest(training={"learningRate": -1, "epoch": 2}))
+    assert "spec.training.learningRate: input should be greater than 0 (got -1)" in problems
+    assert "spec.training.epoch: unknown field; did you mean epochs?" in problems
