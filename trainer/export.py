@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
-MERGED = "merged/"
 
 
 def write_adapter(model: Any, tokenizer: PreTrainedTokenizerBase, folder: Path, base_source: str) -> Path:
@@ -155,7 +154,7 @@ def write_merged(adapter_folder: Path, base_folder: Path, folder: Path, compute_
 def upload_results(storage: Storage, local: Path, destination: str, *, merged: Path | None) -> str:
     """Upload merged/ (if any), then adapter/ with adapter_config.json last; returns the adapter URI."""
     if merged is not None:
-        storage.upload_dir(merged, join_uri(destination, MERGED))
+        storage.upload_dir(merged, join_uri(destination, OutputLayout.MERGED))
     adapter_uri = join_uri(destination, OutputLayout.ADAPTER)
     staged = local.parent / (local.name + ".upload")
     shutil.rmtree(staged, ignore_errors=True)

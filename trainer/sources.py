@@ -2,8 +2,8 @@
 
 - `s3://bucket/prefix/`: downloaded in parallel to the scratch volume, cached there by
   ETag (`Storage.download_prefix`), so a restarted pod does not download it again.
-- `pvc://claim/path`: the operator mounts the claim read-only under
-  `contract.PVC_MOUNT_ROOT/<claim>`; the folder is used in place.
+- `pvc://claim/path`: the operator mounts the claim read-only at
+  `contract.PVC_MOUNT_ROOT/<claim>` (/mnt/pvc); the folder is used in place.
 - `hf://org/name`: `huggingface_hub.snapshot_download` into the scratch volume, at
   `spec.model.revision`; where no hub is reachable (air-gapped clusters, CI) this is a
   clear error that says to mirror the model to S3 or a PVC.
@@ -21,15 +21,14 @@ import logging
 import os
 from pathlib import Path
 
+from kubetune.api.contract import PVC_MOUNT_ROOT, pvc_claim, pvc_local_path
 from kubetune.api.v1alpha1 import ModelSpec
 from kubetune.trainer.errors import InvalidConfigError, StorageAccessError
 from kubetune.trainer.storage import Storage
 
 log = logging.getLogger(__name__)
 
-# Where the operator mounts pvc://CLAIM/... claims (read-only): PVC_MOUNT_ROOT/CLAIM.
-PVC_MOUNT_ROOT = "/mnt/pvc"
-# Overrides PVC_MOUNT_ROOT outside a pod (tests, a workstation with the volume mounted).
+# Overrides contract.PVC_MOUNT_ROOT outside a pod (tests, a workstation with the volume mounted).
 PVC_MOUNT_ROOT_ENV = "KUBETUNE_PVC_ROOT"
 
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -74,13 +73,13 @@ def check_model_folder(folder: Path, source: str) -> None:
 
 
 def _pvc_path(source: str) -> Path:
-    rest = source[len("pvc://") :].strip("/")
-    if not rest:
+    claim = pvc_claim(source)
+    if claim is None:
         raise InvalidConfigError(f"spec.model.source: '{source}' names no claim; write pvc://CLAIM/PATH")
+    # The operator mounts the claim at PVC_MOUNT_ROOT/CLAIM (contract.pvc_local_path).
     root = Path(os.environ.get(PVC_MOUNT_ROOT_ENV, PVC_MOUNT_ROOT))
-    path = root / rest
+    path = root / Path(pvc_local_path(source)).relative_to(PVC_MOUNT_ROOT)
     if not path.is_dir():
-        claim = rest.split("/", 1)[0]
         raise InvalidConfigError(
             f"spec.model.source: {source}: {path} is not a folder; the claim '{claim}' is mounted at "
             f"{root / claim} in the training pod (pvc:// sources only exist inside the cluster; "

@@ -99,3 +99,14 @@ def test_unsupported_model_schemes(tmp_path: Path) -> None:
 
     with pytest.raises(InvalidConfigError, match="unsupported scheme"):
         fetch_model(ModelSpec(source="gs://bucket/model/"), Storage(), tmp_path)
+
+
+@pytest.mark.usefixtures("no_training")
+def test_a_tokenizer_without_the_chat_template_the_spec_insists_on(tiny_model: Path, synthetic_data: Path, tmp_path: Path) -> None:
+    model = copy_model(tiny_model, tmp_path / "model", without=("chat_template.jinja",))
+    config_path = model / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("chat_template", None)
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(InvalidConfigError, match="template"):
+        attempt(model, synthetic_data, tmp_path / "out", tmp_path / "scratch", dataset={"template": "tokenizer"})
