@@ -81,6 +81,14 @@ def model_card(job: TuningJob, summary: dict[str, Any]) -> str:
         "seed": training.seed,
     }
     hyper_rows = "\n".join(f"| {k} | {v} |" for k, v in hyper.items())
+    # QLoRA adapters were trained against the NF4-quantized base: serve them on it.
+    load_kwargs = (
+        ",\n    quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=\"nf4\", "
+        "bnb_4bit_use_double_quant=True)"
+        if spec.method.type == "qlora"
+        else ""
+    )
+    imports = "AutoModelForCausalLM, AutoTokenizer" + (", BitsAndBytesConfig" if spec.method.type == "qlora" else "")
     data_rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in data.items() if v is not None)
     return f"""---
 library_name: peft
@@ -98,9 +106,9 @@ on `{spec.dataset.source}`.
 
 ```python
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import {imports}
 
-base = AutoModelForCausalLM.from_pretrained("<the base model>")
+base = AutoModelForCausalLM.from_pretrained("<the base model>"{load_kwargs})
 model = PeftModel.from_pretrained(base, "<this folder>")
 tokenizer = AutoTokenizer.from_pretrained("<this folder>")
 ```

@@ -16,6 +16,7 @@ from kubetune.api.v1alpha1 import TuningJob
 from kubetune.trainer import run
 from kubetune.trainer.errors import Preempted
 from kubetune.trainer.loop import TrainLoop
+from kubetune.trainer.model import peft_without_deprecation_noise
 from kubetune.trainer.quantization import four_bit_config
 from tests.support.training import (
     ANIMALS,
@@ -150,7 +151,8 @@ def test_the_exported_adapter_loads_with_peft_and_answers_in_the_taught_format(l
         return AutoModelForCausalLM.from_pretrained(tiny_model, quantization_config=four_bit_config(torch.float32), device_map={"": "cpu"})
 
     before = {animal: generate(base_model(), tokenizer, animal) for animal in ANIMALS}
-    tuned = PeftModel.from_pretrained(base_model(), adapter).eval()
+    with peft_without_deprecation_noise():
+        tuned = PeftModel.from_pretrained(base_model(), adapter).eval()
     after = {animal: generate(tuned, tokenizer, animal) for animal in ANIMALS}
 
     taught = re.compile(r"^Answer: (\w+) is a (mammal|bird)\.$")
