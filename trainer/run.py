@@ -100,11 +100,14 @@ def run_command(load: Callable[[], TuningJob], options: RunOptions, argv: list[s
     configure_logging(rank=rank, json_logs=json_logs, level=logging.getLogger().level or None)
     stop = StopSignal()
     try:
-        job = load()
-        plan = make_plan(job.spec, Hardware.probe())
-        if plan.distributed and not launched_by_torchrun():
-            return int(_launch(plan, argv))
+        # From the start: a SIGTERM while torch is still importing also ends in an outcome.
         with _stop_on_signals(stop):
+            job = load()
+            plan = make_plan(job.spec, Hardware.probe())
+            if stop.requested:
+                raise Preempted(f"stopped by {stop.reason} before training started; nothing to save")
+            if plan.distributed and not launched_by_torchrun():
+                return int(_launch(plan, argv))  # torchrun's agent handles signals from here
             result = train(job, options, plan=plan, stop=stop)
     except BaseException as error:
         outcome = outcome_of(error)
