@@ -7,11 +7,14 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PYTEST_ARGS ?=
 
-.PHONY: help deps tools test test-unit test-integration test-e2e lint cluster cluster-down cluster-status \
-	bench-data bench-operator crds chart-docs demo-cluster kind-up kind-down
+.PHONY: help demo deps tools test test-unit test-integration test-e2e lint cluster cluster-down cluster-status \
+	bench-data bench-operator bench-trainer crds chart-docs demo-cluster kind-up kind-down
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+demo: deps ## Train a tiny model end to end through S3 on this machine (a few minutes, no GPU)
+	$(UV) run --frozen python hack/demo.py
 
 deps: ## Install uv if missing and sync the locked environment (.venv)
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -74,3 +77,6 @@ kind-up: ## Try kubetune in a local kind cluster, end to end (needs Docker; see 
 
 kind-down: ## Delete the kind cluster that kind-up made
 	kind delete cluster --name $${CLUSTER:-kubetune}
+
+bench-trainer: deps ## Trainer figures on CPU: base precision, loop vs transformers Trainer, 4-bit generation
+	$(UV) run --frozen python bench/trainer_cpu.py
