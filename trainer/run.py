@@ -630,7 +630,7 @@ def prepare_data(job: TuningJob, workdir: Path, tokenizer: Any, storage: Storage
 
     from kubetune.trainer import data as pipeline
 
-    prepared = pipeline.prepare(job, workdir, tokenizer)
+    prepared = pipeline.prepare(job, workdir, tokenizer, storage)
     if prepared.chat_template is not None:
         tokenizer.chat_template = prepared.chat_template
     lengths = None
