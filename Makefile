@@ -17,7 +17,9 @@ demo: deps ## Train a tiny model end to end through S3 on this machine (a few mi
 	$(UV) run --frozen python hack/demo.py
 
 deps: ## Install uv if missing and sync the locked environment (.venv)
-	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
+	  python3 -m pip install --quiet uv || python3 -m pip install --quiet --user uv || \
+	  python3 -m pip install --quiet --user --break-system-packages uv
 	$(UV) sync --frozen --all-extras
 
 # With KUBETUNE_TEST_KUBECONFIG set, the tests run against that cluster: the
