@@ -7,15 +7,20 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PYTEST_ARGS ?=
 
-.PHONY: help deps tools test test-unit test-integration test-e2e lint cluster cluster-down cluster-status \
-	bench bench-smoke bench-data bench-s3 bench-train bench-first-step bench-operator \
+.PHONY: help demo deps tools test test-unit test-integration test-e2e lint cluster cluster-down cluster-status \
+	bench bench-smoke bench-data bench-s3 bench-train bench-first-step bench-operator bench-trainer \
 	crds chart-docs demo-cluster kind-up kind-down
 
 help: ## List the commands
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
+demo: deps ## Train a tiny model end to end through S3 on this machine (a few minutes, no GPU)
+	$(UV) run --frozen python hack/demo.py
+
 deps: ## Install uv if missing and sync the locked environment (.venv)
-	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
+	  python3 -m pip install --quiet uv || python3 -m pip install --quiet --user uv || \
+	  python3 -m pip install --quiet --user --break-system-packages uv
 	$(UV) sync --frozen --all-extras
 
 # With KUBETUNE_TEST_KUBECONFIG set, the tests run against that cluster: the
@@ -57,7 +62,7 @@ lint: deps ## Lint the Python code
 # Benchmarks (bench/, results in docs/benchmarks.md): each prints a table and writes
 # JSON (bench/results/, the operator's to out/). They take minutes and load the
 # machine: run one at a time.
-bench: bench-data bench-s3 bench-train bench-first-step bench-operator ## Run every benchmark (tens of minutes)
+bench: bench-data bench-s3 bench-train bench-first-step bench-trainer bench-operator ## Run every benchmark (tens of minutes)
 
 bench-smoke: deps ## Run every benchmark in its smoke mode (small inputs, one round: checks they work, no figures)
 	$(UV) run --frozen python bench/data_pipeline.py --smoke
@@ -95,3 +100,6 @@ kind-up: ## Try kubetune in a local kind cluster, end to end (needs Docker; see 
 
 kind-down: ## Delete the kind cluster that kind-up made
 	kind delete cluster --name $${CLUSTER:-kubetune}
+
+bench-trainer: deps ## Trainer figures on CPU: base precision, loop vs transformers Trainer, 4-bit generation
+	$(UV) run --frozen python bench/trainer_cpu.py

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import watch
+
 from tests.ground.cluster import Cluster, wait_for
 from tests.ground.ground import Ground
-
 from tests.integration.operator_support import (
     GROUP,
     PLURAL,

@@ -106,6 +106,76 @@ def prepare(manifest: str, output: str | None, report: str | None) -> None:
 @click.option(
     "-f",
     "--filename",
+    type=click.Path(dir_okay=False, path_type=str),
+    help="The TuningJob manifest (YAML or JSON) to run.",
+)
+@click.option(
+    "--from-env",
+    is_flag=True,
+    help="Read the TuningJob as JSON from $KUBETUNE_TUNINGJOB (how the operator's pod runs it).",
+)
+@click.option(
+    "--scratch",
+    type=click.Path(file_okay=False, path_type=str),
+    help="Folder for downloads, prepared data and checkpoints in transit "
+    "(default: $KUBETUNE_SCRATCH_DIR, else ~/.cache/kubetune/runs/NAME-HASH).",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(-1, 65535),
+    default=None,
+    help="Port of the Prometheus endpoint (default 9400; 0 picks a free port; -1 serves none).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "json", "text"]),
+    default="auto",
+    show_default=True,
+    help="auto: text on a terminal, JSON lines otherwise.",
+)
+def train(filename: str | None, from_env: bool, scratch: str | None, metrics_port: int | None, log_format: str) -> None:
+    """Train the adapter a TuningJob describes, here (locally or inside the training pod).
+
+    Runs the same manifest you `kubectl apply`: model and data from local paths or S3,
+    results to spec.output.destination. Exit codes follow the operator contract
+    (0 done, 65 bad data, 75 preempted after a checkpoint, 77 storage, 78 invalid spec).
+    """
+    if bool(filename) == from_env:
+        raise click.UsageError("give exactly one of -f FILE or --from-env")
+
+    def load():  # type: ignore[no-untyped-def]
+        if filename:
+            from kubetune.api.manifest import load_tuningjob
+
+            return load_tuningjob(filename)
+        import os
+
+        from kubetune.api.contract import SPEC_ENV
+        from kubetune.api.manifest import parse_tuningjob_json
+
+        text = os.environ.get(SPEC_ENV)
+        if not text:
+            from kubetune.api.manifest import Problem
+
+            raise SpecError(f"${SPEC_ENV}", [Problem("", "is empty or unset; the operator puts the TuningJob there")])
+        return parse_tuningjob_json(text, f"${SPEC_ENV}")
+
+    from pathlib import Path
+
+    from kubetune.api.contract import METRICS_PORT
+    from kubetune.trainer.run import RunOptions, run_command
+
+    port = METRICS_PORT if metrics_port is None else (None if metrics_port < 0 else metrics_port)
+    options = RunOptions(scratch=Path(scratch) if scratch else None, metrics_port=port)
+    json_logs = {"auto": None, "json": True, "text": False}[log_format]
+    code = run_guarded(lambda: run_command(load, options, sys.argv[1:], json_logs=json_logs))
+    sys.exit(code)
+
+
+@main.command()
+@click.option(
+    "-f",
+    "--filename",
     required=True,
     type=click.Path(dir_okay=False),
     help="The TuningJob manifest (YAML or JSON; other documents in it are ignored).",

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -104,11 +104,15 @@ def build_model(
     kv_heads: int = 2,
     seed: int = 0,
     attn_implementation: str = "sdpa",
+    init_std: float = 0.02,
 ) -> PreTrainedModel:
     """A randomly initialised causal LM of a real architecture, in float32.
 
     Grouped-query attention (kv_heads < heads) and a vocabulary matching the tokenizer,
-    so the same code paths run as for the full-size model.
+    so the same code paths run as for the full-size model. `init_std` is the weights'
+    initial standard deviation: with the usual 0.02 the logits of so small a model are
+    nearly uniform and LoRA alone moves them slowly (validation loss 4.9 → 4.6 in 40
+    steps of a synthetic task); 0.2 gives it features to steer (6.8 → 0.09).
     """
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
@@ -126,16 +130,22 @@ def build_model(
         eos_token_id=_stop_token_ids(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        initializer_range=init_std,
     )
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
 
 
-def save_tiny(path: str | Path, arch: Arch = "llama", texts: Iterable[str] | None = None) -> Path:
-    """Write a tiny model and its tokenizer to `path` (a directory), ready for `model.source`."""
+def save_tiny(
+    path: str | Path, arch: Arch = "llama", texts: Iterable[str] | None = None, *, vocab_size: int = 512, **model_options: Any
+) -> Path:
+    """Write a tiny model and its tokenizer to `path` (a directory), ready for `model.source`.
+
+    `model_options` go to `build_model` (hidden_size, layers, init_std, ...).
+    """
     path = Path(path)
-    tokenizer = build_tokenizer(texts)
-    model = build_model(tokenizer, arch)
+    tokenizer = build_tokenizer(texts, vocab_size=vocab_size)
+    model = build_model(tokenizer, arch, **model_options)
     model.generation_config.eos_token_id = _stop_token_ids(tokenizer)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

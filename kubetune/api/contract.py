@@ -145,6 +145,7 @@ class OutputLayout:
     """Paths under spec.output.destination (see DESIGN.md)."""
 
     ADAPTER = "adapter/"
+    MERGED = "merged/"  # with spec.method.mergeAdapter: the base with the adapter merged in
     CHECKPOINTS = "checkpoints/"
     CHECKPOINT_MARKER = "COMPLETE"  # written last: a checkpoint without it is partial
     METRICS = "metrics.jsonl"

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from kubetune.api.manifest import model_in
 from kubetune.api.status import TuningJobStatus
 from kubetune.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION, TuningJobSpec
 
@@ -224,7 +225,7 @@ def _field_schema(info: FieldInfo, raw: dict[str, Any], defs: dict[str, Any]) ->
 
 def _value_schema(annotation: Any, raw: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     raw = _deref(raw, defs)
-    model = _model_in(annotation)
+    model = model_in(annotation)
     if raw.get("type") == "object" and "properties" in raw and model is not None:
         return _object_schema(model, raw, defs)
     out: dict[str, Any] = {}
@@ -291,16 +292,6 @@ def _default_of(info: FieldInfo) -> Any:
 
 def _field(model: type[BaseModel], alias: str) -> FieldInfo:
     return next(f for n, f in model.model_fields.items() if (f.alias or n) == alias)
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
 
 
 def _item_annotation(annotation: Any) -> Any:

@@ -163,15 +163,16 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
         field = next((f for n, f in model.model_fields.items() if part in (n, f.alias)), None)
         if field is None:
             return None
-        model = _model_in(field.annotation)
+        model = model_in(field.annotation)
     return model
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
+def model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model a field annotation holds, through Optional, list and Annotated."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in getattr(annotation, "__args__", ()):
-        found = _model_in(arg)
+        found = model_in(arg)
         if found is not None:
             return found
     return None

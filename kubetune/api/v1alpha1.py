@@ -217,6 +217,15 @@ class LoraSpec(ApiModel):
         ),
     )
 
+    @model_validator(mode="after")
+    def _all_linear_alone(self) -> LoraSpec:
+        if "all-linear" in self.target_modules and len(self.target_modules) > 1:
+            raise ValueError(
+                "targetModules: all-linear already targets every linear layer; give either "
+                "[all-linear] or a list of module names, not both"
+            )
+        return self
+
 
 class MethodSpec(ApiModel):
     # The same rule as _weights_match_type, for the API server.
@@ -518,6 +527,15 @@ class TuningJobSpec(ApiModel):
     )
 
     model_config = ConfigDict(protected_namespaces=())
+
+    @model_validator(mode="after")
+    def _exact_match_needs_a_test_split(self) -> TuningJobSpec:
+        if self.training.eval_exact_match and self.dataset.test is None:
+            raise ValueError(
+                "training.evalExactMatch generates answers for the test split, but dataset.test is not "
+                "set; add dataset.test (a fraction or a source) or set evalExactMatch: false"
+            )
+        return self
 
 
 class ObjectMeta(BaseModel):

@@ -98,12 +98,21 @@ class PreparedData:
         return [*written, report_path]
 
 
-def prepare(job: TuningJob, workdir: str | Path, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
-    """Prepare the job's dataset with `tokenizer`, or load it from the cache under `workdir`."""
+def prepare(
+    job: TuningJob,
+    workdir: str | Path,
+    tokenizer: PreTrainedTokenizerBase,
+    storage: Storage | None = None,
+) -> PreparedData:
+    """Prepare the job's dataset with `tokenizer`, or load it from the cache under `workdir`.
+
+    `storage` reads the sources; the trainer passes its own so that the bytes downloaded
+    here count in its S3 metrics. Default: a Storage for `spec.s3`.
+    """
     spec = job.spec
     dataset, training = spec.dataset, spec.training
     stages = _Stages()
-    storage = Storage(spec.s3)
+    storage = storage or Storage(spec.s3)
     with stages("list"):
         sources = {"train": _list_source(dataset.source, storage)}
         for split in ("validation", "test"):

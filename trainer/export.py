@@ -1,0 +1,183 @@
+"""The results of a run: the adapter folder, a model card, the summary, a merged model.
+
+`<output.destination>/adapter/` holds what serving needs and what a person reads:
+
+    adapter_model.safetensors, adapter_config.json   `PeftModel.from_pretrained(base, uri)`
+    tokenizer files                                  the tokenizer the adapter was trained with
+    README.md                                        model card: base, data, method, metrics
+    training-summary.json                            the same, for machines
+
+and, with `method.mergeAdapter`, `merged/` a full model with the adapter merged into
+the base weights (in the compute dtype; a 4-bit base is reloaded unquantized for it).
+
+Upload order matters: a reader that sees `adapter/adapter_config.json` must find a
+complete adapter, so the adapter folder goes last and its config last within it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kubetune.api.contract import OutputLayout
+from kubetune.api.v1alpha1 import TuningJob
+from kubetune.trainer.storage import Storage, join_uri
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def write_adapter(model: Any, tokenizer: PreTrainedTokenizerBase, folder: Path, base_source: str) -> Path:
+    """Save adapter weights and config and the tokenizer into `folder` (replaced)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    config_path = folder / ADAPTER_CONFIG
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    # The local download path means nothing elsewhere; the spec's URI does.
+    config["base_model_name_or_path"] = base_source
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def write_summary(folder: Path, summary: dict[str, Any]) -> None:
+    (folder / OutputLayout.TRAINING_SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def write_model_card(folder: Path, job: TuningJob, summary: dict[str, Any]) -> None:
+    (folder / "README.md").write_text(model_card(job, summary), encoding="utf-8")
+
+
+def model_card(job: TuningJob, summary: dict[str, Any]) -> str:
+    spec = job.spec
+    lora, training = spec.method.lora, spec.training
+    plan = summary.get("plan", {})
+    metrics = summary.get("metrics", {})
+    data = summary.get("data", {})
+    metric_rows = "\n".join(f"| {name} | {_fmt(value)} |" for name, value in sorted(metrics.items()))
+    hyper = {
+        "method": spec.method.type,
+        "base weights": plan.get("base_weights"),
+        "compute dtype": plan.get("compute_dtype"),
+        "LoRA r / alpha / dropout": f"{lora.r} / {lora.alpha:g} / {lora.dropout:g}",
+        "target modules": ", ".join(lora.target_modules),
+        "optimizer": plan.get("optimizer"),
+        "learning rate": f"{training.learning_rate:g} ({training.lr_scheduler}, warmup {training.warmup_ratio:g})",
+        "optimizer steps": summary.get("steps"),
+        "epochs": _fmt(summary.get("epochs", 0.0)),
+        "batch size x accumulation x processes": (
+            f"{training.batch_size} x {training.gradient_accumulation} x {plan.get('world_size', 1)}"
+        ),
+        "max sequence length": f"{training.max_seq_length} (packing {'on' if training.packing else 'off'})",
+        "loss on": training.loss_on,
+        "seed": training.seed,
+    }
+    hyper_rows = "\n".join(f"| {k} | {v} |" for k, v in hyper.items())
+    # QLoRA adapters were trained against the NF4-quantized base: serve them on it.
+    load_kwargs = (
+        ",\n    quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=\"nf4\", "
+        "bnb_4bit_use_double_quant=True)"
+        if spec.method.type == "qlora"
+        else ""
+    )
+    imports = "AutoModelForCausalLM, AutoTokenizer" + (", BitsAndBytesConfig" if spec.method.type == "qlora" else "")
+    data_rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in data.items() if v is not None)
+    return f"""---
+library_name: peft
+base_model: {spec.model.source}
+tags: [lora, {spec.method.type}, kubetune]
+---
+
+# {job.metadata.name}
+
+A LoRA adapter for `{spec.model.source}`, trained by kubetune from the TuningJob
+`{job.metadata.namespace + "/" if job.metadata.namespace else ""}{job.metadata.name}`
+on `{spec.dataset.source}`.
+
+## Use
+
+```python
+from peft import PeftModel
+from transformers import {imports}
+
+base = AutoModelForCausalLM.from_pretrained("<the base model>"{load_kwargs})
+model = PeftModel.from_pretrained(base, "<this folder>")
+tokenizer = AutoTokenizer.from_pretrained("<this folder>")
+```
+
+## Training
+
+| setting | value |
+|---|---|
+{hyper_rows}
+
+## Data
+
+| | |
+|---|---|
+| source | {spec.dataset.source} |
+| format / template | {spec.dataset.format} / {_short(spec.dataset.template)} |
+{data_rows}
+
+## Metrics
+
+| metric | value |
+|---|---|
+{metric_rows}
+
+Losses are per trained token; perplexity is exp(loss). Full curves: `metrics.jsonl`
+next to this folder.
+
+## Versions
+
+{", ".join(f"{k} {v}" for k, v in summary.get("versions", {}).items())}
+"""
+
+
+def write_merged(adapter_folder: Path, base_folder: Path, folder: Path, compute_dtype: str, device: str) -> Path:
+    """Load the base unquantized, merge the adapter into it, save it with the tokenizer."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kubetune.trainer.model import peft_without_deprecation_noise, torch_dtype
+
+    shutil.rmtree(folder, ignore_errors=True)
+    base = AutoModelForCausalLM.from_pretrained(str(base_folder), dtype=torch_dtype(compute_dtype), device_map={"": device})
+    with peft_without_deprecation_noise():
+        merged = PeftModel.from_pretrained(base, str(adapter_folder)).merge_and_unload()
+    merged.save_pretrained(str(folder), safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(adapter_folder)).save_pretrained(str(folder))
+    log.info("merged model written to %s", folder)
+    return folder
+
+
+def upload_results(storage: Storage, local: Path, destination: str, *, merged: Path | None) -> str:
+    """Upload merged/ (if any), then adapter/ with adapter_config.json last; returns the adapter URI."""
+    if merged is not None:
+        storage.upload_dir(merged, join_uri(destination, OutputLayout.MERGED))
+    adapter_uri = join_uri(destination, OutputLayout.ADAPTER)
+    staged = local.parent / (local.name + ".upload")
+    shutil.rmtree(staged, ignore_errors=True)
+    shutil.copytree(local, staged, ignore=shutil.ignore_patterns(ADAPTER_CONFIG))
+    storage.upload_dir(staged, adapter_uri)
+    shutil.rmtree(staged, ignore_errors=True)
+    storage.upload_file(local / ADAPTER_CONFIG, join_uri(adapter_uri, ADAPTER_CONFIG))
+    return adapter_uri
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 40 else "inline template"
