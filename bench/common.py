@@ -12,6 +12,7 @@ measured idle. Ratios from one interleaved run are what the docs quote.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -102,7 +103,14 @@ def load() -> list[float]:
 
 
 def command() -> str:
-    return shlex.join([Path(sys.executable).name, *sys.argv])
+    """The command line as typed: `python -m bench.x ...` for a module run with -m."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        return shlex.join(["python", "-m", spec.name.removesuffix(".__main__"), *sys.argv[1:]])
+    script = Path(sys.argv[0]).resolve()
+    with contextlib.suppress(ValueError):
+        script = script.relative_to(ROOT)
+    return shlex.join(["python", str(script), *sys.argv[1:]])
 
 
 class Report:

@@ -321,6 +321,7 @@ class StepClock:
 
         self.warmup, self.steps, self.cuda = warmup, steps, cuda
         self.times: list[float] = []
+        self.cpu_times: list[float] = []  # this process's CPU seconds, every thread
         self.peak_bytes: int | None = None
         self.rss_at_warmup: int | None = None
         self.padding_share: float | None = None  # where the runner can tell
@@ -332,6 +333,7 @@ class StepClock:
         if self.cuda:
             torch.cuda.synchronize()
         self.times.append(time.perf_counter())
+        self.cpu_times.append(time.process_time())
         done = len(self.times)
         if done == self.warmup:
             self.rss_at_warmup = _status_kib("VmRSS") * 1024
@@ -353,11 +355,15 @@ class StepClock:
                 f"and {len(step_tokens)} counts"
             )
         seconds = self.times[w + n - 1] - self.times[w - 1]
+        cpu_seconds = self.cpu_times[w + n - 1] - self.cpu_times[w - 1]
         tokens = sum(step_tokens[w : w + n])
         return {
             "seconds": seconds,
+            "cpuSeconds": cpu_seconds,
             "tokens": tokens,
             "tokensPerSecond": tokens / seconds,
+            # Steadier than wall-clock time where other work shares the cores (CPU runs only).
+            "tokensPerCpuSecond": tokens / cpu_seconds if cpu_seconds > 0 else None,
             "stepSeconds": [
                 round(b - a, 4) for a, b in zip(self.times[w - 1 :], self.times[w:], strict=False)
             ],
@@ -701,12 +707,14 @@ def summarize(
     contenders: dict[str, Any] = {}
     for name, results in runs.items():
         rate = statistics.median(r["tokensPerSecond"] for r in results)
+        cpu_rate = statistics.median(r["tokensPerCpuSecond"] or 0 for r in results)
         memory = statistics.median(r["peakMemoryBytes"] for r in results)
         achieved = per_token * rate
         contenders[name] = {
             "label": LABELS[name],
             "tokensPerSecond": round(rate, 1),
             "tokensPerSecondRuns": [round(r["tokensPerSecond"], 1) for r in results],
+            "tokensPerCpuSecond": round(cpu_rate, 1),
             "peakMemoryMiB": round(memory / 2**20, 1),
             "achievedTflops": round(achieved / 1e12, 4),
             "fractionOfMatmulCeiling": round(achieved / ceiling, 4),
@@ -725,6 +733,11 @@ def summarize(
                 ratios[f"kubetuneTo{other.upper()}TokensPerSecond"] = round(
                     contenders["kubetune"]["tokensPerSecond"]
                     / contenders[other]["tokensPerSecond"],
+                    3,
+                )
+                ratios[f"kubetuneTo{other.upper()}TokensPerCpuSecond"] = round(
+                    contenders["kubetune"]["tokensPerCpuSecond"]
+                    / contenders[other]["tokensPerCpuSecond"],
                     3,
                 )
                 ratios[f"kubetuneTo{other.upper()}PeakMemory"] = round(
@@ -746,25 +759,38 @@ def summarize(
 
 def table(summary: dict[str, Any]) -> str:
     gpu = summary["peakTflops"] is not None
-    reference = summary["contenders"].get("kubetune")
+    ours = summary["contenders"].get("kubetune")
     rows = []
     for c in summary["contenders"].values():
-        rows.append(
-            [
-                c["label"],
-                f"{c['tokensPerSecond']:,.0f}",
-                f"{c['tokensPerSecond'] / reference['tokensPerSecond']:.2f}" if reference else "-",
-                f"{c['peakMemoryMiB']:,.0f}",
-                f"{c['achievedTflops'] * 1e3:,.1f}",
-                f"{c['mfu']:.1%}" if gpu else f"{c['fractionOfMatmulCeiling']:.1%}",
+        runs = c["tokensPerSecondRuns"]
+        row = [
+            c["label"],
+            f"{c['tokensPerSecond']:,.0f} ({min(runs):,.0f}-{max(runs):,.0f})",
+            f"{ours['tokensPerSecond'] / c['tokensPerSecond']:.2f}x" if ours else "-",
+        ]
+        if not gpu:
+            row += [
+                f"{c['tokensPerCpuSecond']:,.0f}",
+                f"{ours['tokensPerCpuSecond'] / c['tokensPerCpuSecond']:.2f}x" if ours else "-",
             ]
-        )
-    memory = "peak GPU memory allocated (MiB)" if gpu else "peak RSS (MiB)"
-    last = "MFU" if gpu else "of measured fp32 matmul"
-    return markdown_table(
-        ["contender", "tokens/s (median)", "relative to kubetune", memory, "model GFLOP/s", last],
-        rows,
-    )
+        padding = c["paddingShare"]
+        row += [
+            f"{c['peakMemoryMiB']:,.0f}",
+            "-" if padding is None else f"{padding:.0%}",
+            f"{c['achievedTflops'] * 1e3:,.1f}",
+            f"{c['mfu']:.1%}" if gpu else f"{c['fractionOfMatmulCeiling']:.1%}",
+        ]
+        rows.append(row)
+    headers = ["contender", "tokens/s, median (range)", "kubetune is"]
+    if not gpu:
+        headers += ["tokens per CPU-second", "kubetune is"]
+    headers += [
+        "peak GPU memory allocated (MiB)" if gpu else "peak RSS (MiB)",
+        "padding",
+        "model GFLOP/s",
+        "MFU" if gpu else "of a measured fp32 matmul",
+    ]
+    return markdown_table(headers, rows)
 
 
 def main() -> None:
