@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.train_step                 # tiny Llama on CPU (make bench-train)
     .venv/bin/python -m bench.train_step --smoke         # seconds: checks that every side runs
     .venv/bin/python -m bench.train_step --scale 1b      # on a GPU machine (~1.1B Llama)
-    .venv/bin/python -m bench.train_step --scale 8b      # on a GPU machine (~7.5B Llama, >= 40 GB)
+    .venv/bin/python -m bench.train_step --scale 8b      # on a GPU machine (~7.5B Llama)
 
 Same for every contender, in the same run: the model (a Llama of the chosen scale with
 random weights, built here, saved as safetensors beside the real Mistral 7B tokenizer
@@ -13,7 +13,7 @@ responses, truncated to the sequence length), QLoRA (NF4 base with double
 quantization, LoRA r 16, alpha 32, dropout 0.05 on every linear layer, activation
 checkpointing without re-entrant autograd, sdpa attention), the optimizer (torch AdamW
 on CPU, bitsandbytes' paged 8-bit AdamW on GPU; lr 2e-4 constant, no weight decay,
-gradients clipped at 1.0) and one micro-batch per optimizer step. Contenders:
+gradients clipped at 1.0) and the tokens per optimizer step. Contenders:
 
 - kubetune: `kubetune.trainer.run.train()`, what `kubetune train` runs: its own data
   pipeline (bin-packed rows of `seq` tokens, padding-free, position ids restarting per
@@ -24,7 +24,13 @@ gradients clipped at 1.0) and one micro-batch per optimizer step. Contenders:
 - HF Trainer: `transformers.Trainer` with the usual QLoRA recipe
   (`prepare_model_for_kbit_training`, `get_peft_model`) and padded batches
   (`DataCollatorForSeq2Seq`, padding to the longest example of each batch, default
-  random sampler): as many examples per step as fill `batch` x `seq` tokens on average.
+  random sampler): as many examples per optimizer step as fill `batch` x `seq` tokens
+  on average, in micro-batches of at most `hf_micro_batch` (gradient accumulation).
+
+Attention is sdpa everywhere by default (kubetune's loader uses it). TRL documents
+padding-free batches for flash-attention; on a GPU with the flash-attn package
+(not in kubetune's lock) `--attention flash_attention_2` gives TRL and HF Trainer
+that kernel.
 
 Each contender runs in its own process (clean memory figures, no shared caches), for
 `--rounds` rounds in a rotated order. Instrumentation is the same for all three and
@@ -111,6 +117,12 @@ class Scale:
     # OpenMP thread stalls every parallel region whenever its core is taken (steps were
     # measured 10-20x slower, erratically); one thread is slower but steady. 0: torch's default.
     threads: int = 0
+    # HF Trainer's padded examples per micro-batch at most; the optimizer step
+    # accumulates micro-batches up to the packed contenders' tokens per step.
+    hf_micro_batch: int = 8
+    # TRL's and HF Trainer's attention (kubetune's loader uses sdpa). On a GPU with the
+    # flash-attn package installed, flash_attention_2 is what TRL recommends for padding-free.
+    attention: str = "sdpa"
 
 
 SCALES = {
@@ -120,7 +132,7 @@ SCALES = {
     ),
     "tiny": Scale(
         "tiny", hidden=256, layers=4, intermediate=688, heads=4, kv_heads=2,
-        seq=512, batch=1, warmup=2, steps=10, rounds=3, gpu=False, threads=1,
+        seq=512, batch=1, warmup=2, steps=10, rounds=5, gpu=False, threads=1,
     ),
     # TinyLlama 1.1B's shape.
     "1b": Scale(
@@ -185,8 +197,7 @@ def flops_per_token(scale: Scale, lora_r: int, attended: float) -> float:
 # Dense bf16 tensor-core peaks (no sparsity), from NVIDIA's datasheets.
 GPU_PEAK_BF16 = {
     "H200": 989e12,
-    "H100 SXM": 989e12,
-    "H100 80GB HBM3": 989e12,
+    "H100 80GB HBM3": 989e12,  # H100 SXM
     "H100 NVL": 835e12,
     "H100 PCIe": 756e12,
     "A100": 312e12,
@@ -268,10 +279,10 @@ def build_model_folder(scale: Scale, model_dir: Path) -> Path:
     tokenizer = mistral_tokenizer()
     tokenizer.chat_template = BUILTIN["mistral"]
     torch.manual_seed(SEED)
-    device = "cuda" if scale.gpu and torch.cuda.is_available() else "cpu"
+    # On the CPU even for GPU scales: this process then holds no GPU memory while the
+    # contenders' processes run.
     dtype = torch.bfloat16 if scale.gpu else torch.float32
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(llama_config(scale), dtype=dtype)
+    model = AutoModelForCausalLM.from_config(llama_config(scale), dtype=dtype)
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     return model_dir
@@ -383,17 +394,31 @@ def _status_kib(field: str) -> int:
 class CountingCollator:
     """Wraps a Trainer's collator: real (non-padding) and computed input tokens of every batch."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, group: int = 1) -> None:
         self.inner = inner
-        self.tokens: list[int] = []
-        self.positions: list[int] = []  # padding included
+        self.group = group  # micro-batches per optimizer step
+        self.batch_tokens: list[int] = []
+        self.batch_positions: list[int] = []  # padding included
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.inner(features)
         mask = batch.get("attention_mask")
-        self.positions.append(int(batch["input_ids"].numel()))
-        self.tokens.append(int(mask.sum()) if mask is not None else self.positions[-1])
+        self.batch_positions.append(int(batch["input_ids"].numel()))
+        self.batch_tokens.append(int(mask.sum()) if mask is not None else self.batch_positions[-1])
         return batch
+
+    def _per_step(self, counts: list[int]) -> list[int]:
+        g = self.group
+        return [sum(counts[i : i + g]) for i in range(0, len(counts) - g + 1, g)]
+
+    @property
+    def tokens(self) -> list[int]:
+        """Real tokens per optimizer step."""
+        return self._per_step(self.batch_tokens)
+
+    @property
+    def positions(self) -> list[int]:
+        return self._per_step(self.batch_positions)
 
 
 # ---------------------------------------------------------------------------
@@ -415,7 +440,7 @@ def quantized_base(scale: Scale, model_dir: str) -> Any:
             bnb_4bit_compute_dtype=compute,
         ),
         dtype=compute,
-        attn_implementation="sdpa",
+        attn_implementation=scale.attention,
         device_map={"": "cuda:0" if scale.gpu else "cpu"},
     )
 
@@ -433,12 +458,12 @@ def lora_config() -> Any:
     )
 
 
-def trainer_arguments(scale: Scale, output: Path) -> dict[str, Any]:
+def trainer_arguments(scale: Scale, output: Path, accumulation: int = 1) -> dict[str, Any]:
     """TrainingArguments shared by TRL's and transformers' trainers."""
     return {
         "output_dir": str(output),
         "max_steps": scale.warmup + scale.steps,
-        "gradient_accumulation_steps": 1,
+        "gradient_accumulation_steps": accumulation,
         "learning_rate": 2e-4,
         "lr_scheduler_type": "constant",
         "warmup_steps": 0,
@@ -510,13 +535,17 @@ def run_hf(scale: Scale, inputs: dict[str, Any], workdir: Path, clock: StepClock
     model = get_peft_model(model, lora_config())
     examples = datasets.Dataset.from_parquet(inputs["examples"])
     per_step = max(1, round(scale.batch * scale.seq / inputs["meanExampleTokens"]))
+    micro = min(per_step, scale.hf_micro_batch)
+    accumulation = math.ceil(per_step / micro)
     counting = CountingCollator(
-        DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
+        DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100),
+        group=accumulation,
     )
     trainer = Trainer(
         model=model,
         args=TrainingArguments(
-            **trainer_arguments(scale, workdir / "hf"), per_device_train_batch_size=per_step
+            **trainer_arguments(scale, workdir / "hf", accumulation),
+            per_device_train_batch_size=micro,
         ),
         train_dataset=examples,
         data_collator=counting,
@@ -803,6 +832,9 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, help="override the scale's torch threads (0: torch's default)"
     )
+    parser.add_argument(
+        "--attention", help="TRL's and HF Trainer's attn_implementation (default: sdpa)"
+    )
     parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
     parser.add_argument(
         "--workdir", type=Path, help="keep the model and data here (default: a temporary folder)"
@@ -830,6 +862,8 @@ def main() -> None:
         scale = replace(scale, rounds=args.rounds)
     if args.threads is not None:
         scale = replace(scale, threads=args.threads)
+    if args.attention:
+        scale = replace(scale, attention=args.attention)
     report = Report("train_step", smoke=args.smoke, settings={"scale": asdict(scale), "lora": LORA})
     print(report.header())
     with contextlib.ExitStack() as stack:
