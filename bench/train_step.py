@@ -735,15 +735,19 @@ def summarize(
     )
     contenders: dict[str, Any] = {}
     for name, results in runs.items():
-        rate = statistics.median(r["tokensPerSecond"] for r in results)
-        cpu_rate = statistics.median(r["tokensPerCpuSecond"] or 0 for r in results)
+        # Best of the rounds: other work on a shared machine only ever slows a run down,
+        # so the fastest round is the closest to what the code itself costs. Medians too.
+        rates = [r["tokensPerSecond"] for r in results]
+        cpu_rates = [r["tokensPerCpuSecond"] or 0.0 for r in results]
         memory = statistics.median(r["peakMemoryBytes"] for r in results)
-        achieved = per_token * rate
+        achieved = per_token * max(rates)
         contenders[name] = {
             "label": LABELS[name],
-            "tokensPerSecond": round(rate, 1),
-            "tokensPerSecondRuns": [round(r["tokensPerSecond"], 1) for r in results],
-            "tokensPerCpuSecond": round(cpu_rate, 1),
+            "tokensPerSecond": round(max(rates), 1),
+            "tokensPerSecondMedian": round(statistics.median(rates), 1),
+            "tokensPerSecondRuns": [round(x, 1) for x in rates],
+            "tokensPerCpuSecond": round(max(cpu_rates), 1),
+            "tokensPerCpuSecondMedian": round(statistics.median(cpu_rates), 1),
             "peakMemoryMiB": round(memory / 2**20, 1),
             "achievedTflops": round(achieved / 1e12, 4),
             "fractionOfMatmulCeiling": round(achieved / ceiling, 4),
@@ -756,22 +760,20 @@ def summarize(
             "runs": results,
         }
     ratios = {}
-    if "kubetune" in contenders:
-        for other in ("trl", "hf"):
-            if other in contenders:
-                ratios[f"kubetuneTo{other.upper()}TokensPerSecond"] = round(
-                    contenders["kubetune"]["tokensPerSecond"]
-                    / contenders[other]["tokensPerSecond"],
-                    3,
-                )
-                ratios[f"kubetuneTo{other.upper()}TokensPerCpuSecond"] = round(
-                    contenders["kubetune"]["tokensPerCpuSecond"]
-                    / contenders[other]["tokensPerCpuSecond"],
-                    3,
-                )
-                ratios[f"kubetuneTo{other.upper()}PeakMemory"] = round(
-                    contenders["kubetune"]["peakMemoryMiB"] / contenders[other]["peakMemoryMiB"], 3
-                )
+    ours = contenders.get("kubetune")
+    for other in ("trl", "hf"):
+        theirs = contenders.get(other)
+        if ours is None or theirs is None:
+            continue
+        key = f"kubetuneTo{other.upper()}"
+        for figure in (
+            "tokensPerSecond",
+            "tokensPerSecondMedian",
+            "tokensPerCpuSecond",
+            "tokensPerCpuSecondMedian",
+        ):
+            ratios[key + figure[0].upper() + figure[1:]] = round(ours[figure] / theirs[figure], 3)
+        ratios[key + "PeakMemory"] = round(ours["peakMemoryMiB"] / theirs["peakMemoryMiB"], 3)
     counts = parameter_counts(scale, LORA["r"])
     return {
         "scale": asdict(scale),
@@ -791,15 +793,14 @@ def table(summary: dict[str, Any]) -> str:
     ours = summary["contenders"].get("kubetune")
     rows = []
     for c in summary["contenders"].values():
-        runs = c["tokensPerSecondRuns"]
         row = [
             c["label"],
-            f"{c['tokensPerSecond']:,.0f} ({min(runs):,.0f}-{max(runs):,.0f})",
+            f"{c['tokensPerSecond']:,.0f} ({c['tokensPerSecondMedian']:,.0f})",
             f"{ours['tokensPerSecond'] / c['tokensPerSecond']:.2f}x" if ours else "-",
         ]
         if not gpu:
             row += [
-                f"{c['tokensPerCpuSecond']:,.0f}",
+                f"{c['tokensPerCpuSecond']:,.0f} ({c['tokensPerCpuSecondMedian']:,.0f})",
                 f"{ours['tokensPerCpuSecond'] / c['tokensPerCpuSecond']:.2f}x" if ours else "-",
             ]
         padding = c["paddingShare"]
@@ -810,13 +811,13 @@ def table(summary: dict[str, Any]) -> str:
             f"{c['mfu']:.1%}" if gpu else f"{c['fractionOfMatmulCeiling']:.1%}",
         ]
         rows.append(row)
-    headers = ["contender", "tokens/s, median (range)", "kubetune is"]
+    headers = ["contender", "tokens/s, best (median)", "kubetune is"]
     if not gpu:
-        headers += ["tokens per CPU-second", "kubetune is"]
+        headers += ["tokens per CPU-second, best (median)", "kubetune is"]
     headers += [
         "peak GPU memory allocated (MiB)" if gpu else "peak RSS (MiB)",
         "padding",
-        "model GFLOP/s",
+        "model GFLOP/s (best)",
         "MFU" if gpu else "of a measured fp32 matmul",
     ]
     return markdown_table(headers, rows)
