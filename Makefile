@@ -64,11 +64,13 @@ lint: deps ## Lint the Python code
 # machine: run one at a time.
 bench: bench-data bench-s3 bench-train bench-first-step bench-trainer bench-operator ## Run every benchmark (tens of minutes)
 
-bench-smoke: deps ## Run every benchmark in its smoke mode (small inputs, one round: checks they work, no figures)
+bench-smoke: deps tools ## Run every benchmark in its smoke mode (small inputs, one round: checks they work, no figures)
 	$(UV) run --frozen python bench/data_pipeline.py --smoke
 	$(UV) run --frozen python -m bench.s3_transfer --smoke
 	$(UV) run --frozen python -m bench.train_step --smoke
 	$(UV) run --frozen python -m bench.first_step --smoke
+	$(UV) run --frozen python bench/trainer_cpu.py --quick
+	$(UV) run --frozen python -m bench.operator_latency --scales 1 --idle 1 --json out/operator-latency-smoke.json
 
 bench-data: deps ## Benchmark the data pipeline against TRL (figures for docs/benchmarks.md)
 	$(UV) run --frozen python bench/data_pipeline.py --repeat 3

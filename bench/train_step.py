@@ -123,12 +123,17 @@ class Scale:
     # TRL's and HF Trainer's attention (kubetune's loader uses sdpa). On a GPU with the
     # flash-attn package installed, flash_attention_2 is what TRL recommends for padding-free.
     attention: str = "sdpa"
+    # mistral: the real Mistral 7B tokenizer (32,000 pieces; converting it takes seconds).
+    # tiny: a byte-level BPE of `vocab` pieces trained on the Dolly sample in a second,
+    # for the smoke mode.
+    tokenizer: str = "mistral"
 
 
 SCALES = {
     "smoke": Scale(
         "smoke", hidden=64, layers=2, intermediate=172, heads=2, kv_heads=1,
         seq=256, batch=1, warmup=1, steps=2, rounds=1, gpu=False, threads=1,
+        vocab=2048, tokenizer="tiny",
     ),
     "tiny": Scale(
         "tiny", hidden=256, layers=4, intermediate=688, heads=4, kv_heads=2,
@@ -272,11 +277,21 @@ def build_model_folder(scale: Scale, model_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM
 
     from kubetune.trainer.data.templates import BUILTIN
+    from kubetune.trainer.tiny import build_tokenizer
     from tests.support.tokenizers import mistral_tokenizer
 
     if (model_dir / "config.json").exists():
         return model_dir
-    tokenizer = mistral_tokenizer()
+    if scale.tokenizer == "tiny":
+        texts = [
+            " ".join((r["instruction"], r["context"], r["response"]))
+            for r in map(json.loads, DOLLY.read_text().splitlines())
+        ]
+        tokenizer = build_tokenizer(texts, vocab_size=scale.vocab)
+    else:
+        tokenizer = mistral_tokenizer()
+    if len(tokenizer) > scale.vocab:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} pieces; the model {scale.vocab}")
     tokenizer.chat_template = BUILTIN["mistral"]
     torch.manual_seed(SEED)
     # On the CPU even for GPU scales: this process then holds no GPU memory while the
