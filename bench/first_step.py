@@ -39,6 +39,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -200,6 +201,9 @@ def run(scale: Scale, rounds: int, workdir: Path, timeout: float, *, prime: bool
                 raise RuntimeError(f"a {kind} run found {hits} in its scratch folder; see {log}")
             durations = phases(events)
             durations["loadAverage"] = round(os.getloadavg()[0], 2)
+            if kind == "warm" or round_ < 0:
+                # Done with this scratch folder: an 8B model is 15 GB per copy.
+                shutil.rmtree(scratch, ignore_errors=True)
             if round_ < 0:
                 print(f"  priming run (not counted): total {durations['total']:.2f}s", flush=True)
                 continue
