@@ -115,7 +115,7 @@ class Scale:
     vocab: int = 32_000
     # CPU: torch threads. One: on a machine whose cores other work shares, a second
     # OpenMP thread stalls every parallel region whenever its core is taken (steps were
-    # measured 10-20x slower, erratically); one thread is slower but steady. 0: torch's default.
+    # measured 10-30x slower, erratically); one thread is slower but steady. 0: torch's default.
     threads: int = 0
     # HF Trainer's padded examples per micro-batch at most; the optimizer step
     # accumulates micro-batches up to the packed contenders' tokens per step.
