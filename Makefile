@@ -8,10 +8,11 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PYTEST_ARGS ?=
 
 .PHONY: help demo deps tools test test-unit test-integration test-e2e lint cluster cluster-down cluster-status \
-	bench-data bench-operator bench-trainer crds chart-docs demo-cluster kind-up kind-down
+	bench bench-smoke bench-data bench-s3 bench-train bench-first-step bench-operator bench-trainer \
+	crds chart-docs demo-cluster kind-up kind-down
 
 help: ## List the commands
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 demo: deps ## Train a tiny model end to end through S3 on this machine (a few minutes, no GPU)
 	$(UV) run --frozen python hack/demo.py
@@ -58,8 +59,30 @@ cluster-down: ## Stop everything `make cluster` started
 lint: deps ## Lint the Python code
 	$(UV) run --frozen ruff check .
 
+# Benchmarks (bench/, results in docs/benchmarks.md): each prints a table and writes
+# JSON (bench/results/, the operator's to out/). They take minutes and load the
+# machine: run one at a time.
+bench: bench-data bench-s3 bench-train bench-first-step bench-trainer bench-operator ## Run every benchmark (tens of minutes)
+
+bench-smoke: deps tools ## Run every benchmark in its smoke mode (small inputs, one round: checks they work, no figures)
+	$(UV) run --frozen python bench/data_pipeline.py --smoke
+	$(UV) run --frozen python -m bench.s3_transfer --smoke
+	$(UV) run --frozen python -m bench.train_step --smoke
+	$(UV) run --frozen python -m bench.first_step --smoke
+	$(UV) run --frozen python bench/trainer_cpu.py --quick
+	$(UV) run --frozen python -m bench.operator_latency --scales 1 --idle 1 --json out/operator-latency-smoke.json
+
 bench-data: deps ## Benchmark the data pipeline against TRL (figures for docs/benchmarks.md)
 	$(UV) run --frozen python bench/data_pipeline.py --repeat 3
+
+bench-s3: deps ## Benchmark S3 transfers: kubetune's storage layer against boto3 configurations
+	$(UV) run --frozen python -m bench.s3_transfer
+
+bench-train: deps ## Benchmark a QLoRA training step: kubetune, TRL, HF Trainer (tiny Llama on CPU; SCALE=1b|8b on a GPU)
+	$(UV) run --frozen python -m bench.train_step --scale $(or $(SCALE),tiny)
+
+bench-first-step: deps ## Benchmark the time to the first optimizer step, by phase, cold and warm (SCALE=1b|8b on a GPU)
+	$(UV) run --frozen python -m bench.first_step --scale $(or $(SCALE),tiny)
 
 bench-operator: deps tools ## Operator benchmark: created → Job latency, CPU and memory at 1, 50, 500 TuningJobs
 	$(UV) run --frozen python -m bench.operator_latency --json out/operator-latency.json

@@ -1,6 +1,7 @@
 """Benchmark: kubetune's data pipeline against TRL's, side by side in one run.
 
     .venv/bin/python bench/data_pipeline.py [--repeat 3] [--json results.json]
+    .venv/bin/python bench/data_pipeline.py --smoke     # 200 Dolly records at 2048, once
 
 Data: the Dolly sample in tests/data (1,088 records), and a synthetic set of 15,000
 records with Dolly's length distribution (Dolly records drawn with replacement, the
@@ -28,8 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import random
 import sys
 import time
@@ -40,6 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import RESULTS, Report  # noqa: E402
 from kubetune.trainer.data.encode import Encoder  # noqa: E402
 from kubetune.trainer.data.formats import Formatter  # noqa: E402
 from kubetune.trainer.data.packing import build_packs, lower_bound, plan_packs  # noqa: E402
@@ -122,7 +122,7 @@ def trl_pack(encoded, capacity):
     return time.perf_counter() - start, packed
 
 
-def run(repeat: int) -> list[dict]:
+def run(repeat: int, smoke: bool = False) -> list[dict]:
     import datasets
 
     datasets.disable_progress_bars()
@@ -130,8 +130,11 @@ def run(repeat: int) -> list[dict]:
     tokenizer.chat_template = BUILTIN["mistral"]  # so that TRL's path renders the same text
     template = resolve_template("mistral", tokenizer)
     rows = []
-    for name, records in (("dolly-sample", dolly_records()), ("synthetic-15k", synthetic_records(SYNTHETIC))):
-        for capacity in LENGTHS:
+    data = [("dolly-sample-200", dolly_records()[:200])] if smoke else [("dolly-sample", dolly_records())]
+    if not smoke:
+        data.append(("synthetic-15k", synthetic_records(SYNTHETIC)))
+    for name, records in data:
+        for capacity in LENGTHS[:1] if smoke else LENGTHS:
             ours_s, (encoded, table) = best_of(repeat, kubetune_end_to_end, records, tokenizer, template, capacity)
             trl_s, trl_packed = best_of(repeat, trl_end_to_end, records, tokenizer, capacity)
             tokens = int(sum(len(x) for x in encoded.input_ids))
@@ -193,13 +196,16 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best is kept")
-    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--smoke", action="store_true", help="200 Dolly records at 2048 tokens, once")
+    parser.add_argument("--json", type=Path, help="the JSON report (default bench/results/data-pipeline.json)")
     args = parser.parse_args()
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
-    rows = run(args.repeat)
+    if args.smoke:
+        args.repeat = 1
+    report = Report("data_pipeline", smoke=args.smoke, settings={"repeat": args.repeat})
+    print(report.header())
+    rows = run(args.repeat, args.smoke)
     print(table(rows))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    report.finish(rows, args.json or (None if args.smoke else RESULTS / "data-pipeline.json"))
 
 
 if __name__ == "__main__":

@@ -11,11 +11,18 @@ import pytest
 
 from kubetune.api.v1alpha1 import S3Spec
 from kubetune.trainer.errors import StorageAccessError, StorageUnavailableError
-from kubetune.trainer.storage import CACHE_MANIFEST, ByteCounter, Storage
+from kubetune.trainer.storage import (
+    CACHE_MANIFEST,
+    MULTIPART_CHUNKSIZE,
+    MULTIPART_THRESHOLD,
+    ByteCounter,
+    Storage,
+)
 from tests.ground.s3 import S3Endpoint
 
 MiB = 1024 * 1024
-BIG = 9 * MiB + 123  # above the 8 MiB multipart threshold: two parts
+BIG = MULTIPART_CHUNKSIZE + MiB + 123  # two parts
+assert BIG >= MULTIPART_THRESHOLD
 
 
 @pytest.fixture
