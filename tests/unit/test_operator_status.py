@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from kubetune.api.contract import TerminationMessage
 from kubetune.api.status import Progress
+from kubetune.operator.progress import MetricsSample, progress_from
 from kubetune.operator.status import invalid_spec, next_status, observe
 from tests.unit.operator_fixtures import condition, job, pod, running, terminated, tuningjob
 
@@ -196,3 +197,13 @@ def test_the_phase_of_a_whole_run_never_goes_back() -> None:
     ]
     phases = [observe(tuningjob(), j, pods).phase for j, pods in states]
     assert [order.index(p) for p in phases] == sorted(order.index(p) for p in phases), phases
+
+
+def test_a_loading_trainer_shows_no_progress_columns() -> None:
+    run = observe(tuningjob(), job(), [pod(phase="Running", node="n", state=running())])
+    loading = progress_from(MetricsSample(at=1.0, step=0, epoch=0.0, loss=0.0, eval_loss=0.0, tokens_per_second=0.0), None, NOW)
+    shown = next_status(None, run, generation=1, job_name="dolly", progress=loading, now=NOW).to_dict()["progress"]
+    assert shown == {"updateTime": NOW}, "PROGRESS and LOSS stay blank, not 0"
+    planned = progress_from(MetricsSample(at=2.0, step=0, total_steps=30, loss=0.0), None, LATER)
+    shown = next_status(None, run, generation=1, job_name="dolly", progress=planned, now=LATER).to_dict()["progress"]
+    assert (shown["summary"], "loss" in shown) == ("0/30 (0%)", False)
