@@ -42,8 +42,13 @@ class StatusRecorder:
         self._watch = watch.Watch()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._resource_version = ""
 
     def start(self) -> StatusRecorder:
+        # Watch from the collection's version as of now, before the TuningJob exists, so
+        # that no write is missed however late the thread opens its watch.
+        listing = self.cluster.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL)
+        self._resource_version = listing["metadata"]["resourceVersion"]
         self._thread.start()
         return self
 
@@ -58,7 +63,9 @@ class StatusRecorder:
                 for event in self._watch.stream(
                     self.cluster.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
                     field_selector=f"metadata.name={self.name}", timeout_seconds=60,
+                    resource_version=self._resource_version,
                 ):
+                    self._resource_version = event["object"]["metadata"]["resourceVersion"]
                     self.seen.append(event["object"].get("status") or {})
             except ProtocolError:  # the connection closed mid-stream
                 continue
