@@ -10,7 +10,12 @@ the N TuningJobs in place and settled, create 20 more one at a time, 0.25 s apar
 way. Sampled from the operator process: CPU seconds used for the burst, CPU use while
 idle with N TuningJobs (progress reads and resyncs), resident memory and its peak.
 
-    .venv/bin/python -m bench.operator_latency [--scales 1,50,500] [--idle 30] [--json out.json]
+Where the burst's time goes, from the benchmark's own watches (no instrumentation in
+the operator): each latency is split at its create response and at the moment a watch
+on TuningJobs delivers it (the operator's watch gets it at about the same time). The API server's own metrics give how many requests of each kind it served during
+the burst and their mean latency there; the operator's, its reconciles.
+
+    .venv/bin/python -m bench.operator_latency [--scales 1,50,500] [--idle 30] [--json out.json] [--workers N]
 
 Everything runs on this machine, so the figures include sharing its cores with the
 API server, etcd, the controllers and kwok. Results: docs/benchmarks.md.
@@ -30,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import watch
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.ground.cluster import Cluster, wait_for
 from tests.ground.ground import Ground
@@ -60,18 +66,60 @@ def memory_mib(pid: int) -> tuple[float, float]:
     return values["VmRSS"], values["VmHWM"]
 
 
+def apiserver_requests(cluster: Cluster) -> dict[tuple[str, str], tuple[float, float]]:
+    """(verb, resource[/subresource]) → (requests, seconds spent) so far, from the API
+    server's own metrics (watches excluded: they last as long as they are open)."""
+    text = cluster.kubectl("get", "--raw", "/metrics").stdout
+    totals: dict[tuple[str, str], list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "apiserver_request_duration_seconds":
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name.endswith(("_count", "_sum")) and labels.get("verb") not in ("WATCH", "CONNECT"):
+                resource = labels.get("resource", "") + ("/" + labels["subresource"] if labels.get("subresource") else "")
+                entry = totals.setdefault((labels["verb"], resource), [0.0, 0.0])
+                entry[0 if sample.name.endswith("_count") else 1] += sample.value
+    return {k: (v[0], v[1]) for k, v in totals.items()}
+
+
+def requests_between(before: dict[tuple[str, str], tuple[float, float]],
+                     after: dict[tuple[str, str], tuple[float, float]]) -> dict[str, dict[str, float]]:
+    """Requests made between two readings, with their mean latency in the API server."""
+    result = {}
+    for key, (count, seconds) in sorted(after.items()):
+        count0, seconds0 = before.get(key, (0.0, 0.0))
+        if count - count0 >= 1:
+            result[f"{key[0]} {key[1]}"] = {
+                "requests": int(count - count0),
+                "mean_ms": round(1000 * (seconds - seconds0) / (count - count0), 1),
+            }
+    return result
+
+
+def operator_reconciles(operator: OperatorProcess) -> tuple[float, float]:
+    """(reconciles, seconds spent reconciling) so far, from the operator's /metrics."""
+    values = {}
+    for family in text_string_to_metric_families(operator.metrics()):
+        for sample in family.samples:
+            if sample.name in ("kubetune_operator_reconcile_seconds_count", "kubetune_operator_reconcile_seconds_sum"):
+                values[sample.name] = sample.value
+    return values["kubetune_operator_reconcile_seconds_count"], values["kubetune_operator_reconcile_seconds_sum"]
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def run_scale(cluster: Cluster, folder: Path, scale: int, idle: float, probes: int = 20) -> dict[str, Any]:
+def run_scale(cluster: Cluster, folder: Path, scale: int, idle: float, probes: int = 20,
+              settings: dict[str, Any] | None = None) -> dict[str, Any]:
     ns = cluster.create_namespace(f"bench{scale}", restricted=True)
     operator = OperatorProcess(
         cluster, folder, [ns], lease_namespace=ns, name=f"operator-{scale}",
         # Production intervals; small pods so that hundreds fit on the kwok nodes.
         progress_interval_seconds=15, resync_seconds=300, default_cpu="10m", default_memory="64Mi",
-        default_shm_size="16Mi",
+        default_shm_size="16Mi", **(settings or {}),
     ).start()
     pid = operator.process.pid
     assert pid is not None
@@ -85,19 +133,35 @@ def run_scale(cluster: Cluster, folder: Path, scale: int, idle: float, probes: i
             if len(seen) >= scale + probes:
                 stream.stop()
 
-    watcher = threading.Thread(target=watch_jobs, daemon=True)
-    watcher.start()
-    time.sleep(1.0)  # the watch is established
+    # The benchmark's own watch on TuningJobs: when the API server delivers a new
+    # TuningJob to a watcher (the operator learns of it the same way, from its watch).
+    tj_seen: dict[str, float] = {}
+    tj_stream = watch.Watch()
+
+    def watch_tuningjobs() -> None:
+        for event in tj_stream.stream(cluster.custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL,
+                                      timeout_seconds=600):
+            tj_seen.setdefault(event["object"]["metadata"]["name"], time.perf_counter())
+            if len(tj_seen) >= scale + probes:
+                tj_stream.stop()
+
+    for target in (watch_jobs, watch_tuningjobs):
+        threading.Thread(target=target, daemon=True).start()
+    time.sleep(1.0)  # the watches are established
 
     sent: dict[str, float] = {}
+    returned: dict[str, float] = {}
 
     def create(i: int) -> None:
         name = f"tj-{i:04d}"
         body = tuningjob(name, resources={"gpus": 0})
         sent[name] = time.perf_counter()
         cluster.custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
+        returned[name] = time.perf_counter()
 
     cpu_before = cpu_seconds(pid)
+    api_before = apiserver_requests(cluster)
+    reconciles_before = operator_reconciles(operator)
     burst_started = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(create, range(scale)))
@@ -112,6 +176,8 @@ def run_scale(cluster: Cluster, folder: Path, scale: int, idle: float, probes: i
     wait_for(all_have_status, timeout=600, interval=1.0, what="every TuningJob to have a status")
     settled = time.perf_counter()
     cpu_burst = cpu_seconds(pid) - cpu_before
+    api_burst = requests_between(api_before, apiserver_requests(cluster))
+    reconciles, reconcile_seconds = (a - b for a, b in zip(operator_reconciles(operator), reconciles_before, strict=True))
     cpu_idle_start = cpu_seconds(pid)
     time.sleep(idle)
     cpu_idle = (cpu_seconds(pid) - cpu_idle_start) / idle
@@ -130,12 +196,26 @@ def run_scale(cluster: Cluster, folder: Path, scale: int, idle: float, probes: i
     operator.stop()
     cluster.delete_namespace(ns)
 
-    latencies = [seen[f"tj-{i:04d}"] - sent[f"tj-{i:04d}"] for i in range(scale)]
+    names = [f"tj-{i:04d}" for i in range(scale)]
+    latencies = [seen[n] - sent[n] for n in names]
+    # Where each burst latency goes, in order: the benchmark's create request; the API
+    # server delivering the new TuningJob to a watch (a few ms when idle; it may come
+    # just before the create response); then the operator's part: reading it, the
+    # spec lock write, the Job create, and the Job's watch delivery to the benchmark.
+    create_requests = [returned[n] - sent[n] for n in names]
+    delivered = [tj_seen[n] - returned[n] for n in names]
+    to_job = [seen[n] - tj_seen[n] for n in names]
+    parts = (("create", create_requests), ("delivered", delivered), ("operator", to_job))
     return {
         "tuningjobs": scale,
         "latency_p50_s": round(statistics.median(latencies), 3),
         "latency_p99_s": round(percentile(latencies, 0.99), 3),
         "latency_max_s": round(max(latencies), 3),
+        "parts_p50_s": {part: round(statistics.median(values), 3) for part, values in parts},
+        "parts_p99_s": {part: round(percentile(values, 0.99), 3) for part, values in parts},
+        "operator_reconciles_burst": int(reconciles),
+        "operator_reconcile_mean_ms": round(1000 * reconcile_seconds / max(1, reconciles), 1),
+        "apiserver_requests_burst": api_burst,
         "steady_p50_s": round(statistics.median(steady), 3),
         "steady_p99_s": round(percentile(steady, 0.99), 3),
         "all_tuningjobs_created_s": round(all_created - burst_started, 2),
@@ -154,14 +234,16 @@ def main() -> None:
     parser.add_argument("--scales", default="1,50,500")
     parser.add_argument("--idle", type=float, default=30.0, help="seconds of idle CPU sampling per scale")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--workers", type=int, help="the operator's KUBETUNE_OPERATOR_WORKERS (default: its own)")
     args = parser.parse_args()
+    settings = {"workers": args.workers} if args.workers else {}
     with tempfile.TemporaryDirectory(prefix="kubetune-bench-") as tmp:
         ground = Ground(Path(tmp))
         try:
             cluster = ground.cluster()
             ground.kwok()
             install_crds(cluster)
-            results = [run_scale(cluster, Path(tmp), int(s), args.idle) for s in args.scales.split(",")]
+            results = [run_scale(cluster, Path(tmp), int(s), args.idle, settings=settings) for s in args.scales.split(",")]
         finally:
             ground.stop()
     print(f"{'TuningJobs':>10} {'p50 s':>7} {'p99 s':>7} {'max s':>7} {'all TJs s':>9} {'all Jobs s':>10} {'CPU burst s':>11} "
@@ -170,6 +252,17 @@ def main() -> None:
         print(f"{r['tuningjobs']:>10} {r['latency_p50_s']:>7} {r['latency_p99_s']:>7} {r['latency_max_s']:>7} "
               f"{r['all_tuningjobs_created_s']:>9} {r['all_jobs_created_s']:>10} {r['operator_cpu_burst_s']:>11} {r['operator_cpu_idle_cores']:>9} "
               f"{r['operator_rss_mib']:>8} {r['operator_peak_rss_mib']:>9} {r['steady_p50_s']:>10} {r['steady_p99_s']:>10}")
+    print("\nburst, p50 / p99 of each part (s): the create request; until a watch has the TuningJob; "
+          "then until its Job is seen (the operator: lock, Job create, watch delivery)")
+    print(f"{'TuningJobs':>10} {'create':>15} {'delivered':>15} {'operator':>15} {'reconciles':>10} {'mean ms':>8}")
+    for r in results:
+        parts = [f"{r['parts_p50_s'][k]} / {r['parts_p99_s'][k]}" for k in ("create", "delivered", "operator")]
+        print(f"{r['tuningjobs']:>10} {parts[0]:>15} {parts[1]:>15} {parts[2]:>15} "
+              f"{r['operator_reconciles_burst']:>10} {r['operator_reconcile_mean_ms']:>8}")
+    for r in results:
+        print(f"\nAPI requests during the burst of {r['tuningjobs']} (all clients; per TuningJob, mean latency in the API server):")
+        for key, value in r["apiserver_requests_burst"].items():
+            print(f"  {key:<40} {value['requests']:>7} {value['requests'] / r['tuningjobs']:>6.2f}/TJ {value['mean_ms']:>8} ms")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))

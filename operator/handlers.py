@@ -54,7 +54,9 @@ async def tuningjob_changed(namespace: str, name: str, status: kopf.Status, memo
 @kopf.on.event("batch", "v1", "jobs", labels=CHILDREN)
 @kopf.on.event("", "v1", "pods", labels=CHILDREN)
 async def child_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
-    memo.runtime.wake((namespace, labels[TUNINGJOB_LABEL]))
+    # A pod passes through several states within moments (created, scheduled, started):
+    # one status write for them all, rather than one per state.
+    memo.runtime.wake_soon((namespace, labels[TUNINGJOB_LABEL]))
 
 
 @kopf.on.startup()

@@ -16,24 +16,35 @@ import socket
 import sys
 from typing import Any
 
+import aiohttp
 import kopf
 
+from kubetune.api.contract import ExitCode
+from kubetune.api.v1alpha1 import GROUP, PLURAL, VERSION
 from kubetune.operator import handlers  # noqa: F401  (registers the kopf handlers)
 from kubetune.operator.election import LeaseConfig, LeaseElector
 from kubetune.operator.metrics import HttpServers, OperatorMetrics
 from kubetune.operator.runtime import Runtime, health_report
 from kubetune.operator.settings import Settings, load_settings
-from kubetune.operator.storage import KubeApi
+from kubetune.operator.storage import ApiError, Forbidden, KubeApi, NotFound
 
 log = logging.getLogger("kubetune.operator")
 
 LOST_LEADERSHIP = 1
 
 
+class ClusterNotReady(Exception):
+    """The cluster lacks something the operator cannot work without (the CRD, access)."""
+
+
 def run() -> None:
     settings = load_settings()
     configure_logging(settings)
-    code = asyncio.run(serve(settings))
+    try:
+        code = asyncio.run(serve(settings))
+    except ClusterNotReady as e:
+        log.error("%s", e)
+        sys.exit(ExitCode.INVALID_CONFIG)
     if code:
         sys.exit(code)
 
@@ -57,6 +68,11 @@ async def serve(settings: Settings) -> int:
     """Run one replica until stopped; return the process exit code."""
     me = identity()
     api = await KubeApi.connect()
+    try:
+        await require_tuningjobs(api, settings)
+    except BaseException:
+        await api.close()
+        raise
     state: dict[str, Any] = {"runtime": None, "leading": None}
     metrics = OperatorMetrics(phases=lambda: state["runtime"].reconciler.known_phases() if state["runtime"] else ())
     servers = HttpServers(metrics, health=lambda: health_report(state["runtime"], state["leading"]))
@@ -118,6 +134,35 @@ async def serve(settings: Settings) -> int:
         await servers.stop()
         await api.close()
     return code
+
+
+async def require_tuningjobs(api: KubeApi, settings: Settings) -> None:
+    """Fail at start, in words, when TuningJobs cannot be read where the operator watches.
+
+    kopf's cluster scanning is off (it would need cluster-wide access to CRDs), so kopf
+    would not notice a missing CRD: it would retry its watches forever and handle
+    nothing. One list per watched namespace, which the operator's RBAC grants anyway,
+    says whether the resource is served (a 404 means no CRD) and readable.
+    """
+    crd = f"{PLURAL}.{GROUP}"
+    for namespace in settings.namespaces or [None]:
+        where = f"namespace {namespace!r}" if namespace else "the cluster"
+        try:
+            await api.list_tuningjobs(namespace)
+        except NotFound:
+            raise ClusterNotReady(
+                f"the CustomResourceDefinition {crd} (version {VERSION}) is not installed in {api.server}: "
+                "kubectl apply --server-side -f crds/ or install the Helm chart with crds.install=true"
+            ) from None
+        except Forbidden as e:
+            raise ClusterNotReady(
+                f"the operator may not list {PLURAL} in {where}: {e.message}. Grant it the rules of "
+                "kubetune/operator/rbac.py (the Helm chart does, for its watchNamespaces)"
+            ) from None
+        except ApiError as e:
+            raise ClusterNotReady(f"the API server refused to list {PLURAL} in {where}: {e}") from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise ClusterNotReady(f"cannot reach the Kubernetes API server at {api.server}: {e}") from None
 
 
 async def _until_stopped(work: Any, stop: asyncio.Event) -> bool:

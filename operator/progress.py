@@ -66,25 +66,36 @@ def parse_metrics(text: str, at: float) -> MetricsSample:
 
 
 def progress_from(latest: MetricsSample, first: MetricsSample | None, update_time: str) -> Progress:
-    """status.progress from the latest sample; `first` (same pod) paces the ETA."""
-    step, total = latest.step, latest.total_steps
+    """status.progress from the latest sample; `first` (same pod) paces the ETA.
+
+    The trainer's gauges read 0 until their first value (docs/trainer.md): while it
+    loads, before totalSteps is known, there is no step to show, and before the first
+    optimizer step there is no loss, validation loss or throughput to show (a 0 there is
+    "not measured", never a measurement, so it is left out rather than reported).
+    """
+    total = latest.total_steps
+    step = latest.step if total or latest.step else None
     percent = summary = eta = None
     if step is not None and total:
         percent = max(0, min(100, int(100 * step / total)))
         summary = f"{step}/{total} ({percent}%)"
-    elif step is not None:
-        summary = str(step)
     if first is not None and step is not None and total and first.step is not None:
         elapsed, done = latest.at - first.at, step - first.step
         if elapsed > 0 and done > 0:
             eta = format_duration((total - step) * elapsed / done)
+    stepped = bool(step)
+
+    def measured(value: float | None) -> float | None:
+        return value if stepped and value else None
+
+    tokens_per_second = measured(latest.tokens_per_second)
     return Progress(
         step=step,
         total_steps=total,
-        epoch=decimal_string(latest.epoch, 2),
-        loss=decimal_string(latest.loss, 4),
-        eval_loss=decimal_string(latest.eval_loss, 4),
-        tokens_per_second=int(latest.tokens_per_second) if latest.tokens_per_second is not None else None,
+        epoch=decimal_string(latest.epoch, 2) if step is not None else None,
+        loss=decimal_string(measured(latest.loss), 4),
+        eval_loss=decimal_string(measured(latest.eval_loss), 4),
+        tokens_per_second=int(tokens_per_second) if tokens_per_second is not None else None,
         percent=percent,
         summary=summary,
         eta=eta,

@@ -50,6 +50,9 @@ Body = Mapping[str, Any]
 
 # How soon to look again when the index has not caught up with our own write yet.
 STALE_RETRY = 0.5
+# How long a Job this replica created is trusted to exist while the index has not shown
+# it yet (its watch event is on the way): no second create, which would only get a 409.
+INDEX_GRACE = 10.0
 
 _WAITING_FOR_POD = Observation("Pending", "PodCreating", "waiting for the Job controller to create the trainer pod")
 
@@ -73,6 +76,8 @@ class _Memory:
     samples: tuple[str, MetricsSample, MetricsSample] | None = None
     last_scrape: float = 0.0
     scraping: bool = False
+    # When this replica created the Job, until the Job index shows it.
+    job_created_at: float | None = None
 
 
 class Reconciler:
@@ -88,6 +93,7 @@ class Reconciler:
         wake: Callable[[Key], None] = lambda key: None,
         clock: Callable[[], float] = time.time,
         max_scrapes: int = 32,
+        max_event_posts: int = 4,
     ):
         self.settings = settings
         self.api = api
@@ -99,6 +105,9 @@ class Reconciler:
         self.wake = wake
         self._memory: dict[Key, _Memory] = {}
         self._scrapes = asyncio.Semaphore(max_scrapes)
+        # Events wait their turn: under a burst they must not take the API server's time
+        # (and the connection pool) from the requests that start Jobs.
+        self._event_posts = asyncio.Semaphore(max_event_posts)
         self._background: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
@@ -136,6 +145,12 @@ class Reconciler:
             return None
 
         job = self._owned_job(key, uid)
+        if job is not None:
+            memory.job_created_at = None
+        elif memory.job_created_at is not None and self.clock() - memory.job_created_at < INDEX_GRACE:
+            # Woken by our own status write before the Job's watch event arrived: the
+            # Job exists and its event will wake this TuningJob again.
+            return INDEX_GRACE
         if job is None and not old.job_name:
             # Not started yet: the whole spec must be valid before anything runs.
             try:
@@ -197,6 +212,7 @@ class Reconciler:
                 return STALE_RETRY
         try:
             created = await self.api.create_job(job)
+            memory.job_created_at = self.clock()
             self.metrics.start_latency_seconds.observe(max(0.0, self.clock() - _timestamp(metadata.get("creationTimestamp"))))
             log.info("created Job %s/%s", namespace, name)
             return created
@@ -323,7 +339,8 @@ class Reconciler:
     async def _post_event(self, key: Key, event: dict[str, Any]) -> None:
         # Off the reconcile path: an Event is informative, and its loss must not block the status.
         try:
-            await self.api.create_event(event)
+            async with self._event_posts:
+                await self.api.create_event(event)
         except (ApiError, OSError) as e:
             log.warning("could not post an Event for %s: %s", key, e)
 

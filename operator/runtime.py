@@ -24,6 +24,7 @@ from kubetune.operator.workqueue import WorkQueue
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 60.0
+CHILD_SETTLE_SECONDS = 0.5
 
 
 class Runtime:
@@ -57,6 +58,11 @@ class Runtime:
 
     def wake(self, key: Key, urgent: bool = False) -> None:
         self.queue.add(key, urgent)
+
+    def wake_soon(self, key: Key) -> None:
+        """Reconcile in CHILD_SETTLE_SECONDS: the changes of a Job and its pods come in
+        quick series, and one reconcile (one status write) can cover a whole series."""
+        self.queue.add_after(key, CHILD_SETTLE_SECONDS)
 
     def healthy(self) -> bool:
         return bool(self._workers) and not any(t.done() for t in self._workers)

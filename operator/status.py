@@ -98,10 +98,33 @@ def observe(tuningjob: TuningJob, job: Body, pods: Sequence[Body]) -> Observatio
     pod = _last(p for p in active if not _get(p, "metadata", "deletionTimestamp")) or _last(active)
     if pod is not None:
         return _pod_observation(pod, common)
-    if failed_pods:
-        last = failed_pods[-1]
-        return Observation("Pending", "Restarting", f"{_ended(last)}; the Job starts a new trainer pod", **common)
+    ended = _last(p for p in pods if _get(p, "status", "phase") in ("Succeeded", "Failed"))
+    if ended is not None:
+        return _between_pods(ended, common)
     return Observation("Pending", "PodCreating", "waiting for the Job controller to create the trainer pod", **common)
+
+
+def _between_pods(pod: Body, common: dict[str, Any]) -> Observation:
+    """The trainer pod has ended and the Job has not said what follows yet.
+
+    The Job's verdict (Complete, Failed, or a new pod) comes a moment later, from the
+    Job controller. Until then a run whose trainer ran is still Running: going back to
+    Pending would say that it waits for resources, which it does not (yet). Pending
+    returns only with a new pod that waits for real.
+    """
+    phase = "Running" if _ran(pod) else "Pending"
+    if _get(pod, "status", "phase") == "Succeeded":
+        name = _get(pod, "metadata", "name")
+        return Observation(phase, "Completing", f"trainer pod {name} finished; waiting for the Job to complete", **common)
+    code = _exit_code(pod)
+    if code is not None and code in {c.value for c in ExitCode} and ExitCode(code).permanent:
+        return Observation(phase, "Failing", f"{_ended(pod)}; the Job fails without retrying", **common)
+    return Observation(phase, "Restarting", f"{_ended(pod)}; the Job starts a new trainer pod", **common)
+
+
+def _ran(pod: Body) -> bool:
+    """Whether the pod's trainer started: it exited with a code, or the pod succeeded."""
+    return _exit_code(pod) is not None or _get(pod, "status", "phase") == "Succeeded"
 
 
 def _pod_observation(pod: Body, common: dict[str, Any]) -> Observation:
@@ -111,7 +134,10 @@ def _pod_observation(pod: Body, common: dict[str, Any]) -> Observation:
     if _get(pod, "status", "phase") == "Running" and "running" in state:
         return Observation("Running", "Training", f"trainer pod {name} is running on node {node}", running_pod=pod, **common)
     if _get(pod, "metadata", "deletionTimestamp"):
-        return Observation("Pending", "Restarting", f"trainer pod {name} is stopping; the Job then starts a new one", **common)
+        # Preempted, evicted or drained: its trainer checkpoints and exits, then the Job
+        # starts a new pod. A pod that never ran was only waiting.
+        phase = "Running" if _ran(pod) else "Pending"
+        return Observation(phase, "Restarting", f"trainer pod {name} is stopping; the Job then starts a new one", **common)
     scheduled = next((c for c in _get(pod, "status", "conditions") or [] if c.get("type") == "PodScheduled"), None)
     if scheduled is None or (scheduled.get("status") != "True" and not node):
         if scheduled is not None and scheduled.get("message"):
@@ -208,8 +234,8 @@ def next_status(
     progress = progress or old.progress
     if obs.phase == "Succeeded":
         progress = _final_progress(progress, obs.final_metrics)
-    elif progress is not None and obs.phase != "Running":
-        progress = progress.model_copy(update={"eta": None})
+    elif progress is not None and obs.running_pod is None:
+        progress = progress.model_copy(update={"eta": None})  # no trainer runs: no pace
 
     adapter = obs.adapter or (old.output.adapter if old.output else None)
     checkpoint = obs.checkpoint or (old.output.checkpoint if old.output else None)

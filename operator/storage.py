@@ -72,6 +72,10 @@ class KubeApi:
         """Log in as kopf does: the in-cluster service account, else KUBECONFIG."""
         return cls(await asyncio.to_thread(_login), timeout)
 
+    @property
+    def server(self) -> str:
+        return self._info.server
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -157,6 +161,11 @@ class KubeApi:
             content_type=MERGE_PATCH,
             params={"fieldManager": FIELD_MANAGER},
         )
+
+    async def list_tuningjobs(self, namespace: str | None, *, limit: int = 1) -> dict[str, Any]:
+        """One page of TuningJobs in `namespace` (every namespace when None)."""
+        where = f"namespaces/{namespace}/" if namespace else ""
+        return await self.request("GET", f"/apis/{GROUP}/{VERSION}/{where}{PLURAL}", params={"limit": str(limit)})
 
     # --- Events -------------------------------------------------------------------
 

@@ -11,18 +11,77 @@ progress while it runs and the adapter's location at the end.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
+from kubernetes import watch
+from urllib3.exceptions import ProtocolError
 
 from kubetune.trainer.tiny import save_tiny
 from tests.ground.cluster import Cluster
 from tests.ground.localnode import LocalNode
 from tests.ground.s3 import S3Endpoint
-from tests.integration.operator_support import OperatorProcess, get, install_crds
+from tests.integration.operator_support import GROUP, PLURAL, VERSION, OperatorProcess, install_crds
 from tests.support.data import DOLLY
+
+# A phase may stay or move forward along this order, never back (Pending → Running → end).
+PHASE_ORDER = {"Pending": 0, "Running": 1, "Succeeded": 2, "Failed": 2}
+
+
+class StatusRecorder:
+    """Every status of one TuningJob, from a watch: each write the operator makes is seen,
+    however short-lived (polling could miss a phase that lasts less than its interval)."""
+
+    def __init__(self, cluster: Cluster, namespace: str, name: str):
+        self.cluster, self.namespace, self.name = cluster, namespace, name
+        self.seen: list[dict[str, Any]] = []
+        self._watch = watch.Watch()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._resource_version = ""
+
+    def start(self) -> StatusRecorder:
+        # Watch from the collection's version as of now, before the TuningJob exists, so
+        # that no write is missed however late the thread opens its watch.
+        listing = self.cluster.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL)
+        self._resource_version = listing["metadata"]["resourceVersion"]
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._watch.stop()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():  # a watch the server ends is opened again
+            try:
+                for event in self._watch.stream(
+                    self.cluster.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
+                    field_selector=f"metadata.name={self.name}", timeout_seconds=60,
+                    resource_version=self._resource_version,
+                ):
+                    self._resource_version = event["object"]["metadata"]["resourceVersion"]
+                    self.seen.append(event["object"].get("status") or {})
+            except ProtocolError:  # the connection closed mid-stream
+                continue
+
+    def final(self) -> dict[str, Any] | None:
+        return next((s for s in reversed(self.seen) if s.get("phase") in ("Succeeded", "Failed")), None)
+
+    def latest(self) -> dict[str, Any]:
+        return self.seen[-1] if self.seen else {}
+
+    def phases(self) -> list[str]:
+        phases: list[str] = []
+        for status in self.seen:
+            if status.get("phase") and (not phases or phases[-1] != status["phase"]):
+                phases.append(status["phase"])
+        return phases
 
 
 def test_kubectl_apply_trains_to_succeeded_with_progress_and_adapter_in_s3(
@@ -70,25 +129,24 @@ def test_kubectl_apply_trains_to_succeeded_with_progress_and_adapter_in_s3(
     manifest.write_text(yaml.safe_dump_all([secret, tuningjob], sort_keys=False))
 
     operator = OperatorProcess(cluster, tmp_path, [ns], lease_namespace=ns, progress_interval_seconds=1).start()
+    statuses = StatusRecorder(cluster, ns, "dolly-tiny").start()
     try:
         cluster.kubectl("apply", "-n", ns, "-f", str(manifest))
-        phases, progress_seen, status = [], [], {}
         deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            status = get(cluster, ns, "dolly-tiny").get("status") or {}
-            if status.get("phase") and (not phases or phases[-1] != status["phase"]):
-                phases.append(status["phase"])
-            if status.get("phase") == "Running" and (status.get("progress") or {}).get("step"):
-                progress_seen.append(status["progress"])
-            if status.get("phase") in ("Succeeded", "Failed"):
-                break
+        while statuses.final() is None and time.monotonic() < deadline:
             time.sleep(0.5)
+        status = statuses.final() or statuses.latest()
         pod_logs = "\n".join(local_node.pod_log(ns, p.metadata.name) for p in cluster.core.list_namespaced_pod(ns).items)
         assert status.get("phase") == "Succeeded", f"status: {status}\ntrainer:\n{pod_logs[-4000:]}\noperator:\n{operator.log()}"
     finally:
+        statuses.stop()
         operator.stop()
 
+    # Every status the operator wrote, as a watch delivered it: the phase never goes back.
+    phases = statuses.phases()
     assert phases[0] == "Pending" and "Running" in phases, phases
+    assert [PHASE_ORDER[p] for p in phases] == sorted(PHASE_ORDER[p] for p in phases), f"the phase went back: {phases}"
+    progress_seen = [s["progress"] for s in statuses.seen if s.get("phase") == "Running" and (s.get("progress") or {}).get("step")]
     assert progress_seen, "the operator read the trainer's progress while it ran"
     assert progress_seen[-1]["totalSteps"] == 8 and progress_seen[-1]["summary"].endswith("%)")
     adapter = status["output"]["adapter"]

@@ -120,13 +120,19 @@ class ControlPlane:
         self.processes.append(process)
         return process
 
-    def start(self) -> None:
-        """Start all four and wait until they serve; GroundError (with log tails) if not."""
+    def start(self, *, api_only: bool = False) -> None:
+        """Start all four and wait until they serve; GroundError (with log tails) if not.
+
+        `api_only`: etcd and the API server alone, a bare cluster for tests of what a
+        client does against an API that lacks something (no controllers act there).
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
         api_port = free_port()
         pairs = self._write_pki(api_port)
         self._start_etcd()
         self._start_apiserver(api_port, pairs)
+        if api_only:
+            return
         controller_manager = self._start_controller_manager()
         scheduler = self._start_scheduler()
         for process, port in (controller_manager, scheduler):

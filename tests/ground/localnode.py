@@ -81,9 +81,18 @@ def ready_file(state_dir: Path) -> Path:
 # The agent (runs in the local-node process)
 
 
+def python_folders() -> list[str]:
+    """What a pod's `kubetune` needs of this machine: this venv, the Python it was made
+    from, and the checkout it imports (an editable install); the outermost folders."""
+    checkout = str(Path(__file__).resolve().parents[2])
+    candidates = {sys.prefix, sys.base_prefix, checkout, *(p for p in sys.path if p)}
+    folders = sorted({os.path.realpath(f) for f in candidates if os.path.isdir(f)})
+    return [f for f in folders if not any(o != f and os.path.commonpath([f, o]) == o for o in folders)]
+
+
 class LocalNodeAgent:
     def __init__(self, api: ApiClient, *, name: str, state_dir: Path, capacity: Mapping[str, str],
-                 path_prepend: list[str], extra_env: Mapping[str, str]):
+                 path_prepend: list[str], extra_env: Mapping[str, str], keep_visible: list[str] = []):  # noqa: B006
         self.api = api
         self.core = CoreV1Api(api)
         self.name = name
@@ -104,6 +113,7 @@ class LocalNodeAgent:
             extra_env=extra_env,
             unshare=probe_unshare(),
             emit_event=self.emit_event,
+            keep_visible=keep_visible,
         )
         if self.context.unshare is None:
             log.warning("no private mount namespaces here: pods with volume mounts will fail")
@@ -339,6 +349,7 @@ def main(argv: list[str] | None = None) -> None:
         # The venv's bin first: a pod's `kubetune` is this checkout's.
         path_prepend=[os.path.dirname(sys.executable)],
         extra_env=dict(e.split("=", 1) for e in args.env),
+        keep_visible=python_folders(),
     )
 
     def stop(signum: int, frame: object) -> None:

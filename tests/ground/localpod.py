@@ -19,7 +19,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,25 +276,81 @@ def _write_keys(folder: Path, kind: str, name: str, source: Mapping[str, Any], r
         target.write_bytes(data[key])
 
 
-# Runs inside a private mount namespace (unshare --mount): bind-mounts each
-# "source target ro|rw" triple, changes to the working folder (which may lie in a
-# mount), then execs the container's command. The targets exist beforehand
-# (NodeContext.make_mountpoint: the mounts are private, the folders are not).
+# Runs inside a private mount namespace (unshare --mount). It first changes into the
+# pod's folder: from there on every path it needs is relative to that folder or was
+# resolved before anything is mounted, because a volume mounted over an ancestor (an
+# emptyDir at /tmp, say, with the pod folders under /tmp) hides what lies beneath.
+# Then it runs the operations mount_operations() planned, changes to the working
+# folder (made if missing, as runtimes do) and execs the container's command. The
+# volumes' targets are made beforehand on this machine (NodeContext.make_mountpoint:
+# the mounts are private, the folders are not), or by the script inside a volume.
+# --no-canonicalize: mount(8) would otherwise resolve a relative source through its
+# absolute path, which may be hidden by then; the kernel resolves it from here.
 _MOUNT_SCRIPT = r"""
 set -e
-workdir="$1"; shift
+cd "$1"
+workdir="$2"; shift 2
 while [ "$1" != "--" ]; do
-  mount --bind "$1" "$2"
-  if [ "$3" = ro ]; then mount -o remount,bind,ro "$2"; fi
-  shift 3
+  case "$1" in
+    mkdir) mkdir -p "$2"; shift 2 ;;
+    touch) [ -e "$2" ] || { mkdir -p "$(dirname "$2")"; : > "$2"; }; shift 2 ;;
+    bind) mount --no-canonicalize --bind "$2" "$3"; shift 3 ;;
+    readonly) mount --no-canonicalize -o remount,bind,ro "$2"; shift 2 ;;
+    *) echo "local-node-mounts: unknown operation $1" >&2; exit 1 ;;
+  esac
 done
 shift
+[ -d "$workdir" ] || mkdir -p "$workdir"
 cd "$workdir"
 exec "$@"
 """
 
+KEEP_DIR = ".keep"  # in the pod folder: handles on the folders a volume will cover
 
-def wrap_with_mounts(argv: list[str], mounts: list[Mount], unshare: list[str] | None, workdir: str) -> list[str]:
+
+def _beneath(path: str, ancestor: str) -> bool:
+    """Whether `ancestor` is a proper ancestor of `path` (both absolute)."""
+    path, ancestor = os.path.realpath(path), os.path.realpath(ancestor)
+    return path != ancestor and os.path.commonpath([path, ancestor]) == ancestor
+
+
+def mount_operations(mounts: list[Mount], pod_folder: Path, keep_visible: Sequence[str]) -> list[str]:
+    """The mount script's operations, run from inside `pod_folder`.
+
+    The volumes are bind-mounted from sources relative to the pod folder. A volume
+    mounted over an ancestor of the pod folder, or of a folder in `keep_visible`
+    (this machine's Python and checkout: the local node runs no images), would hide
+    it: the pod's HOME and termination-message file, or the program it runs. Those
+    folders are bind-mounted back at their own path inside the volume (the empty
+    folders leading to them appear there; a real container would not have them).
+    """
+    operations: list[str] = []
+    # (target, source, made as): the volumes, and the folders they would hide, bound back.
+    binds = [(m.target, os.path.relpath(m.source, pod_folder), "mkdir" if m.source.is_dir() else "touch") for m in mounts]
+    hidden = [k for k in keep_visible if any(_beneath(k, m.target) for m in mounts)]
+    for i, folder in enumerate(hidden):  # a handle on each, taken while it is in sight
+        operations += ["mkdir", f"{KEEP_DIR}/{i}", "bind", folder, f"{KEEP_DIR}/{i}"]
+        binds.append((folder, f"{KEEP_DIR}/{i}", "mkdir"))
+    if any(_beneath(str(pod_folder), m.target) for m in mounts):
+        binds.append((str(pod_folder), ".", "mkdir"))  # "." is the script's working folder
+    # Outer targets first, as container runtimes do: a target inside an earlier mount is
+    # made there (the one made beforehand on this machine is hidden by then).
+    for target, source, make in sorted(binds, key=lambda b: len(Path(b[0]).parts)):
+        operations += [make, target, "bind", source, target]
+    for mount in mounts:  # last: the folders above may be made inside a read-only volume
+        if mount.read_only:
+            operations += ["readonly", mount.target]
+    return operations
+
+
+def wrap_with_mounts(
+    argv: list[str],
+    mounts: list[Mount],
+    unshare: list[str] | None,
+    workdir: str,
+    pod_folder: Path,
+    keep_visible: Sequence[str] = (),
+) -> list[str]:
     """argv run in a private mount namespace with `mounts` bind-mounted, or argv itself."""
     if not mounts:
         return argv
@@ -303,8 +359,8 @@ def wrap_with_mounts(argv: list[str], mounts: list[Mount], unshare: list[str] | 
             "volume mounts need a private mount namespace (unshare --mount), which this "
             "machine does not allow the local node to create"
         )
-    triples = [str(part) for m in mounts for part in (m.source, m.target, "ro" if m.read_only else "rw")]
-    return [*unshare, "/bin/sh", "-c", _MOUNT_SCRIPT, "local-node-mounts", workdir, *triples, "--", *argv]
+    operations = mount_operations(mounts, pod_folder, keep_visible)
+    return [*unshare, "/bin/sh", "-c", _MOUNT_SCRIPT, "local-node-mounts", str(pod_folder), workdir, *operations, "--", *argv]
 
 
 def probe_unshare() -> list[str] | None:
@@ -483,6 +539,9 @@ class NodeContext:
     extra_env: Mapping[str, str]
     unshare: list[str] | None
     emit_event: Callable[[Pod, str, str, str], None]
+    # Folders a pod's process needs from this machine (its Python, this checkout): kept
+    # in sight when a volume is mounted over one of their ancestors.
+    keep_visible: list[str] = field(default_factory=list)
     # Set when the node stops: pods are killed without telling the API (it may be
     # going away too, and a request to it must not hold up the kill).
     shutting_down: threading.Event = field(default_factory=threading.Event)
@@ -651,7 +710,8 @@ class PodRunner:
         env.update(defined)
         argv = [expand(part, env) for part in [*container["command"], *(container.get("args") or [])]]
         self._command = argv
-        wrapped = wrap_with_mounts(argv, mounts, self.node.unshare, self._workdir(container))
+        wrapped = wrap_with_mounts(argv, mounts, self.node.unshare, self._workdir(container), self.folder,
+                                   self.node.keep_visible)
         for mount in mounts:
             self.node.make_mountpoint(Path(mount.target), directory=mount.source.is_dir())
         self.node.make_mountpoint(Path(self._workdir(container)))

@@ -59,7 +59,7 @@ class OperatorProcess:
         env["KUBECONFIG"] = str(kubeconfig or cluster.kubeconfig)
         env["POD_NAME"] = name
         self.name = name
-        self.process = ManagedProcess(name, [sys.executable, "-m", "kubetune", "operator"], folder / f"{name}.log",
+        self.process = ManagedProcess(name, [sys.executable, "-m", "kubetune", "-v", "operator"], folder / f"{name}.log",
                                       env=env, cwd=ROOT)
 
     def start(self, *, leader: bool = True) -> OperatorProcess:

@@ -293,6 +293,35 @@ def test_local_pod_mounts_empty_dir_volumes(cluster: Cluster, local_node: LocalN
     assert local_node.pod_log(namespace, "scratch") == "hi\n"
 
 
+def test_local_pod_with_an_empty_dir_over_tmp_still_runs_kubetune(cluster: Cluster, local_node: LocalNode, namespace: str) -> None:
+    # An emptyDir over /tmp (a common pattern with a read-only root filesystem) covers the
+    # pod's own folder here (pytest keeps the ground under /tmp); a second one covers it
+    # wherever the ground lives. HOME, the working folder and the termination-message
+    # file are in that folder, and kubetune must still be found.
+    from kubetune import __version__
+
+    hello = f"/tmp/{namespace}-hello"
+    script = (
+        f'kubetune --version && echo hi > {hello} && cat {hello} && test "$(pwd)" = "$HOME" '
+        '&& echo home > "$HOME/note" && printf done > "$KUBETUNE_TERMINATION_LOG"'
+    )
+    pod = pod_manifest(
+        "tmp-volume", ["/bin/sh", "-c", script],
+        volumeMounts=[{"name": "tmp", "mountPath": "/tmp"}, {"name": "pods", "mountPath": str(local_node.pods_dir)}],
+        extra={**local_node.scheduling, "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "pods", "emptyDir": {}}]},
+    )
+    cluster.core.create_namespaced_pod(namespace, pod)
+
+    end = terminated(cluster, namespace, "tmp-volume")
+    log = local_node.pod_log(namespace, "tmp-volume")
+    assert (end["exitCode"], end.get("message")) == (0, "done"), log
+    assert __version__ in log and log.endswith("hi\n")
+    folder = local_node.pod_dir(namespace, "tmp-volume")
+    assert (folder / "volumes" / "tmp" / Path(hello).name).read_text() == "hi\n", "/tmp was the pod's emptyDir"
+    assert not Path(hello).exists(), "the mount was private to the pod"
+    assert (folder / "home" / "note").read_text() == "home\n"
+
+
 def test_deleting_a_local_pod_stops_it_gracefully(cluster: Cluster, local_node: LocalNode, namespace: str) -> None:
     script = "trap 'echo got SIGTERM; exit 75' TERM; echo started; while true; do sleep 0.1; done"
     pod = pod_manifest("long", ["/bin/sh", "-c", script], extra={**local_node.scheduling, "terminationGracePeriodSeconds": 20})

@@ -138,8 +138,13 @@ def test_preemption_is_retried_without_counting(cluster: Cluster, ns: str, opera
     second = wait_for(lambda: next((p for p in pods(cluster, ns, "preempted")
                                     if p["metadata"]["uid"] != first["metadata"]["uid"] and p["status"].get("phase") == "Running"), None),
                       timeout=60, what="a replacement pod")
-    status = wait_phase(cluster, ns, "preempted", "Running")
-    assert status["restarts"] == 1 and status["output"]["checkpoint"] == checkpoint
+    # Running throughout (its trainer ran), so wait for the status of the second pod itself.
+    def replacement_reported() -> dict | None:
+        status = get(cluster, ns, "preempted").get("status") or {}
+        return status if status.get("restarts") == 1 and status.get("reason") == "Training" else None
+
+    status = wait_for(replacement_reported, timeout=60, what="the replacement pod in the status")
+    assert status["phase"] == "Running" and status["output"]["checkpoint"] == checkpoint
     end_pod(cluster, second, 0)
     wait_phase(cluster, ns, "preempted", "Succeeded")
 

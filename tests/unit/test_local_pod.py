@@ -10,11 +10,13 @@ import pytest
 
 from tests.ground.localpod import (
     ContainerConfigError,
+    Mount,
     References,
     Termination,
     UnsupportedPod,
     container_env,
     expand,
+    mount_operations,
     prepare_mounts,
     termination_message,
     wrap_with_mounts,
@@ -125,9 +127,39 @@ def test_volumes_are_materialised(tmp_path: Path) -> None:
     assert (tmp_path / "scratch").is_dir()
     assert (tmp_path / "config" / "conf" / "mode.txt").read_text() == "fast"
 
-    argv = wrap_with_mounts(["train"], mounts, ["unshare", "--mount", "--"], "/scratch")
+    argv = wrap_with_mounts(["train"], mounts, ["unshare", "--mount", "--"], "/scratch", tmp_path)
     assert argv[:2] == ["unshare", "--mount"] and argv[-2:] == ["--", "train"]
-    assert wrap_with_mounts(["train"], [], None, "/") == ["train"]
+    assert wrap_with_mounts(["train"], [], None, "/", tmp_path) == ["train"]
+
+
+def test_mounts_bind_from_the_pod_folder_and_keep_hidden_folders_in_sight(tmp_path: Path) -> None:
+    pod_folder = tmp_path / "pods" / "ns" / "p" / "uid"
+    (pod_folder / "volumes" / "tmp").mkdir(parents=True)
+    (pod_folder / "volumes" / "data").mkdir()
+    (pod_folder / "volumes" / "config").mkdir()
+    mounts = [
+        Mount(pod_folder / "volumes" / "data", "/tmp/data", read_only=False),  # inside the next one
+        Mount(pod_folder / "volumes" / "tmp", "/tmp", read_only=False),
+        Mount(pod_folder / "volumes" / "config", "/etc/app", read_only=True),
+    ]
+    venv, elsewhere = str(tmp_path / "venv"), "/opt/not-covered"
+    ops = mount_operations(mounts, pod_folder, [venv, elsewhere])
+    # A handle on the hidden venv while it is in sight; then outer targets first, each made
+    # inside what is mounted by then; sources relative to the pod folder, the script's
+    # working folder, so that mounting over an ancestor of it cannot hide them.
+    assert ops == [
+        "mkdir", ".keep/0", "bind", venv, ".keep/0",
+        "mkdir", "/tmp", "bind", "volumes/tmp", "/tmp",
+        "mkdir", "/tmp/data", "bind", "volumes/data", "/tmp/data",
+        "mkdir", "/etc/app", "bind", "volumes/config", "/etc/app",
+        "mkdir", venv, "bind", ".keep/0", venv,
+        "mkdir", str(pod_folder), "bind", ".", str(pod_folder),
+        "readonly", "/etc/app",
+    ]
+    # Nothing covered: only the volumes.
+    assert mount_operations(mounts[2:], pod_folder, [venv]) == [
+        "mkdir", "/etc/app", "bind", "volumes/config", "/etc/app", "readonly", "/etc/app",
+    ]
 
 
 def test_unsupported_volumes_fail_the_pod(tmp_path: Path) -> None:

@@ -46,3 +46,37 @@ def test_garbage_and_missing_metrics() -> None:
 
 def test_format_duration() -> None:
     assert [format_duration(s) for s in (0, 12.4, 240, 3723)] == ["0s", "12s", "4m0s", "1h2m3s"]
+
+
+def _loading_exposition(**values: float) -> str:
+    """What the trainer serves while it loads: every gauge at 0 until first set."""
+    registry = CollectorRegistry()
+    for name in ("step", "total_steps", "epoch", "loss", "eval_loss", "tokens_per_second"):
+        Gauge(f"kubetune_trainer_{name}", name, registry=registry).set(values.get(name, 0))
+    return generate_latest(registry).decode()
+
+
+def test_nothing_to_show_while_the_trainer_loads() -> None:
+    progress = progress_from(parse_metrics(_loading_exposition(), at=1.0), None, "t")
+    assert progress.model_dump(exclude_none=True) == {"update_time": "t"}, "no '0' progress, no loss of 0"
+
+
+def test_before_the_first_step_progress_reads_zero_of_total_without_loss() -> None:
+    # totalSteps known, no optimizer step yet; the baseline evaluation may have run.
+    sample = parse_metrics(_loading_exposition(total_steps=30, eval_loss=2.5), at=1.0)
+    progress = progress_from(sample, None, "t")
+    assert (progress.summary, progress.step, progress.total_steps, progress.percent) == ("0/30 (0%)", 0, 30, 0)
+    assert (progress.loss, progress.eval_loss, progress.tokens_per_second) == (None, None, None)
+
+
+def test_after_the_first_step_loss_and_throughput_appear() -> None:
+    sample = parse_metrics(_loading_exposition(step=1, total_steps=30, loss=2.25, tokens_per_second=812.4), at=1.0)
+    progress = progress_from(sample, None, "t")
+    assert (progress.summary, progress.loss, progress.tokens_per_second) == ("1/30 (3%)", "2.25", 812)
+    assert progress.eval_loss is None, "0 is the gauge before its first evaluation, not a loss"
+
+
+def test_a_resumed_trainer_shows_its_step_before_its_first_new_step() -> None:
+    # A pod resuming from step 200: its gauges restart at 0, the step is the checkpoint's.
+    progress = progress_from(parse_metrics(_loading_exposition(step=200, total_steps=300), at=1.0), None, "t")
+    assert (progress.summary, progress.loss, progress.tokens_per_second) == ("200/300 (66%)", None, None)

@@ -1,12 +1,15 @@
-"""The work queue's guarantees, status merge patches, and transition Events."""
+"""The work queue's guarantees, status merge patches, transition Events, child-change coalescing."""
 
 from __future__ import annotations
 
 import asyncio
 
 from kubetune.operator.events import transition_event
-from kubetune.operator.reconciler import merge_patch
+from kubetune.operator.metrics import OperatorMetrics
+from kubetune.operator.reconciler import Views, merge_patch
+from kubetune.operator.runtime import CHILD_SETTLE_SECONDS, Runtime
 from kubetune.operator.workqueue import WorkQueue
+from tests.unit.operator_fixtures import settings
 
 
 def test_a_key_is_queued_once_and_never_processed_twice_at_once() -> None:
@@ -60,3 +63,25 @@ def test_transition_events() -> None:
     normal = transition_event(tj, phase="Running", reason="Training", message="ok", now="t", instance="op-0", unique="1")
     assert normal["type"] == "Normal"
     assert transition_event(tj, phase="Pending", reason="Unschedulable", message="", now="t", instance="i", unique="2")["type"] == "Warning"
+
+
+def test_a_series_of_child_changes_is_reconciled_once() -> None:
+    async def scenario() -> list[object]:
+        views = Views(tuningjob=lambda key: None, jobs=lambda key: [], pods=lambda key: [])
+        runtime = Runtime(settings(workers=2), api=None, metrics=OperatorMetrics(), views=views, identity="t")  # type: ignore[arg-type]
+        reconciled: list[object] = []
+
+        async def reconcile(key: object) -> None:
+            reconciled.append(key)
+
+        runtime.reconciler.reconcile = reconcile  # type: ignore[method-assign]
+        runtime.start()
+        for _ in range(3):  # the Job's pod: created, scheduled, started
+            runtime.wake_soon(("team-a", "dolly"))
+            await asyncio.sleep(0.05)
+        assert reconciled == [], "not at once: the series may go on"
+        await asyncio.sleep(CHILD_SETTLE_SECONDS + 0.2)
+        await runtime.stop()
+        return reconciled
+
+    assert asyncio.run(scenario()) == [("team-a", "dolly")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from kubetune.api.contract import TerminationMessage
 from kubetune.api.status import Progress
+from kubetune.operator.progress import MetricsSample, progress_from
 from kubetune.operator.status import invalid_spec, next_status, observe
 from tests.unit.operator_fixtures import condition, job, pod, running, terminated, tuningjob
 
@@ -77,7 +78,7 @@ def test_a_preempted_pod_is_a_restart_not_a_failure() -> None:
     message = TerminationMessage(reason="Preempted", checkpoint="s3://adapters/dolly/checkpoints/step-000200/")
     preempted = pod("dolly-1", phase="Failed", state=terminated(75, message.to_json()))
     obs = observe(tuningjob(), job(), [preempted])
-    assert (obs.phase, obs.reason) == ("Pending", "Restarting")
+    assert (obs.phase, obs.reason) == ("Running", "Restarting"), "its trainer ran: not back to Pending"
     assert "exited with code 75 (Preempted)" in obs.message and obs.restarts == 1
     assert obs.checkpoint == "s3://adapters/dolly/checkpoints/step-000200/"
     again = observe(tuningjob(), job(), [preempted, pod("dolly-2", phase="Running", created="2026-01-01T00:02:00Z", node="n", state=running())])
@@ -120,3 +121,89 @@ def test_progress_is_kept_without_eta_when_the_run_stops() -> None:
     running_status = next_status(None, observe(tuningjob(), job(), [pod(phase="Running", node="n", state=running())]), generation=1, job_name="dolly", progress=progress, now=NOW)
     suspended = next_status(running_status, observe(tuningjob(suspend=True), job(suspend=True), []), generation=2, job_name="dolly", progress=None, now=LATER)
     assert suspended.progress.step == 5 and suspended.progress.eta is None
+
+
+# ---------------------------------------------------------------------------
+# Between a trainer pod's end and the Job's verdict: never back to Pending
+
+
+def test_pod_succeeded_before_the_job_is_complete_is_still_running() -> None:
+    message = TerminationMessage(reason="Succeeded", adapter="s3://adapters/dolly/adapter/")
+    finished = pod(phase="Succeeded", node="n", state=terminated(0, message.to_json()))
+    running_status = next_status(
+        None, observe(tuningjob(), job(), [pod(phase="Running", node="n", state=running())]),
+        generation=1, job_name="dolly", progress=Progress(step=23, total_steps=30, eta="5s"), now=NOW,
+    )
+    obs = observe(tuningjob(), job(), [finished])  # the Job controller has not marked it Complete yet
+    assert (obs.phase, obs.reason) == ("Running", "Completing")
+    status = next_status(running_status, obs, generation=1, job_name="dolly", progress=None, now=LATER)
+    assert status.phase == "Running" and status.progress.step == 23 and status.progress.eta is None
+    assert status.condition("Running").last_transition_time == NOW, "still running: no transition"
+
+
+def test_pod_failed_with_a_retryable_code_while_the_job_is_active_is_still_running() -> None:
+    crashed = pod(phase="Failed", node="n", state=terminated(1, "Traceback...\nRuntimeError: CUDA error"))
+    obs = observe(tuningjob(), job(failed=1, active=0), [crashed])
+    assert (obs.phase, obs.reason) == ("Running", "Restarting")
+    assert "exited with code 1 (TrainerError): RuntimeError: CUDA error" in obs.message and obs.restarts == 1
+
+
+def test_pod_failed_with_a_permanent_code_before_the_job_failed_is_still_running() -> None:
+    message = TerminationMessage(reason="BadData", message="dataset.source: no records left after filtering")
+    bad = pod(phase="Failed", node="n", state=terminated(65, message.to_json()))
+    obs = observe(tuningjob(), job(), [bad])  # the Job's Failed condition follows
+    assert (obs.phase, obs.reason) == ("Running", "Failing")
+    assert "no records left after filtering" in obs.message and "new trainer pod" not in obs.message
+    failed = observe(tuningjob(), job(conditions=[condition("Failed", "PodFailurePolicy")], failed=1), [bad])
+    assert (failed.phase, failed.reason) == ("Failed", "BadData")
+
+
+def test_after_preemption_a_new_pod_waiting_for_the_scheduler_is_pending() -> None:
+    unschedulable = condition("PodScheduled", "Unschedulable", "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.", status="False")
+    waiting = pod("dolly-2", created="2026-01-01T00:30:00Z", scheduled=unschedulable)
+    # The preempted pod is gone (deleted by the scheduler, removed by the kubelet) ...
+    obs = observe(tuningjob(), job(), [waiting])
+    assert (obs.phase, obs.reason) == ("Pending", "Unschedulable") and obs.message.startswith("0/3 nodes are available")
+    # ... or still there, failed, while the Job's tracking finalizer holds it.
+    preempted = pod("dolly-1", phase="Failed", node="n", state=terminated(75), deleting=True)
+    obs = observe(tuningjob(), job(), [preempted, waiting])
+    assert (obs.phase, obs.reason) == ("Pending", "Unschedulable")
+    # While it stops, before the new pod exists, the run has not gone back to waiting.
+    stopping = pod("dolly-1", phase="Running", node="n", state=terminated(75), deleting=True)
+    assert observe(tuningjob(), job(), [stopping]).phase == "Running"
+
+
+def test_a_pod_that_never_ran_is_followed_by_pending() -> None:
+    evicted = pod(phase="Failed", node="n", state={"waiting": {"reason": "ContainerCreating"}})
+    evicted["status"]["reason"] = "Evicted"
+    obs = observe(tuningjob(), job(), [evicted])
+    assert (obs.phase, obs.reason) == ("Pending", "Restarting") and "(Evicted)" in obs.message
+    never_started = pod(node="n", scheduled=condition("PodScheduled"), deleting=True)
+    assert observe(tuningjob(), job(), [never_started]).phase == "Pending"
+
+
+def test_the_phase_of_a_whole_run_never_goes_back() -> None:
+    """Each state the Job and its pod pass through on the way to Succeeded, in order."""
+    order = ["Pending", "Running", "Succeeded"]
+    message = TerminationMessage(reason="Succeeded", adapter="s3://adapters/dolly/adapter/").to_json()
+    states = [
+        (job(), []),
+        (job(), [pod()]),
+        (job(), [pod(node="n", scheduled=condition("PodScheduled"), state={"waiting": {"reason": "ContainerCreating"}})]),
+        (job(), [pod(phase="Running", node="n", state=running())]),
+        (job(), [pod(phase="Succeeded", node="n", state=terminated(0, message))]),
+        (job(conditions=[condition("SuccessCriteriaMet")]), [pod(phase="Succeeded", node="n", state=terminated(0, message))]),
+        (job(conditions=[condition("Complete")]), [pod(phase="Succeeded", node="n", state=terminated(0, message))]),
+    ]
+    phases = [observe(tuningjob(), j, pods).phase for j, pods in states]
+    assert [order.index(p) for p in phases] == sorted(order.index(p) for p in phases), phases
+
+
+def test_a_loading_trainer_shows_no_progress_columns() -> None:
+    run = observe(tuningjob(), job(), [pod(phase="Running", node="n", state=running())])
+    loading = progress_from(MetricsSample(at=1.0, step=0, epoch=0.0, loss=0.0, eval_loss=0.0, tokens_per_second=0.0), None, NOW)
+    shown = next_status(None, run, generation=1, job_name="dolly", progress=loading, now=NOW).to_dict()["progress"]
+    assert shown == {"updateTime": NOW}, "PROGRESS and LOSS stay blank, not 0"
+    planned = progress_from(MetricsSample(at=2.0, step=0, total_steps=30, loss=0.0), None, LATER)
+    shown = next_status(None, run, generation=1, job_name="dolly", progress=planned, now=LATER).to_dict()["progress"]
+    assert (shown["summary"], "loss" in shown) == ("0/30 (0%)", False)

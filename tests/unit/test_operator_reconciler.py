@@ -1,0 +1,122 @@
+"""The reconciler's requests to the API server, with kopf's indices lagging behind.
+
+The API server here is a recording stand-in: a real one cannot be made to deliver a
+watch event late on purpose, and the order of the operator's own write, the watch
+event it causes and the Job's watch event is exactly what these tests pin down. The
+real API server is in tests/integration/test_operator.py and bench/operator_latency.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+from kubetune.operator.metrics import OperatorMetrics
+from kubetune.operator.reconciler import INDEX_GRACE, Reconciler, Views
+from tests.unit.operator_fixtures import manifest, settings
+
+KEY = ("team-a", "dolly")
+
+
+class RecordingApi:
+    """Answers the operator's requests as the API server would, and records them."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, ...]] = []
+        self.status_writes: list[dict[str, Any]] = []
+
+    async def patch_tuningjob_status(self, namespace: str, name: str, patch: dict, *, resource_version: str | None = None) -> dict:
+        self.requests.append(("PATCH", "tuningjobs/status", name))
+        self.status_writes.append(patch)
+        return {}
+
+    async def create_job(self, job: dict) -> dict:
+        self.requests.append(("POST", "jobs", job["metadata"]["name"]))
+        created = copy.deepcopy(job)
+        created["metadata"]["uid"] = "job-uid"
+        return created
+
+    async def get_job(self, namespace: str, name: str) -> dict | None:
+        self.requests.append(("GET", "jobs", name))
+        return None
+
+    async def create_event(self, event: dict) -> None:
+        self.requests.append(("POST", "events", event["regarding"]["name"]))
+
+
+class Indices:
+    """What kopf's indices hold: changed by hand, to lag as watches do."""
+
+    def __init__(self) -> None:
+        body = manifest()
+        body["metadata"] |= {"uid": "tj-uid", "generation": 1, "resourceVersion": "1", "creationTimestamp": "2026-01-01T00:00:00Z"}
+        self.tuningjob: dict[str, Any] = body
+        self.jobs: list[dict[str, Any]] = []
+
+    def views(self) -> Views:
+        return Views(tuningjob=lambda key: self.tuningjob, jobs=lambda key: self.jobs, pods=lambda key: [])
+
+
+def test_a_job_just_created_is_not_created_again_while_its_watch_event_is_on_the_way() -> None:
+    async def scenario() -> list[tuple[str, ...]]:
+        api, indices, now = RecordingApi(), Indices(), [1000.0]
+        reconciler = Reconciler(settings(), api, indices.views(), OperatorMetrics(), identity="t", clock=lambda: now[0])  # type: ignore[arg-type]
+        await reconciler.reconcile(KEY)  # new: lock the spec, create the Job
+        # Our own status write comes back through the TuningJob watch first...
+        indices.tuningjob["status"] = {"jobName": "dolly", "phase": "Pending"}
+        indices.tuningjob["metadata"]["resourceVersion"] = "2"
+        assert await reconciler.reconcile(KEY) == INDEX_GRACE
+        # ...then the Job's own event.
+        job = {"metadata": {"name": "dolly", "namespace": "team-a", "uid": "job-uid",
+                            "ownerReferences": [{"uid": "tj-uid", "controller": True}]}, "spec": {"suspend": False}, "status": {}}
+        indices.jobs = [job]
+        await reconciler.reconcile(KEY)
+        await reconciler.close()
+        return api.requests
+
+    requests = asyncio.run(scenario())
+    assert [r for r in requests if r[1] == "jobs"] == [("POST", "jobs", "dolly")], requests
+
+
+def test_a_job_that_never_shows_up_is_created_again() -> None:
+    async def scenario() -> list[tuple[str, ...]]:
+        api, indices, now = RecordingApi(), Indices(), [1000.0]
+        reconciler = Reconciler(settings(), api, indices.views(), OperatorMetrics(), identity="t", clock=lambda: now[0])  # type: ignore[arg-type]
+        await reconciler.reconcile(KEY)
+        indices.tuningjob["status"] = {"jobName": "dolly", "phase": "Pending"}
+        now[0] += INDEX_GRACE + 1  # deleted before the index ever saw it
+        await reconciler.reconcile(KEY)
+        await reconciler.close()
+        return api.requests
+
+    requests = asyncio.run(scenario())
+    assert [r for r in requests if r[1] == "jobs"] == [("POST", "jobs", "dolly")] * 2, requests
+
+
+class SlowEventsApi(RecordingApi):
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = self.most_in_flight = 0
+
+    async def create_event(self, event: dict) -> None:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        await asyncio.sleep(0.02)
+        self.in_flight -= 1
+        await super().create_event(event)
+
+
+def test_events_are_posted_a_few_at_a_time_off_the_reconcile_path() -> None:
+    async def scenario() -> SlowEventsApi:
+        api, indices = SlowEventsApi(), Indices()
+        reconciler = Reconciler(settings(), api, indices.views(), OperatorMetrics(), identity="t", max_event_posts=4)  # type: ignore[arg-type]
+        for i in range(20):  # a burst of new TuningJobs: each posts its first Event
+            await reconciler.reconcile(("team-a", f"dolly-{i}"))
+        while reconciler._background:
+            await asyncio.sleep(0.01)
+        return api
+
+    api = asyncio.run(scenario())
+    assert sum(1 for r in api.requests if r[1] == "events") == 20
+    assert api.most_in_flight == 4, "a burst of Events waits its turn rather than crowding the API server"
