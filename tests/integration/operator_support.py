@@ -174,5 +174,16 @@ def events(cluster: Cluster, namespace: str, name: str) -> list[tuple[str, str]]
     return [(e.reason, e.message or "") for e in sorted(listed.items, key=lambda e: e.event_time or e.last_timestamp or e.metadata.creation_timestamp)]
 
 
+def wait_events(cluster: Cluster, namespace: str, name: str, *reasons: str, timeout: float = 30) -> list[str]:
+    """The reasons of a TuningJob's Events in time order, once all of `reasons` are there
+    (the operator posts Events in the background, after the status write)."""
+
+    def posted() -> list[str] | None:
+        seen = [reason for reason, _ in events(cluster, namespace, name)]
+        return seen if set(reasons) <= set(seen) else None
+
+    return wait_for(posted, timeout=timeout, what=f"events {reasons} of {name}")
+
+
 def load_documents(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]

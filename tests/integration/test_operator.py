@@ -22,7 +22,6 @@ from tests.integration.operator_support import (
     OperatorProcess,
     create,
     end_pod,
-    events,
     get,
     install_crds,
     jobs,
@@ -31,6 +30,7 @@ from tests.integration.operator_support import (
     pods,
     running_pod,
     tuningjob,
+    wait_events,
     wait_phase,
 )
 
@@ -102,8 +102,8 @@ def test_lifecycle_from_pending_to_succeeded(cluster: Cluster, ns: str, operator
     status = wait_phase(cluster, ns, "happy", "Succeeded")
     assert status["output"]["adapter"] == "s3://adapters/happy/adapter/"
     assert status["completionTime"] and status["progress"]["loss"] == "0.9"
-    reasons = [reason for reason, _ in events(cluster, ns, "happy")]
-    assert "Training" in reasons and reasons[-1] == "Succeeded"
+    reasons = wait_events(cluster, ns, "happy", "Training", "Succeeded")
+    assert reasons[-1] == "Succeeded", reasons
     table = cluster.kubectl("get", "tj", "happy", "-n", ns).stdout
     assert table.split("\n")[0].split() == ["NAME", "PHASE", "PROGRESS", "LOSS", "AGE"]
     assert "Succeeded" in table
@@ -113,8 +113,7 @@ def test_more_gpus_than_any_node_has_pends_with_the_schedulers_reason(cluster: C
     create(cluster, ns, tuningjob("greedy", resources={"gpus": 16}))
     status = wait_phase(cluster, ns, "greedy", "Pending", reason="Unschedulable")
     assert "Insufficient nvidia.com/gpu" in status["message"]
-    reasons = [reason for reason, _ in events(cluster, ns, "greedy")]
-    assert "Unschedulable" in reasons
+    wait_events(cluster, ns, "greedy", "Unschedulable")
 
 
 @pytest.mark.parametrize(("code", "reason"), [(65, "BadData"), (77, "StorageAccess"), (78, "InvalidSpec")])
@@ -236,7 +235,7 @@ def test_restart_mid_job_creates_no_duplicate_and_resumes_status(
         wait_phase(cluster, ns, "survivor", "Succeeded")
         (same,) = jobs(cluster, ns, "survivor")
         assert same["metadata"]["uid"] == job["metadata"]["uid"]
-        transitions = [reason for reason, _ in events(cluster, ns, "survivor")]
+        transitions = wait_events(cluster, ns, "survivor", "Training", "Succeeded")
         assert transitions.count("Training") == 1, f"no duplicate events after the restart: {transitions}"
     finally:
         second.stop()

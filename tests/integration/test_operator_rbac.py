@@ -14,6 +14,7 @@ from tests.integration.operator_support import (
     install_crds,
     running_pod,
     tuningjob,
+    wait_events,
     wait_phase,
 )
 
@@ -42,10 +43,13 @@ def test_operator_runs_with_its_documented_rbac(
     operator = OperatorProcess(cluster, tmp_path, [ns], lease_namespace=home, kubeconfig=kubeconfig).start()
     try:
         create(cluster, ns, tuningjob("least-privilege"))
-        end_pod(cluster, running_pod(cluster, ns, "least-privilege"), 0)
+        pod = running_pod(cluster, ns, "least-privilege")
+        # The operator must see the pod run (it reconciles a moment after a pod changes)
+        # for the Running status and its Event to be written with these permissions.
+        wait_phase(cluster, ns, "least-privilege", "Running")
+        end_pod(cluster, pod, 0)
         wait_phase(cluster, ns, "least-privilege", "Succeeded")
-        events = cluster.core.list_namespaced_event(ns, field_selector="involvedObject.name=least-privilege").items
-        assert {e.reason for e in events} >= {"Training", "Succeeded"}
+        wait_events(cluster, ns, "least-privilege", "Training", "Succeeded")
         assert "Forbidden" not in operator.log() and "403" not in operator.log()
     finally:
         operator.stop()
