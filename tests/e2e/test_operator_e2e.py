@@ -30,6 +30,10 @@ from tests.support.data import DOLLY
 
 # A phase may stay or move forward along this order, never back (Pending → Running → end).
 PHASE_ORDER = {"Pending": 0, "Running": 1, "Succeeded": 2, "Failed": 2}
+# Enough steps for training (about 2 s here) to outlast several of the operator's
+# progress reads, 0.25 s apart in this test; 8 steps took under a second, and the reads
+# could miss them all.
+STEPS = 40
 
 
 class StatusRecorder:
@@ -115,8 +119,8 @@ def test_kubectl_apply_trains_to_succeeded_with_progress_and_adapter_in_s3(
             "dataset": {"source": f"s3://{s3_bucket}/data/dolly.jsonl", "format": "dolly", "validation": {"fraction": 0.1}},
             "method": {"type": "qlora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
             "training": {
-                "maxSteps": 8, "learningRate": 5e-3, "batchSize": 2, "gradientAccumulation": 1, "maxSeqLength": 256,
-                "warmupRatio": 0.0, "evalEvery": 4, "checkpointEvery": 4, "logEvery": 1,
+                "maxSteps": STEPS, "learningRate": 5e-3, "batchSize": 2, "gradientAccumulation": 1, "maxSeqLength": 256,
+                "warmupRatio": 0.0, "evalEvery": STEPS // 2, "checkpointEvery": STEPS // 2, "logEvery": 1,
             },
             "output": {"destination": f"s3://{s3_bucket}/out/"},
             "s3": {**s3_server.spec(), "credentialsSecret": "s3-credentials"},
@@ -128,7 +132,7 @@ def test_kubectl_apply_trains_to_succeeded_with_progress_and_adapter_in_s3(
     manifest = tmp_path / "tuningjob.yaml"
     manifest.write_text(yaml.safe_dump_all([secret, tuningjob], sort_keys=False))
 
-    operator = OperatorProcess(cluster, tmp_path, [ns], lease_namespace=ns, progress_interval_seconds=1).start()
+    operator = OperatorProcess(cluster, tmp_path, [ns], lease_namespace=ns, progress_interval_seconds=0.25).start()
     statuses = StatusRecorder(cluster, ns, "dolly-tiny").start()
     try:
         cluster.kubectl("apply", "-n", ns, "-f", str(manifest))
@@ -141,18 +145,19 @@ def test_kubectl_apply_trains_to_succeeded_with_progress_and_adapter_in_s3(
     finally:
         statuses.stop()
         operator.stop()
+        operator_log = operator.log()
 
     # Every status the operator wrote, as a watch delivered it: the phase never goes back.
     phases = statuses.phases()
     assert phases[0] == "Pending" and "Running" in phases, phases
     assert [PHASE_ORDER[p] for p in phases] == sorted(PHASE_ORDER[p] for p in phases), f"the phase went back: {phases}"
     progress_seen = [s["progress"] for s in statuses.seen if s.get("phase") == "Running" and (s.get("progress") or {}).get("step")]
-    assert progress_seen, "the operator read the trainer's progress while it ran"
-    assert progress_seen[-1]["totalSteps"] == 8 and progress_seen[-1]["summary"].endswith("%)")
+    assert progress_seen, f"the operator read the trainer's progress while it ran: {statuses.seen}\n{operator_log}"
+    assert progress_seen[-1]["totalSteps"] == STEPS and progress_seen[-1]["summary"].endswith("%)")
     adapter = status["output"]["adapter"]
     assert adapter.startswith(f"s3://{s3_bucket}/out/adapter")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="out/adapter")["Contents"]]
     assert any(k.endswith("adapter_config.json") for k in keys) and any(k.endswith(".safetensors") for k in keys), keys
-    assert status["progress"]["summary"] == "8/8 (100%)"
+    assert status["progress"]["summary"] == f"{STEPS}/{STEPS} (100%)"
     table = cluster.kubectl("get", "tuningjobs", "-n", ns).stdout
     assert "dolly-tiny" in table and "Succeeded" in table
