@@ -279,8 +279,8 @@ class Reconciler:
                 sample = await scrape(self.http, url, self.settings.progress_timeout_seconds, self.clock())
         finally:
             memory.scraping = False
-        if sample is None or sample.step is None:
-            return
+        if sample is None or sample.step is None or not (sample.step or sample.total_steps):
+            return  # unreadable, or still loading: nothing to show, so nothing to write
         if memory.samples is None or memory.samples[0] != pod_uid:
             memory.samples = (pod_uid, sample, sample)
         else:

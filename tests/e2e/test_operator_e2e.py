@@ -152,6 +152,9 @@ def test_kubectl_apply_trains_to_succeeded_with_progress_and_adapter_in_s3(
     assert phases[0] == "Pending" and "Running" in phases, phases
     assert [PHASE_ORDER[p] for p in phases] == sorted(PHASE_ORDER[p] for p in phases), f"the phase went back: {phases}"
     progress_seen = [s["progress"] for s in statuses.seen if s.get("phase") == "Running" and (s.get("progress") or {}).get("step")]
+    # While the trainer loads there is nothing to show, and nothing is written.
+    empty = [s["progress"] for s in statuses.seen if s.get("progress") and s["progress"].get("step") is None]
+    assert not empty, f"progress written before the trainer had a step: {empty}"
     assert progress_seen, f"the operator read the trainer's progress while it ran: {statuses.seen}\n{operator_log}"
     assert progress_seen[-1]["totalSteps"] == STEPS and progress_seen[-1]["summary"].endswith("%)")
     adapter = status["output"]["adapter"]
