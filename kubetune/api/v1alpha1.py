@@ -500,10 +500,16 @@ class RuntimeSpec(ApiModel):
     active_deadline_seconds: int | None = Field(
         default=None, ge=1, description="Fail the run when it has been running this long."
     )
+    # At least a minute: a Job removed before the operator has read its verdict is
+    # created again (as for a Job deleted by hand), so a TTL shorter than the operator's
+    # reaction time, 0 above all, would rerun a finished job over and over.
     ttl_seconds_after_finished: int | None = Field(
         default=None,
-        ge=0,
-        description="Delete the finished Job and its pods after this many seconds; the TuningJob stays.",
+        ge=60,
+        description=(
+            "Delete the finished Job and its pods after this many seconds (at least 60, so the "
+            "operator reads the outcome first); the TuningJob and its status stay."
+        ),
     )
 
 

@@ -49,3 +49,11 @@ def test_schema_errors_name_the_field_in_manifest_terms() -> None:
     problems = _problems(manifest(training={"learningRate": -1, "epoch": 2}))
     assert "spec.training.learningRate: input should be greater than 0 (got -1)" in problems
     assert "spec.training.epoch: unknown field; did you mean epochs?" in problems
+
+
+def test_a_job_ttl_under_a_minute_is_refused() -> None:
+    # A Job gone before the operator read its verdict is created again: a TTL of 0 would
+    # rerun a finished job forever.
+    (problem,) = _problems(manifest(runtime={"ttlSecondsAfterFinished": 0}))
+    assert problem == "spec.runtime.ttlSecondsAfterFinished: input should be greater than or equal to 60 (got 0)"
+    assert validate(manifest(runtime={"ttlSecondsAfterFinished": 60}), settings(), "x").spec.runtime.ttl_seconds_after_finished == 60
