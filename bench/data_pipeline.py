@@ -103,11 +103,20 @@ def trl_end_to_end(records, tokenizer, capacity):
     dataset = datasets.Dataset.from_list(conversations)
 
     def tokenize(example):
-        ids = tokenizer.apply_chat_template(example["messages"], tokenize=True, return_dict=True)["input_ids"]
+        ids = tokenizer.apply_chat_template(example["messages"], tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
         return {"input_ids": ids}
 
-    tokenized = dataset.map(tokenize, remove_columns=["messages"], load_from_cache_file=False, keep_in_memory=True)
-    return pack_dataset(tokenized, capacity, strategy="bfd", map_kwargs={"load_from_cache_file": False, "keep_in_memory": True})
+    tokenized = dataset.map(
+        tokenize, remove_columns=["messages"], load_from_cache_file=False, keep_in_memory=True
+    )
+    return pack_dataset(
+        tokenized,
+        capacity,
+        strategy="bfd",
+        map_kwargs={"load_from_cache_file": False, "keep_in_memory": True},
+    )
 
 
 def trl_pack(encoded, capacity):
@@ -115,10 +124,18 @@ def trl_pack(encoded, capacity):
     from trl import pack_dataset
 
     dataset = datasets.Dataset.from_dict(
-        {"input_ids": [x.tolist() for x in encoded.input_ids], "labels": [y.tolist() for y in encoded.labels]}
+        {
+            "input_ids": [x.tolist() for x in encoded.input_ids],
+            "labels": [y.tolist() for y in encoded.labels],
+        }
     )
     start = time.perf_counter()
-    packed = pack_dataset(dataset, capacity, strategy="bfd", map_kwargs={"load_from_cache_file": False, "keep_in_memory": True})
+    packed = pack_dataset(
+        dataset,
+        capacity,
+        strategy="bfd",
+        map_kwargs={"load_from_cache_file": False, "keep_in_memory": True},
+    )
     return time.perf_counter() - start, packed
 
 
@@ -130,12 +147,18 @@ def run(repeat: int, smoke: bool = False) -> list[dict]:
     tokenizer.chat_template = BUILTIN["mistral"]  # so that TRL's path renders the same text
     template = resolve_template("mistral", tokenizer)
     rows = []
-    data = [("dolly-sample-200", dolly_records()[:200])] if smoke else [("dolly-sample", dolly_records())]
+    data = (
+        [("dolly-sample-200", dolly_records()[:200])]
+        if smoke
+        else [("dolly-sample", dolly_records())]
+    )
     if not smoke:
         data.append(("synthetic-15k", synthetic_records(SYNTHETIC)))
     for name, records in data:
         for capacity in LENGTHS[:1] if smoke else LENGTHS:
-            ours_s, (encoded, table) = best_of(repeat, kubetune_end_to_end, records, tokenizer, template, capacity)
+            ours_s, (encoded, table) = best_of(
+                repeat, kubetune_end_to_end, records, tokenizer, template, capacity
+            )
             trl_s, trl_packed = best_of(repeat, trl_end_to_end, records, tokenizer, capacity)
             tokens = int(sum(len(x) for x in encoded.input_ids))
             bound = lower_bound([len(x) for x in encoded.input_ids], capacity)
@@ -195,9 +218,15 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best is kept")
-    parser.add_argument("--smoke", action="store_true", help="200 Dolly records at 2048 tokens, once")
-    parser.add_argument("--json", type=Path, help="the JSON report (default bench/results/data-pipeline.json)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per measurement; the best is kept"
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="200 Dolly records at 2048 tokens, once"
+    )
+    parser.add_argument(
+        "--json", type=Path, help="the JSON report (default bench/results/data-pipeline.json)"
+    )
     args = parser.parse_args()
     if args.smoke:
         args.repeat = 1

@@ -76,15 +76,22 @@ def apiserver_requests(cluster: Cluster) -> dict[tuple[str, str], tuple[float, f
             continue
         for sample in family.samples:
             labels = sample.labels
-            if sample.name.endswith(("_count", "_sum")) and labels.get("verb") not in ("WATCH", "CONNECT"):
-                resource = labels.get("resource", "") + ("/" + labels["subresource"] if labels.get("subresource") else "")
+            if sample.name.endswith(("_count", "_sum")) and labels.get("verb") not in (
+                "WATCH",
+                "CONNECT",
+            ):
+                resource = labels.get("resource", "") + (
+                    "/" + labels["subresource"] if labels.get("subresource") else ""
+                )
                 entry = totals.setdefault((labels["verb"], resource), [0.0, 0.0])
                 entry[0 if sample.name.endswith("_count") else 1] += sample.value
     return {k: (v[0], v[1]) for k, v in totals.items()}
 
 
-def requests_between(before: dict[tuple[str, str], tuple[float, float]],
-                     after: dict[tuple[str, str], tuple[float, float]]) -> dict[str, dict[str, float]]:
+def requests_between(
+    before: dict[tuple[str, str], tuple[float, float]],
+    after: dict[tuple[str, str], tuple[float, float]],
+) -> dict[str, dict[str, float]]:
     """Requests made between two readings, with their mean latency in the API server."""
     result = {}
     for key, (count, seconds) in sorted(after.items()):
@@ -102,9 +109,14 @@ def operator_reconciles(operator: OperatorProcess) -> tuple[float, float]:
     values = {}
     for family in text_string_to_metric_families(operator.metrics()):
         for sample in family.samples:
-            if sample.name in ("kubetune_operator_reconcile_seconds_count", "kubetune_operator_reconcile_seconds_sum"):
+            if sample.name in (
+                "kubetune_operator_reconcile_seconds_count",
+                "kubetune_operator_reconcile_seconds_sum",
+            ):
                 values[sample.name] = sample.value
-    return values["kubetune_operator_reconcile_seconds_count"], values["kubetune_operator_reconcile_seconds_sum"]
+    return values["kubetune_operator_reconcile_seconds_count"], values[
+        "kubetune_operator_reconcile_seconds_sum"
+    ]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -112,14 +124,28 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def run_scale(cluster: Cluster, folder: Path, scale: int, idle: float, probes: int = 20,
-              settings: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_scale(
+    cluster: Cluster,
+    folder: Path,
+    scale: int,
+    idle: float,
+    probes: int = 20,
+    settings: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     ns = cluster.create_namespace(f"bench{scale}", restricted=True)
     operator = OperatorProcess(
-        cluster, folder, [ns], lease_namespace=ns, name=f"operator-{scale}",
+        cluster,
+        folder,
+        [ns],
+        lease_namespace=ns,
+        name=f"operator-{scale}",
         # Production intervals; small pods so that hundreds fit on the kwok nodes.
-        progress_interval_seconds=15, resync_seconds=300, default_cpu="10m", default_memory="64Mi",
-        default_shm_size="16Mi", **(settings or {}),
+        progress_interval_seconds=15,
+        resync_seconds=300,
+        default_cpu="10m",
+        default_memory="64Mi",
+        default_shm_size="16Mi",
+        **(settings or {}),
     ).start()
     pid = operator.process.pid
     assert pid is not None
@@ -139,8 +165,14 @@ def run_scale(cluster: Cluster, folder: Path, scale: int, idle: float, probes: i
     tj_stream = watch.Watch()
 
     def watch_tuningjobs() -> None:
-        for event in tj_stream.stream(cluster.custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL,
-                                      timeout_seconds=600):
+        for event in tj_stream.stream(
+            cluster.custom.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            ns,
+            PLURAL,
+            timeout_seconds=600,
+        ):
             tj_seen.setdefault(event["object"]["metadata"]["name"], time.perf_counter())
             if len(tj_seen) >= scale + probes:
                 tj_stream.stop()
@@ -177,7 +209,9 @@ def run_scale(cluster: Cluster, folder: Path, scale: int, idle: float, probes: i
     settled = time.perf_counter()
     cpu_burst = cpu_seconds(pid) - cpu_before
     api_burst = requests_between(api_before, apiserver_requests(cluster))
-    reconciles, reconcile_seconds = (a - b for a, b in zip(operator_reconciles(operator), reconciles_before, strict=True))
+    reconciles, reconcile_seconds = (
+        a - b for a, b in zip(operator_reconciles(operator), reconciles_before, strict=True)
+    )
     cpu_idle_start = cpu_seconds(pid)
     time.sleep(idle)
     cpu_idle = (cpu_seconds(pid) - cpu_idle_start) / idle
@@ -232,9 +266,13 @@ def run_scale(cluster: Cluster, folder: Path, scale: int, idle: float, probes: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scales", default="1,50,500")
-    parser.add_argument("--idle", type=float, default=30.0, help="seconds of idle CPU sampling per scale")
+    parser.add_argument(
+        "--idle", type=float, default=30.0, help="seconds of idle CPU sampling per scale"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--workers", type=int, help="the operator's KUBETUNE_OPERATOR_WORKERS (default: its own)")
+    parser.add_argument(
+        "--workers", type=int, help="the operator's KUBETUNE_OPERATOR_WORKERS (default: its own)"
+    )
     args = parser.parse_args()
     settings = {"workers": args.workers} if args.workers else {}
     with tempfile.TemporaryDirectory(prefix="kubetune-bench-") as tmp:
@@ -243,26 +281,46 @@ def main() -> None:
             cluster = ground.cluster()
             ground.kwok()
             install_crds(cluster)
-            results = [run_scale(cluster, Path(tmp), int(s), args.idle, settings=settings) for s in args.scales.split(",")]
+            results = [
+                run_scale(cluster, Path(tmp), int(s), args.idle, settings=settings)
+                for s in args.scales.split(",")
+            ]
         finally:
             ground.stop()
-    print(f"{'TuningJobs':>10} {'p50 s':>7} {'p99 s':>7} {'max s':>7} {'all TJs s':>9} {'all Jobs s':>10} {'CPU burst s':>11} "
-          f"{'CPU idle':>9} {'RSS MiB':>8} {'peak MiB':>9} {'steady p50':>10} {'steady p99':>10}")
+    print(
+        f"{'TuningJobs':>10} {'p50 s':>7} {'p99 s':>7} {'max s':>7} {'all TJs s':>9} {'all Jobs s':>10} {'CPU burst s':>11} "
+        f"{'CPU idle':>9} {'RSS MiB':>8} {'peak MiB':>9} {'steady p50':>10} {'steady p99':>10}"
+    )
     for r in results:
-        print(f"{r['tuningjobs']:>10} {r['latency_p50_s']:>7} {r['latency_p99_s']:>7} {r['latency_max_s']:>7} "
-              f"{r['all_tuningjobs_created_s']:>9} {r['all_jobs_created_s']:>10} {r['operator_cpu_burst_s']:>11} {r['operator_cpu_idle_cores']:>9} "
-              f"{r['operator_rss_mib']:>8} {r['operator_peak_rss_mib']:>9} {r['steady_p50_s']:>10} {r['steady_p99_s']:>10}")
-    print("\nburst, p50 / p99 of each part (s): the create request; until a watch has the TuningJob; "
-          "then until its Job is seen (the operator: lock, Job create, watch delivery)")
-    print(f"{'TuningJobs':>10} {'create':>15} {'delivered':>15} {'operator':>15} {'reconciles':>10} {'mean ms':>8}")
+        print(
+            f"{r['tuningjobs']:>10} {r['latency_p50_s']:>7} {r['latency_p99_s']:>7} {r['latency_max_s']:>7} "
+            f"{r['all_tuningjobs_created_s']:>9} {r['all_jobs_created_s']:>10} {r['operator_cpu_burst_s']:>11} {r['operator_cpu_idle_cores']:>9} "
+            f"{r['operator_rss_mib']:>8} {r['operator_peak_rss_mib']:>9} {r['steady_p50_s']:>10} {r['steady_p99_s']:>10}"
+        )
+    print(
+        "\nburst, p50 / p99 of each part (s): the create request; until a watch has the TuningJob; "
+        "then until its Job is seen (the operator: lock, Job create, watch delivery)"
+    )
+    print(
+        f"{'TuningJobs':>10} {'create':>15} {'delivered':>15} {'operator':>15} {'reconciles':>10} {'mean ms':>8}"
+    )
     for r in results:
-        parts = [f"{r['parts_p50_s'][k]} / {r['parts_p99_s'][k]}" for k in ("create", "delivered", "operator")]
-        print(f"{r['tuningjobs']:>10} {parts[0]:>15} {parts[1]:>15} {parts[2]:>15} "
-              f"{r['operator_reconciles_burst']:>10} {r['operator_reconcile_mean_ms']:>8}")
+        parts = [
+            f"{r['parts_p50_s'][k]} / {r['parts_p99_s'][k]}"
+            for k in ("create", "delivered", "operator")
+        ]
+        print(
+            f"{r['tuningjobs']:>10} {parts[0]:>15} {parts[1]:>15} {parts[2]:>15} "
+            f"{r['operator_reconciles_burst']:>10} {r['operator_reconcile_mean_ms']:>8}"
+        )
     for r in results:
-        print(f"\nAPI requests during the burst of {r['tuningjobs']} (all clients; per TuningJob, mean latency in the API server):")
+        print(
+            f"\nAPI requests during the burst of {r['tuningjobs']} (all clients; per TuningJob, mean latency in the API server):"
+        )
         for key, value in r["apiserver_requests_burst"].items():
-            print(f"  {key:<40} {value['requests']:>7} {value['requests'] / r['tuningjobs']:>6.2f}/TJ {value['mean_ms']:>8} ms")
+            print(
+                f"  {key:<40} {value['requests']:>7} {value['requests'] / r['tuningjobs']:>6.2f}/TJ {value['mean_ms']:>8} ms"
+            )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))

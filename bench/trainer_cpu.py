@@ -62,25 +62,45 @@ def build_base(folder: Path, hidden: int, layers: int, vocab: int) -> Path:
     return folder
 
 
-def packed_rows(count: int, tokens: int, vocab: int, examples_per_row: int = 4) -> list[dict[str, list[int]]]:
+def packed_rows(
+    count: int, tokens: int, vocab: int, examples_per_row: int = 4
+) -> list[dict[str, list[int]]]:
     generator = torch.Generator().manual_seed(1)
     rows = []
     per = tokens // examples_per_row
     for _ in range(count):
         ids = torch.randint(3, vocab, (per * examples_per_row,), generator=generator).tolist()
-        labels = [(-100 if i % per < per // 2 else t) for i, t in enumerate(ids)]  # responses: second halves
+        labels = [
+            (-100 if i % per < per // 2 else t) for i, t in enumerate(ids)
+        ]  # responses: second halves
         positions = [i % per for i in range(len(ids))]
-        rows.append({"input_ids": ids, "labels": labels, "position_ids": positions, "seq_lengths": [per] * examples_per_row})
+        rows.append(
+            {
+                "input_ids": ids,
+                "labels": labels,
+                "position_ids": positions,
+                "seq_lengths": [per] * examples_per_row,
+            }
+        )
     return rows
 
 
 def collate(rows: list[dict[str, list[int]]]) -> dict[str, Any]:
-    return {k: torch.tensor([[x for r in rows for x in r[k]]]) for k in ("input_ids", "labels", "position_ids")}
+    return {
+        k: torch.tensor([[x for r in rows for x in r[k]]])
+        for k in ("input_ids", "labels", "position_ids")
+    }
 
 
 def spec_for(method: dict[str, Any]) -> TuningJobSpec:
     return TuningJobSpec.model_validate(
-        {"model": {"source": "m"}, "dataset": {"source": "d"}, "output": {"destination": "o/"}, "resources": {"gpus": 0}, "method": method}
+        {
+            "model": {"source": "m"},
+            "dataset": {"source": "d"},
+            "output": {"destination": "o/"},
+            "resources": {"gpus": 0},
+            "method": method,
+        }
     )
 
 
@@ -97,7 +117,9 @@ def memory_bytes(model: torch.nn.Module) -> int:
     return int(model.get_memory_footprint())
 
 
-def time_our_loop(folder: Path, method: dict[str, Any], rows: list[dict[str, list[int]]], warmup: int) -> tuple[int, list[float], int]:
+def time_our_loop(
+    folder: Path, method: dict[str, Any], rows: list[dict[str, list[int]]], warmup: int
+) -> tuple[int, list[float], int]:
     plan = make_plan(spec_for(method), Hardware.probe())
     model = load_model(folder, "m", plan, LORA, torch.device("cpu"), seed=0)
     memory = memory_bytes(model)
@@ -124,7 +146,9 @@ def time_our_loop(folder: Path, method: dict[str, Any], rows: list[dict[str, lis
     return memory, [r.seconds for r in reports[warmup:]], reports[0].input_tokens
 
 
-def time_hf_trainer(folder: Path, rows: list[dict[str, list[int]]], warmup: int, workdir: Path) -> list[float]:
+def time_hf_trainer(
+    folder: Path, rows: list[dict[str, list[int]]], warmup: int, workdir: Path
+) -> list[float]:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     plan = make_plan(spec_for({"type": "qlora"}), Hardware.probe())
@@ -156,7 +180,13 @@ def time_hf_trainer(folder: Path, rows: list[dict[str, list[int]]], warmup: int,
         remove_unused_columns=False,
         disable_tqdm=True,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=hf_collate, callbacks=[StepTimer()])
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=rows,
+        data_collator=hf_collate,
+        callbacks=[StepTimer()],
+    )
     trainer.train()
     del model, trainer
     gc.collect()
@@ -166,28 +196,40 @@ def time_hf_trainer(folder: Path, rows: list[dict[str, list[int]]], warmup: int,
 def generation_speed(folder: Path, repack: bool, new_tokens: int) -> float:
     from kubetune.trainer.quantization import disable_cpu_inference_repacking, four_bit_config
 
-    model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=four_bit_config(torch.float32), device_map={"": "cpu"})
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, quantization_config=four_bit_config(torch.float32), device_map={"": "cpu"}
+    )
     if not repack:
         disable_cpu_inference_repacking(model)
     model.eval()
     prompt = torch.randint(3, 1000, (1, 64), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        model.generate(prompt, max_new_tokens=4, do_sample=False, min_new_tokens=4)  # warm up (and repack)
+        model.generate(
+            prompt, max_new_tokens=4, do_sample=False, min_new_tokens=4
+        )  # warm up (and repack)
         started = time.perf_counter()
-        model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, min_new_tokens=new_tokens)
+        model.generate(
+            prompt, max_new_tokens=new_tokens, do_sample=False, min_new_tokens=new_tokens
+        )
         elapsed = time.perf_counter() - started
     return new_tokens / elapsed
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--vocab", type=int, default=16000)
-    parser.add_argument("--tokens", type=int, default=512, help="tokens per packed row (one row per step)")
+    parser.add_argument(
+        "--tokens", type=int, default=512, help="tokens per packed row (one row per step)"
+    )
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="a tiny model and 3 steps: checks the script runs")
+    parser.add_argument(
+        "--quick", action="store_true", help="a tiny model and 3 steps: checks the script runs"
+    )
     args = parser.parse_args()
     if args.quick:
         args.hidden, args.layers, args.vocab, args.tokens, args.steps = 128, 2, 2000, 256, 3
@@ -199,15 +241,23 @@ def main() -> None:
         folder = build_base(workdir / "base", args.hidden, args.layers, args.vocab)
         rows = packed_rows(args.steps, args.tokens, args.vocab)
         params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(folder).parameters())
-        print(f"model: Llama, hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}: {params / 1e6:.1f}M parameters; "
-              f"{args.tokens} tokens per step, {args.threads} threads, torch {torch.__version__}\n")
+        print(
+            f"model: Llama, hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}: {params / 1e6:.1f}M parameters; "
+            f"{args.tokens} tokens per step, {args.threads} threads, torch {torch.__version__}\n"
+        )
 
         results: dict[str, Any] = {}
         for name, method in METHODS.items():
             memory, seconds, tokens = time_our_loop(folder, method, rows, warmup)
-            results[name] = {"memory_bytes": memory, "step_seconds": statistics.median(seconds), "tokens": tokens}
+            results[name] = {
+                "memory_bytes": memory,
+                "step_seconds": statistics.median(seconds),
+                "tokens": tokens,
+            }
         reference = results["lora fp32"]
-        print("| base weights | model memory (MiB) | vs fp32 | step (s) | tokens/s | step time vs fp32 |")
+        print(
+            "| base weights | model memory (MiB) | vs fp32 | step (s) | tokens/s | step time vs fp32 |"
+        )
         print("|---|---|---|---|---|---|")
         for name, r in results.items():
             print(
@@ -231,7 +281,11 @@ def main() -> None:
         print(f"| bitsandbytes default (repacked, fused CPU kernel) | {repacked:.1f} |")
         print(f"| kubetune (repacking off: dequantize + matmul) | {plain:.1f} |")
         print(f"kubetune / default: {plain / repacked:.2f}x")
-        summary = {"results": results, "hf_trainer_step_seconds": hf, "generation_tokens_per_second": {"repacked": repacked, "plain": plain}}
+        summary = {
+            "results": results,
+            "hf_trainer_step_seconds": hf,
+            "generation_tokens_per_second": {"repacked": repacked, "plain": plain},
+        }
         print("\n" + json.dumps(summary, default=float))
 
 

@@ -69,9 +69,17 @@ def pick_records(seed: int) -> tuple[list[dict[str, str]], list[dict[str, str]],
     records = [json.loads(line) for line in DOLLY.read_text().splitlines() if line.strip()]
     rng = random.Random(seed)
     rng.shuffle(records)
-    short = [r for r in records if len(r["response"]) < 200 and len(r["instruction"]) + len(r["context"]) < 400]
+    short = [
+        r
+        for r in records
+        if len(r["response"]) < 200 and len(r["instruction"]) + len(r["context"]) < 400
+    ]
     held_out = next(r for r in short if not r["context"] and len(r["response"]) > 40)
-    return [r for r in records if r is not held_out], [r for r in short if r is not held_out], held_out
+    return (
+        [r for r in records if r is not held_out],
+        [r for r in short if r is not held_out],
+        held_out,
+    )
 
 
 def manifest(endpoint: dict[str, str], steps: int, learning_rate: float) -> dict[str, Any]:
@@ -83,7 +91,12 @@ def manifest(endpoint: dict[str, str], steps: int, learning_rate: float) -> dict
             "model": {"source": f"s3://{BUCKET}/{MODEL_PREFIX}"},
             # A base model has no chat template (and no trained chat tokens): the Alpaca
             # format ends answers with EOS, a token it knows from pretraining.
-            "dataset": {"source": f"s3://{BUCKET}/{DATA_KEY}", "format": "dolly", "template": "alpaca", "validation": {"fraction": 0.05}},
+            "dataset": {
+                "source": f"s3://{BUCKET}/{DATA_KEY}",
+                "format": "dolly",
+                "template": "alpaca",
+                "validation": {"fraction": 0.05},
+            },
             "method": {"type": "qlora", "lora": {"r": 16, "alpha": 32, "dropout": 0.05}},
             "training": {
                 "maxSteps": steps,
@@ -103,7 +116,12 @@ def manifest(endpoint: dict[str, str], steps: int, learning_rate: float) -> dict
     }
 
 
-def text_chart(points: list[tuple[int, float]], marks: list[tuple[int, float]], width: int = 64, height: int = 12) -> str:
+def text_chart(
+    points: list[tuple[int, float]],
+    marks: list[tuple[int, float]],
+    width: int = 64,
+    height: int = 12,
+) -> str:
     """An ASCII chart of the training loss (·) with validation losses (o)."""
     every = points + marks
     low, high = min(v for _, v in every), max(v for _, v in every)
@@ -170,7 +188,9 @@ def build_model(folder: Path, records: list[dict[str, str]], args: argparse.Name
     chunks = [ids[i : i + length] for i in range(0, len(ids) - length, length)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
     steps = args.pretrain_steps
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 10) * max(0.1, 1 - s / steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / 10) * max(0.1, 1 - s / steps)
+    )
     rng = random.Random(0)
     model.train()
     for _ in range(steps):
@@ -181,7 +201,9 @@ def build_model(folder: Path, records: list[dict[str, str]], args: argparse.Name
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
-    print(f"      pretrained on {len(ids)} tokens of plain text for {steps} steps: loss {loss.item():.2f}")
+    print(
+        f"      pretrained on {len(ids)} tokens of plain text for {steps} steps: loss {loss.item():.2f}"
+    )
     # Generation stops at EOS or at ChatML's end of turn, as build_model configures it.
     model.generation_config.eos_token_id = model.config.eos_token_id
     model.save_pretrained(folder)
@@ -199,20 +221,33 @@ def answer(model_folder: Path, adapter: Path | None, tokenizer_folder: Path, pro
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
     # The 4-bit base the adapter was trained on (QLoRA adapters are served on it).
-    model = AutoModelForCausalLM.from_pretrained(model_folder, quantization_config=four_bit_config(torch.float32), device_map={"": "cpu"})
+    model = AutoModelForCausalLM.from_pretrained(
+        model_folder, quantization_config=four_bit_config(torch.float32), device_map={"": "cpu"}
+    )
     if adapter is not None:
         from peft import PeftModel
 
         with peft_without_deprecation_noise():
             model = PeftModel.from_pretrained(model, adapter)
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False)
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=False,
+    )
     limit = 60
     out = model.eval().generate(
-        input_ids=torch.tensor([ids]), max_new_tokens=limit, do_sample=False, repetition_penalty=1.3, no_repeat_ngram_size=3
+        input_ids=torch.tensor([ids]),
+        max_new_tokens=limit,
+        do_sample=False,
+        repetition_penalty=1.3,
+        no_repeat_ngram_size=3,
     )
     new = out[0, len(ids) :].tolist()
     stops = set(model.generation_config.eos_token_id or [])
-    text = tokenizer.decode(new[:-1] if new and new[-1] in stops else new, skip_special_tokens=True).strip()
+    text = tokenizer.decode(
+        new[:-1] if new and new[-1] in stops else new, skip_special_tokens=True
+    ).strip()
     if new and new[-1] in stops:
         ending = f"stopped with {tokenizer.convert_ids_to_tokens(new[-1])}"
     else:
@@ -221,11 +256,22 @@ def answer(model_folder: Path, adapter: Path | None, tokenizer_folder: Path, pro
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=80, help="optimizer steps (default 80: about 5 epochs)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--steps", type=int, default=80, help="optimizer steps (default 80: about 5 epochs)"
+    )
     parser.add_argument("--learning-rate", type=float, default=1e-2)
-    parser.add_argument("--workdir", type=Path, default=ROOT / "build" / "demo", help="where everything goes (emptied first)")
-    parser.add_argument("--pretrain-steps", type=int, default=250, help="the base model's plain-text pretraining")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=ROOT / "build" / "demo",
+        help="where everything goes (emptied first)",
+    )
+    parser.add_argument(
+        "--pretrain-steps", type=int, default=250, help="the base model's plain-text pretraining"
+    )
     parser.add_argument("--vocab", type=int, default=2048, help="the tokenizer's vocabulary size")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
@@ -234,7 +280,9 @@ def main() -> int:
     workdir = args.workdir.resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # a tiny model: threads only contend (docs/trainer.md)
+    os.environ.setdefault(
+        "OMP_NUM_THREADS", "1"
+    )  # a tiny model: threads only contend (docs/trainer.md)
     quiet_libraries()
 
     say("kubetune demo: QLoRA on a tiny Llama, data and results in S3, on CPU")
@@ -258,15 +306,24 @@ def main() -> int:
         data = workdir / "train.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in train))
         client.upload_file(str(data), BUCKET, DATA_KEY)
-        say(f"[3/5] data: {len(train)} Dolly records with short answers -> s3://{BUCKET}/{DATA_KEY} (one more held back)")
+        say(
+            f"[3/5] data: {len(train)} Dolly records with short answers -> s3://{BUCKET}/{DATA_KEY} (one more held back)"
+        )
 
         job = workdir / "tuningjob.yaml"
         import yaml
 
-        job.write_text(yaml.safe_dump(manifest(endpoint.spec(), args.steps, args.learning_rate), sort_keys=False))
+        job.write_text(
+            yaml.safe_dump(
+                manifest(endpoint.spec(), args.steps, args.learning_rate), sort_keys=False
+            )
+        )
         say(f"[4/5] kubetune train -f {show(job)}")
         env = {**os.environ, **endpoint.env(), "KUBETUNE_SCRATCH_DIR": str(workdir / "scratch")}
-        code = subprocess.run([sys.executable, "-m", "kubetune", "train", "-f", str(job), "--metrics-port", "0"], env=env).returncode
+        code = subprocess.run(
+            [sys.executable, "-m", "kubetune", "train", "-f", str(job), "--metrics-port", "0"],
+            env=env,
+        ).returncode
         if code != 0:
             say(f"kubetune train exited with {code}")
             return code
@@ -275,7 +332,13 @@ def main() -> int:
         adapter.mkdir()
         for item in client.list_objects_v2(Bucket=BUCKET, Prefix=OUTPUT + "adapter/")["Contents"]:
             client.download_file(BUCKET, item["Key"], str(adapter / item["Key"].rsplit("/", 1)[-1]))
-        records = [json.loads(line) for line in client.get_object(Bucket=BUCKET, Key=OUTPUT + "metrics.jsonl")["Body"].read().decode().splitlines()]
+        records = [
+            json.loads(line)
+            for line in client.get_object(Bucket=BUCKET, Key=OUTPUT + "metrics.jsonl")["Body"]
+            .read()
+            .decode()
+            .splitlines()
+        ]
         summary = json.loads((adapter / "training-summary.json").read_text())
     finally:
         server.stop()
@@ -286,7 +349,9 @@ def main() -> int:
     plot(points, marks, png)
     (workdir / "loss.txt").write_text(text_chart(points, marks) + "\n")
     metrics = summary["metrics"]
-    say(f"[5/5] adapter: s3://{BUCKET}/{OUTPUT}adapter/ (copied to {show(adapter)}: {', '.join(sorted(p.name for p in adapter.iterdir()))})")
+    say(
+        f"[5/5] adapter: s3://{BUCKET}/{OUTPUT}adapter/ (copied to {show(adapter)}: {', '.join(sorted(p.name for p in adapter.iterdir()))})"
+    )
     print(f"\nloss curve ({show(png)}, {show(workdir / 'loss.txt')}):\n")
     print(text_chart(points, marks))
     print(

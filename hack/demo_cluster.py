@@ -43,13 +43,23 @@ def step(text: str) -> None:
 def main() -> int:
     state_file = STATE / "state.json"
     if not state_file.exists():
-        print(f"no test ground in {STATE}: run `make cluster` first (make demo-cluster does)", file=sys.stderr)
+        print(
+            f"no test ground in {STATE}: run `make cluster` first (make demo-cluster does)",
+            file=sys.stderr,
+        )
         return 1
     state = json.loads(state_file.read_text())
     if not state.get("s3"):
-        print("the test ground has no S3 server; run `make cluster-down && make cluster`", file=sys.stderr)
+        print(
+            "the test ground has no S3 server; run `make cluster-down && make cluster`",
+            file=sys.stderr,
+        )
         return 1
-    env = {**os.environ, "KUBECONFIG": state["kubeconfig"], "PATH": os.pathsep.join([*state["path"], os.environ["PATH"]])}
+    env = {
+        **os.environ,
+        "KUBECONFIG": state["kubeconfig"],
+        "PATH": os.pathsep.join([*state["path"], os.environ["PATH"]]),
+    }
 
     def kubectl(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["kubectl", *args], env=env, check=True, text=True, **kwargs)
@@ -59,8 +69,17 @@ def main() -> int:
     kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/tuningjobs.kubetune.dev")
 
     step(f"namespace {NAMESPACE}, enforcing the restricted Pod Security Standard")
-    manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE, "labels": {
-        "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}}}
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": NAMESPACE,
+            "labels": {
+                "pod-security.kubernetes.io/enforce": "restricted",
+                "pod-security.kubernetes.io/enforce-version": "latest",
+            },
+        },
+    }
     kubectl("apply", "-f", "-", input=json.dumps(manifest))
 
     s3 = state["s3"]
@@ -68,12 +87,27 @@ def main() -> int:
     upload_inputs(s3)
 
     step("the S3 keys in Secret s3-credentials (the trainer gets them only as Secret references)")
-    with tempfile.NamedTemporaryFile("w", suffix=".env") as keys:  # keys never appear in a command line
+    with tempfile.NamedTemporaryFile(
+        "w", suffix=".env"
+    ) as keys:  # keys never appear in a command line
         os.chmod(keys.name, 0o600)
-        keys.write(f"AWS_ACCESS_KEY_ID={s3['env']['AWS_ACCESS_KEY_ID']}\nAWS_SECRET_ACCESS_KEY={s3['env']['AWS_SECRET_ACCESS_KEY']}\n")
+        keys.write(
+            f"AWS_ACCESS_KEY_ID={s3['env']['AWS_ACCESS_KEY_ID']}\nAWS_SECRET_ACCESS_KEY={s3['env']['AWS_SECRET_ACCESS_KEY']}\n"
+        )
         keys.flush()
-        secret = kubectl("create", "secret", "generic", "s3-credentials", "-n", NAMESPACE, f"--from-env-file={keys.name}",
-                         "--dry-run=client", "-o", "yaml", capture_output=True).stdout
+        secret = kubectl(
+            "create",
+            "secret",
+            "generic",
+            "s3-credentials",
+            "-n",
+            NAMESPACE,
+            f"--from-env-file={keys.name}",
+            "--dry-run=client",
+            "-o",
+            "yaml",
+            capture_output=True,
+        ).stdout
     kubectl("apply", "-f", "-", input=secret)
 
     step("starting `kubetune operator` (log: .kubetune/cluster/operator.log)")
@@ -91,7 +125,11 @@ def main() -> int:
     try:
         deadline = time.monotonic() + 1800
         while time.monotonic() < deadline:
-            body = json.loads(kubectl("get", "tuningjob", NAME, "-n", NAMESPACE, "-o", "json", capture_output=True).stdout)
+            body = json.loads(
+                kubectl(
+                    "get", "tuningjob", NAME, "-n", NAMESPACE, "-o", "json", capture_output=True
+                ).stdout
+            )
             status = body.get("status") or {}
             if status.get("phase") in ("Succeeded", "Failed"):
                 break
@@ -103,11 +141,15 @@ def main() -> int:
 
     print()
     if status.get("phase") != "Succeeded":
-        print(f"TuningJob {NAME} is {status.get('phase')}: {status.get('reason')}: {status.get('message')}")
+        print(
+            f"TuningJob {NAME} is {status.get('phase')}: {status.get('reason')}: {status.get('message')}"
+        )
         print(f"more: kubectl describe tuningjob {NAME} -n {NAMESPACE}")
         return 1
     print(f"Succeeded. The adapter is at {status['output']['adapter']}")
-    print(f"Explore: kubectl get tj -n {NAMESPACE} -o wide; kubectl describe tj {NAME} -n {NAMESPACE}")
+    print(
+        f"Explore: kubectl get tj -n {NAMESPACE} -o wide; kubectl describe tj {NAME} -n {NAMESPACE}"
+    )
     print("Stop everything: make cluster-down")
     return 0
 
@@ -122,8 +164,11 @@ def upload_inputs(s3: dict[str, Any]) -> None:
     from tests.support.data import DOLLY
 
     client = boto3.client(
-        "s3", endpoint_url=s3["url"], region_name=s3["region"],
-        aws_access_key_id=s3["env"]["AWS_ACCESS_KEY_ID"], aws_secret_access_key=s3["env"]["AWS_SECRET_ACCESS_KEY"],
+        "s3",
+        endpoint_url=s3["url"],
+        region_name=s3["region"],
+        aws_access_key_id=s3["env"]["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=s3["env"]["AWS_SECRET_ACCESS_KEY"],
         config=Config(s3={"addressing_style": "path"}),
     )
     existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
@@ -156,14 +201,27 @@ def start_operator(env: dict[str, str], s3_url: str) -> None:
         "METRICS_PORT": "0",
         "HEALTH_PORT": "0",
     }
-    operator_env = {**env, **{f"KUBETUNE_OPERATOR_{k}": v for k, v in settings.items()}, "POD_NAME": "demo-operator"}
+    operator_env = {
+        **env,
+        **{f"KUBETUNE_OPERATOR_{k}": v for k, v in settings.items()},
+        "POD_NAME": "demo-operator",
+    }
     log = (STATE / "operator.log").open("ab")
-    process = subprocess.Popen([sys.executable, "-m", "kubetune", "operator"], env=operator_env, stdout=log,
-                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kubetune", "operator"],
+        env=operator_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=ROOT,
+    )
     pid_file.write_text(str(process.pid))
     time.sleep(3)
     if process.poll() is not None:
-        raise SystemExit(f"the operator exited ({process.returncode}); see {STATE / 'operator.log'}")
+        raise SystemExit(
+            f"the operator exited ({process.returncode}); see {STATE / 'operator.log'}"
+        )
 
 
 def demo_tuningjob(s3: dict[str, Any]) -> dict[str, Any]:
@@ -173,17 +231,43 @@ def demo_tuningjob(s3: dict[str, Any]) -> dict[str, Any]:
         "metadata": {"name": NAME, "namespace": NAMESPACE},
         "spec": {
             "model": {"source": f"s3://{BUCKET}/models/tiny-llama/"},
-            "dataset": {"source": f"s3://{BUCKET}/datasets/dolly-sample.jsonl", "format": "dolly",
-                        "validation": {"fraction": 0.1}},
+            "dataset": {
+                "source": f"s3://{BUCKET}/datasets/dolly-sample.jsonl",
+                "format": "dolly",
+                "validation": {"fraction": 0.1},
+            },
             "method": {"type": "qlora", "lora": {"r": 8, "alpha": 16}},
-            "training": {"maxSteps": 30, "learningRate": 5e-3, "batchSize": 2, "gradientAccumulation": 1,
-                         "maxSeqLength": 256, "warmupRatio": 0.0, "evalEvery": 10, "checkpointEvery": 10, "logEvery": 1},
+            "training": {
+                "maxSteps": 30,
+                "learningRate": 5e-3,
+                "batchSize": 2,
+                "gradientAccumulation": 1,
+                "maxSeqLength": 256,
+                "warmupRatio": 0.0,
+                "evalEvery": 10,
+                "checkpointEvery": 10,
+                "logEvery": 1,
+            },
             "output": {"destination": f"s3://{BUCKET}/adapters/{NAME}/"},
-            "s3": {"region": s3["region"], "addressingStyle": "path", "credentialsSecret": "s3-credentials"},
-            "resources": {"gpus": 0, "cpu": "1", "memory": "4Gi", "ephemeralStorage": "2Gi", "scratchSize": "2Gi",
-                          "shmSize": "256Mi"},
-            "scheduling": {"nodeSelector": {"kubetune.dev/local-node": "true"},
-                           "tolerations": [{"key": "kubetune.dev/local-node", "operator": "Exists", "effect": "NoSchedule"}]},
+            "s3": {
+                "region": s3["region"],
+                "addressingStyle": "path",
+                "credentialsSecret": "s3-credentials",
+            },
+            "resources": {
+                "gpus": 0,
+                "cpu": "1",
+                "memory": "4Gi",
+                "ephemeralStorage": "2Gi",
+                "scratchSize": "2Gi",
+                "shmSize": "256Mi",
+            },
+            "scheduling": {
+                "nodeSelector": {"kubetune.dev/local-node": "true"},
+                "tolerations": [
+                    {"key": "kubetune.dev/local-node", "operator": "Exists", "effect": "NoSchedule"}
+                ],
+            },
             "runtime": {"backoffLimit": 1},
         },
     }

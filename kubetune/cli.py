@@ -58,14 +58,25 @@ def main(verbose: bool) -> None:
 
 
 @main.command()
-@click.option("-f", "--filename", "manifest", required=True, type=click.Path(dir_okay=False), help="A TuningJob manifest (YAML or JSON).")
+@click.option(
+    "-f",
+    "--filename",
+    "manifest",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="A TuningJob manifest (YAML or JSON).",
+)
 @click.option(
     "-o",
     "--output",
     type=click.Path(file_okay=False),
     help="Folder for the packed splits (train/validation/test.parquet) and the report. Default: ./<name>-prepared/",
 )
-@click.option("--report", type=click.Path(dir_okay=False), help="Write the JSON report here instead of OUTPUT/prepare-report.json.")
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False),
+    help="Write the JSON report here instead of OUTPUT/prepare-report.json.",
+)
 def prepare(manifest: str, output: str | None, report: str | None) -> None:
     """Build the packed, loss-masked dataset of a TuningJob, as the trainer would.
 
@@ -133,7 +144,13 @@ def prepare(manifest: str, output: str | None, report: str | None) -> None:
     show_default=True,
     help="auto: text on a terminal, JSON lines otherwise.",
 )
-def train(filename: str | None, from_env: bool, scratch: str | None, metrics_port: int | None, log_format: str) -> None:
+def train(
+    filename: str | None,
+    from_env: bool,
+    scratch: str | None,
+    metrics_port: int | None,
+    log_format: str,
+) -> None:
     """Train the adapter a TuningJob describes, here (locally or inside the training pod).
 
     Runs the same manifest you `kubectl apply`: model and data from local paths or S3,
@@ -157,7 +174,10 @@ def train(filename: str | None, from_env: bool, scratch: str | None, metrics_por
         if not text:
             from kubetune.api.manifest import Problem
 
-            raise SpecError(f"${SPEC_ENV}", [Problem("", "is empty or unset; the operator puts the TuningJob there")])
+            raise SpecError(
+                f"${SPEC_ENV}",
+                [Problem("", "is empty or unset; the operator puts the TuningJob there")],
+            )
         return parse_tuningjob_json(text, f"${SPEC_ENV}")
 
     from pathlib import Path
@@ -180,7 +200,9 @@ def train(filename: str | None, from_env: bool, scratch: str | None, metrics_por
     type=click.Path(dir_okay=False),
     help="The TuningJob manifest (YAML or JSON; other documents in it are ignored).",
 )
-@click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
+@click.option(
+    "-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True
+)
 def render(filename: str, output: str) -> None:
     """Print the Job the operator would create for a TuningJob; no cluster needed.
 

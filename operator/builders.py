@@ -92,12 +92,19 @@ def pod_spec_document(tuningjob: TuningJob, settings: Settings) -> str:
     """
     spec = tuningjob.spec
     if spec.s3.endpoint is None and settings.s3_endpoint:
-        spec = spec.model_copy(update={"s3": spec.s3.model_copy(update={"endpoint": settings.s3_endpoint})})
+        spec = spec.model_copy(
+            update={"s3": spec.s3.model_copy(update={"endpoint": settings.s3_endpoint})}
+        )
     document = {
         "apiVersion": API_VERSION,
         "kind": KIND,
         "metadata": {
-            k: v for k, v in (("name", tuningjob.metadata.name), ("namespace", tuningjob.metadata.namespace)) if v
+            k: v
+            for k, v in (
+                ("name", tuningjob.metadata.name),
+                ("namespace", tuningjob.metadata.namespace),
+            )
+            if v
         },
         "spec": spec.model_dump(by_alias=True, mode="json"),
     }
@@ -174,7 +181,11 @@ def pod_failure_policy() -> dict[str, Any]:
             {
                 # The trainer saved a checkpoint on SIGTERM and stopped: resume, do not count.
                 "action": "Ignore",
-                "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [int(ExitCode.PREEMPTED)]},
+                "onExitCodes": {
+                    "containerName": CONTAINER,
+                    "operator": "In",
+                    "values": [int(ExitCode.PREEMPTED)],
+                },
             },
             {
                 # Evicted, preempted by the scheduler, node drained: not the trainer's fault.
@@ -188,9 +199,17 @@ def pod_failure_policy() -> dict[str, Any]:
 def pod_spec(tuningjob: TuningJob, settings: Settings) -> dict[str, Any]:
     spec = tuningjob.spec
     gpus = spec.resources.gpus
-    node_selector = {**(settings.gpu_node_selector if gpus else {}), **spec.scheduling.node_selector}
-    tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in (settings.gpu_tolerations if gpus else [])]
-    tolerations += [t.model_dump(by_alias=True, exclude_none=True) for t in spec.scheduling.tolerations]
+    node_selector = {
+        **(settings.gpu_node_selector if gpus else {}),
+        **spec.scheduling.node_selector,
+    }
+    tolerations = [
+        t.model_dump(by_alias=True, exclude_none=True)
+        for t in (settings.gpu_tolerations if gpus else [])
+    ]
+    tolerations += [
+        t.model_dump(by_alias=True, exclude_none=True) for t in spec.scheduling.tolerations
+    ]
 
     pod: dict[str, Any] = {
         "restartPolicy": "Never",  # the Job retries; podFailurePolicy requires Never
@@ -277,7 +296,11 @@ def environment(tuningjob: TuningJob, settings: Settings) -> list[dict[str, Any]
     secret = credentials_secret(tuningjob, settings)
     if secret:
         # Credentials travel as references only: their values never appear in any object.
-        for key, optional in (("AWS_ACCESS_KEY_ID", False), ("AWS_SECRET_ACCESS_KEY", False), ("AWS_SESSION_TOKEN", True)):
+        for key, optional in (
+            ("AWS_ACCESS_KEY_ID", False),
+            ("AWS_SECRET_ACCESS_KEY", False),
+            ("AWS_SESSION_TOKEN", True),
+        ):
             ref: dict[str, Any] = {"name": secret, "key": key}
             if optional:
                 ref["optional"] = True
@@ -288,13 +311,24 @@ def environment(tuningjob: TuningJob, settings: Settings) -> list[dict[str, Any]
 def volumes(tuningjob: TuningJob, settings: Settings) -> list[dict[str, Any]]:
     resources = tuningjob.spec.resources
     out: list[dict[str, Any]] = [
-        {"name": "scratch", "emptyDir": {"sizeLimit": resources.scratch_size or settings.default_scratch_size}},
+        {
+            "name": "scratch",
+            "emptyDir": {"sizeLimit": resources.scratch_size or settings.default_scratch_size},
+        },
         # Memory-backed /dev/shm: the container runtime's default 64Mi starves data loaders and NCCL.
-        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": resources.shm_size or settings.default_shm_size}},
+        {
+            "name": "dshm",
+            "emptyDir": {
+                "medium": "Memory",
+                "sizeLimit": resources.shm_size or settings.default_shm_size,
+            },
+        },
     ]
     claim = pvc_claim(tuningjob.spec.model.source)
     if claim:
-        out.append({"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        out.append(
+            {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
     return out
 
 

@@ -54,7 +54,12 @@ class LeaseElector:
 
     async def acquire(self) -> None:
         """Return once this replica holds the Lease."""
-        log.info("waiting to lead: Lease %s/%s as %s", self.config.namespace, self.config.name, self.config.identity)
+        log.info(
+            "waiting to lead: Lease %s/%s as %s",
+            self.config.namespace,
+            self.config.name,
+            self.config.identity,
+        )
         while not await self._try_acquire_or_renew():
             await asyncio.sleep(self.config.retry * random.uniform(1.0, 1.2))
         self.leading = True
@@ -69,7 +74,12 @@ class LeaseElector:
                     break
                 if time.monotonic() >= deadline:
                     self.leading = False
-                    log.error("lost the Lease %s/%s: could not renew it in %ss", self.config.namespace, self.config.name, self.config.renew_deadline)
+                    log.error(
+                        "lost the Lease %s/%s: could not renew it in %ss",
+                        self.config.namespace,
+                        self.config.name,
+                        self.config.renew_deadline,
+                    )
                     return
                 await asyncio.sleep(self.config.retry)
             await asyncio.sleep(self.config.retry)
@@ -78,7 +88,15 @@ class LeaseElector:
         """Give the Lease up on a clean exit so that a standby can take over at once."""
         if not self.leading or self._lease is None:
             return
-        lease = {**self._lease, "spec": {**self._lease["spec"], "holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": _now()}}
+        lease = {
+            **self._lease,
+            "spec": {
+                **self._lease["spec"],
+                "holderIdentity": None,
+                "leaseDurationSeconds": 1,
+                "renewTime": _now(),
+            },
+        }
         try:
             await self.api.replace_lease(lease)
             log.info("released the Lease %s/%s", self.config.namespace, self.config.name)
@@ -106,13 +124,22 @@ class LeaseElector:
             if record != self._observed:
                 self._observed, self._observed_at = record, time.monotonic()
             duration = float(spec.get("leaseDurationSeconds") or config.duration)
-            if holder and holder != config.identity and time.monotonic() < self._observed_at + duration:
+            if (
+                holder
+                and holder != config.identity
+                and time.monotonic() < self._observed_at + duration
+            ):
                 return False  # held by a live leader
             ours = holder == config.identity
             transitions = int(spec.get("leaseTransitions") or 0) + (0 if ours else 1)
             acquired = spec.get("acquireTime") if ours and spec.get("acquireTime") else now
-            updated = {**lease, "spec": self._spec(acquired=acquired, renewed=now, transitions=transitions)}
-            self._lease = await self.api.replace_lease(updated)  # resourceVersion: a race is a Conflict
+            updated = {
+                **lease,
+                "spec": self._spec(acquired=acquired, renewed=now, transitions=transitions),
+            }
+            self._lease = await self.api.replace_lease(
+                updated
+            )  # resourceVersion: a race is a Conflict
             if not ours:
                 log.info("took the Lease over from %s", holder or "nobody")
             return True

@@ -26,12 +26,23 @@ WARNING_REASONS = frozenset(
 
 
 def transition_event(
-    tuningjob: dict[str, Any], *, phase: str, reason: str, message: str, now: str, instance: str, unique: str
+    tuningjob: dict[str, Any],
+    *,
+    phase: str,
+    reason: str,
+    message: str,
+    now: str,
+    instance: str,
+    unique: str,
 ) -> dict[str, Any]:
     """An Event about `tuningjob`; `unique` tells Events of one object apart (kubectl uses a timestamp)."""
     metadata = tuningjob["metadata"]
     warning = phase == "Failed" or reason in WARNING_REASONS
-    note = message if len(message.encode()) <= NOTE_LIMIT else message.encode()[: NOTE_LIMIT - 3].decode(errors="ignore") + "…"
+    note = (
+        message
+        if len(message.encode()) <= NOTE_LIMIT
+        else message.encode()[: NOTE_LIMIT - 3].decode(errors="ignore") + "…"
+    )
     return {
         "apiVersion": "events.k8s.io/v1",
         "kind": "Event",

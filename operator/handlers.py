@@ -46,7 +46,9 @@ def pod_index(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) ->
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def tuningjob_changed(namespace: str, name: str, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
+async def tuningjob_changed(
+    namespace: str, name: str, status: kopf.Status, memo: kopf.Memo, **_: Any
+) -> None:
     # Not started yet (no Job): served first, so a burst of new TuningJobs starts quickly.
     memo.runtime.wake((namespace, child_name(name)), urgent=not status.get("jobName"))
 
@@ -96,7 +98,9 @@ async def startup(
         jobs=lambda key: list(job_index.get(key, ())),
         pods=lambda key: list(pod_index.get(key, ())),
     )
-    runtime = Runtime(config, api, metrics, views, identity=memo.get("identity") or "kubetune-operator")
+    runtime = Runtime(
+        config, api, metrics, views, identity=memo.get("identity") or "kubetune-operator"
+    )
     memo.runtime = runtime
     memo.api = api
     runtime.start()

@@ -74,7 +74,9 @@ async def serve(settings: Settings) -> int:
         await api.close()
         raise
     state: dict[str, Any] = {"runtime": None, "leading": None}
-    metrics = OperatorMetrics(phases=lambda: state["runtime"].reconciler.known_phases() if state["runtime"] else ())
+    metrics = OperatorMetrics(
+        phases=lambda: state["runtime"].reconciler.known_phases() if state["runtime"] else ()
+    )
     servers = HttpServers(metrics, health=lambda: health_report(state["runtime"], state["leading"]))
     await servers.start(settings.metrics_port, settings.health_port)
 
@@ -112,7 +114,9 @@ async def serve(settings: Settings) -> int:
                 clusterwide=settings.clusterwide,
                 namespaces=settings.namespaces,
                 stop_flag=stop,
-                memo=kopf.Memo(settings=settings, api=api, metrics=metrics, identity=me, on_started=started),
+                memo=kopf.Memo(
+                    settings=settings, api=api, metrics=metrics, identity=me, on_started=started
+                ),
             ),
             name="kopf",
         )
@@ -122,7 +126,9 @@ async def serve(settings: Settings) -> int:
             watchers.append(holding)
         done, _ = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
         if elector is not None and holding in done:
-            code = LOST_LEADERSHIP  # stop kopf; exit non-zero so Kubernetes restarts us as a standby
+            code = (
+                LOST_LEADERSHIP  # stop kopf; exit non-zero so Kubernetes restarts us as a standby
+            )
         stop.set()
         await operator
         if elector is not None:
@@ -160,9 +166,13 @@ async def require_tuningjobs(api: KubeApi, settings: Settings) -> None:
                 "kubetune/operator/rbac.py (the Helm chart does, for its watchNamespaces)"
             ) from None
         except ApiError as e:
-            raise ClusterNotReady(f"the API server refused to list {PLURAL} in {where}: {e}") from None
+            raise ClusterNotReady(
+                f"the API server refused to list {PLURAL} in {where}: {e}"
+            ) from None
         except (aiohttp.ClientError, OSError) as e:
-            raise ClusterNotReady(f"cannot reach the Kubernetes API server at {api.server}: {e}") from None
+            raise ClusterNotReady(
+                f"cannot reach the Kubernetes API server at {api.server}: {e}"
+            ) from None
 
 
 async def _until_stopped(work: Any, stop: asyncio.Event) -> bool:

@@ -32,7 +32,11 @@ class _PhaseCollector(Collector):
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         counts = Tally(p for p in self._phases() if p)
-        family = GaugeMetricFamily("kubetune_operator_tuningjobs", "TuningJobs the operator sees, by phase.", labels=["phase"])
+        family = GaugeMetricFamily(
+            "kubetune_operator_tuningjobs",
+            "TuningJobs the operator sees, by phase.",
+            labels=["phase"],
+        )
         for phase in PHASES:
             family.add_metric([phase], counts.get(phase, 0))
         yield family
@@ -89,7 +93,11 @@ class HttpServers:
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
         self._runners.append(runner)
-        log.info("serving %s on port %s", ", ".join(r.resource.canonical for r in app.router.routes()), port)
+        log.info(
+            "serving %s on port %s",
+            ", ".join(r.resource.canonical for r in app.router.routes()),
+            port,
+        )
 
     async def stop(self) -> None:
         for runner in self._runners:
@@ -97,7 +105,9 @@ class HttpServers:
         self._runners.clear()
 
     async def _serve_metrics(self, _: web.Request) -> web.Response:
-        return web.Response(body=self._metrics.exposition(), content_type="text/plain", charset="utf-8")
+        return web.Response(
+            body=self._metrics.exposition(), content_type="text/plain", charset="utf-8"
+        )
 
     async def _serve_health(self, _: web.Request) -> web.Response:
         report = dict(self._health())

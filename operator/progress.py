@@ -118,7 +118,11 @@ def format_duration(seconds: float) -> str:
 def decimal_string(value: float | None, significant: int) -> str | None:
     if value is None:
         return None
-    return f"{value:.{significant}g}" if abs(value) < 1 else f"{value:.{significant}f}".rstrip("0").rstrip(".")
+    return (
+        f"{value:.{significant}g}"
+        if abs(value) < 1
+        else f"{value:.{significant}f}".rstrip("0").rstrip(".")
+    )
 
 
 async def scrape(session: object, url: str, timeout: float, at: float) -> MetricsSample | None:

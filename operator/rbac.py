@@ -12,20 +12,36 @@ from typing import Any
 # watched namespace, except the CRD and namespace rules, which kopf needs cluster-wide).
 CLUSTER_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["kubetune.dev"], "resources": ["tuningjobs"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": ["kubetune.dev"], "resources": ["tuningjobs/status"], "verbs": ["get", "patch", "update"]},
+    {
+        "apiGroups": ["kubetune.dev"],
+        "resources": ["tuningjobs/status"],
+        "verbs": ["get", "patch", "update"],
+    },
     # ownerReferences with blockOwnerDeletion need this where the OwnerReferencesPermissionEnforcement
     # admission plugin is on (it is on OpenShift and many hardened clusters).
     {"apiGroups": ["kubetune.dev"], "resources": ["tuningjobs/finalizers"], "verbs": ["update"]},
-    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch"]},
+    {
+        "apiGroups": ["batch"],
+        "resources": ["jobs"],
+        "verbs": ["get", "list", "watch", "create", "patch"],
+    },
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},  # kopf's own Events
     # kopf watches which CRDs and namespaces exist, to start and stop its watches.
-    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
+    {
+        "apiGroups": ["apiextensions.k8s.io"],
+        "resources": ["customresourcedefinitions"],
+        "verbs": ["list", "watch"],
+    },
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
 ]
 
 # In the operator's own namespace (a Role): the leader-election Lease.
 LEASE_RULES: list[dict[str, Any]] = [
-    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
+    {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "verbs": ["get", "create", "update"],
+    },
 ]

@@ -54,7 +54,9 @@ STALE_RETRY = 0.5
 # it yet (its watch event is on the way): no second create, which would only get a 409.
 INDEX_GRACE = 10.0
 
-_WAITING_FOR_POD = Observation("Pending", "PodCreating", "waiting for the Job controller to create the trainer pod")
+_WAITING_FOR_POD = Observation(
+    "Pending", "PodCreating", "waiting for the Job controller to create the trainer pod"
+)
 
 
 @dataclass
@@ -133,7 +135,9 @@ class Reconciler:
         uid, generation = metadata["uid"], int(metadata.get("generation") or 1)
         memory = self._memory.get(key)
         if memory is None or memory.uid != uid:
-            memory = _Memory(uid=uid, status=TuningJobStatus.model_validate(body.get("status") or {}))
+            memory = _Memory(
+                uid=uid, status=TuningJobStatus.model_validate(body.get("status") or {})
+            )
             self._memory[key] = memory
         old = memory.status
         source = f"TuningJob {metadata['namespace']}/{metadata['name']}"
@@ -141,13 +145,17 @@ class Reconciler:
         if old.terminal and (old.job_name or old.observed_generation == generation):
             # Final. A finished Job may be gone (ttlSecondsAfterFinished): never recreate it.
             if old.observed_generation != generation:
-                await self._write(key, body, memory, old.model_copy(update={"observed_generation": generation}))
+                await self._write(
+                    key, body, memory, old.model_copy(update={"observed_generation": generation})
+                )
             return None
 
         job = self._owned_job(key, uid)
         if job is not None:
             memory.job_created_at = None
-        elif memory.job_created_at is not None and self.clock() - memory.job_created_at < INDEX_GRACE:
+        elif (
+            memory.job_created_at is not None and self.clock() - memory.job_created_at < INDEX_GRACE
+        ):
             # Woken by our own status write before the Job's watch event arrived: the
             # Job exists and its event will wake this TuningJob again.
             return INDEX_GRACE
@@ -156,13 +164,17 @@ class Reconciler:
             try:
                 tuningjob = validate(body, self.settings, source)
             except SpecError as e:
-                await self._observe_and_write(key, body, memory, invalid_spec(e.render()), job_name=None)
+                await self._observe_and_write(
+                    key, body, memory, invalid_spec(e.render()), job_name=None
+                )
                 return None
         else:
             try:
                 tuningjob = parse_tuningjob(body, source)
             except SpecError as e:
-                await self._observe_and_write(key, body, memory, invalid_spec(e.render()), job_name=old.job_name)
+                await self._observe_and_write(
+                    key, body, memory, invalid_spec(e.render()), job_name=old.job_name
+                )
                 return None
 
         if job is None:
@@ -190,7 +202,9 @@ class Reconciler:
     def _owned_job(self, key: Key, uid: str) -> Body | None:
         return next((j for j in self.views.jobs(key) if _owned_by(j, uid)), None)
 
-    async def _start(self, key: Key, body: Body, memory: _Memory, tuningjob: TuningJob) -> Body | float | None:
+    async def _start(
+        self, key: Key, body: Body, memory: _Memory, tuningjob: TuningJob
+    ) -> Body | float | None:
         """Lock the spec (status.jobName), then create the Job. Returns the Job, or when to retry."""
         metadata = body["metadata"]
         namespace, generation = metadata["namespace"], int(metadata.get("generation") or 1)
@@ -202,18 +216,26 @@ class Reconciler:
             # The same write is the status as it will be once the Job exists, so creating
             # the Job needs no second status write.
             locked = next_status(
-                memory.status, _WAITING_FOR_POD, generation=generation, job_name=name, progress=None,
+                memory.status,
+                _WAITING_FOR_POD,
+                generation=generation,
+                job_name=name,
+                progress=None,
                 now=_rfc3339(self.clock()),
             )
             try:
-                await self._write(key, body, memory, locked, resource_version=metadata.get("resourceVersion"))
+                await self._write(
+                    key, body, memory, locked, resource_version=metadata.get("resourceVersion")
+                )
             except Conflict:
                 log.debug("%s changed since it was read; looking again", key)
                 return STALE_RETRY
         try:
             created = await self.api.create_job(job)
             memory.job_created_at = self.clock()
-            self.metrics.start_latency_seconds.observe(max(0.0, self.clock() - _timestamp(metadata.get("creationTimestamp"))))
+            self.metrics.start_latency_seconds.observe(
+                max(0.0, self.clock() - _timestamp(metadata.get("creationTimestamp")))
+            )
             log.info("created Job %s/%s", namespace, name)
             return created
         except Conflict:
@@ -224,18 +246,30 @@ class Reconciler:
                 f"a Job named {name!r} already exists in namespace {namespace!r} and does not belong to this "
                 "TuningJob; delete that Job or create the TuningJob under another name"
             )
-            await self._observe_and_write(key, body, memory, Observation("Pending", "JobConflict", message), job_name=name)
+            await self._observe_and_write(
+                key, body, memory, Observation("Pending", "JobConflict", message), job_name=name
+            )
             return self.settings.resync_seconds
         except (Invalid, BadRequest) as e:
             # The API server rejected the pod spec (e.g. a malformed affinity): the spec must change.
             await self._observe_and_write(
-                key, body, memory, invalid_spec(f"the Job was rejected by the API server: {e.message}"), job_name=None
+                key,
+                body,
+                memory,
+                invalid_spec(f"the Job was rejected by the API server: {e.message}"),
+                job_name=None,
             )
             return None
         except Forbidden as e:
             # A ResourceQuota or an admission policy: it may pass later.
             await self._observe_and_write(
-                key, body, memory, Observation("Pending", "JobForbidden", f"creating the Job was refused: {e.message}"), job_name=name
+                key,
+                body,
+                memory,
+                Observation(
+                    "Pending", "JobForbidden", f"creating the Job was refused: {e.message}"
+                ),
+                job_name=name,
             )
             return self.settings.resync_seconds
 
@@ -247,8 +281,15 @@ class Reconciler:
             wanted = False
         if wanted is None or wanted == current:
             return job
-        log.info("%s Job %s/%s", "suspending" if wanted else "resuming", job["metadata"]["namespace"], job["metadata"]["name"])
-        return await self.api.patch_job(job["metadata"]["namespace"], job["metadata"]["name"], {"spec": {"suspend": wanted}})
+        log.info(
+            "%s Job %s/%s",
+            "suspending" if wanted else "resuming",
+            job["metadata"]["namespace"],
+            job["metadata"]["name"],
+        )
+        return await self.api.patch_job(
+            job["metadata"]["namespace"], job["metadata"]["name"], {"spec": {"suspend": wanted}}
+        )
 
     # --- progress -------------------------------------------------------------------
 
@@ -264,10 +305,16 @@ class Reconciler:
         pod_uid = pod["metadata"].get("uid") or pod["metadata"]["name"]
         ip = (pod.get("status") or {}).get("podIP")
         now = self.clock()
-        if ip and not memory.scraping and now - memory.last_scrape >= self.settings.progress_interval_seconds * 0.9:
+        if (
+            ip
+            and not memory.scraping
+            and now - memory.last_scrape >= self.settings.progress_interval_seconds * 0.9
+        ):
             memory.scraping, memory.last_scrape = True, now
             host = f"[{ip}]" if ":" in ip else ip
-            self._in_background(self._scrape(key, memory, pod_uid, f"http://{host}:{METRICS_PORT}/metrics"))
+            self._in_background(
+                self._scrape(key, memory, pod_uid, f"http://{host}:{METRICS_PORT}/metrics")
+            )
         if memory.samples is None or memory.samples[0] != pod_uid:
             return None
         _, first, latest = memory.samples
@@ -276,7 +323,9 @@ class Reconciler:
     async def _scrape(self, key: Key, memory: _Memory, pod_uid: str, url: str) -> None:
         try:
             async with self._scrapes:
-                sample = await scrape(self.http, url, self.settings.progress_timeout_seconds, self.clock())
+                sample = await scrape(
+                    self.http, url, self.settings.progress_timeout_seconds, self.clock()
+                )
         finally:
             memory.scraping = False
         if sample is None or sample.step is None or not (sample.step or sample.total_steps):
@@ -301,12 +350,23 @@ class Reconciler:
     ) -> None:
         generation = int(body["metadata"].get("generation") or 1)
         new = next_status(
-            memory.status, observation, generation=generation, job_name=job_name, progress=progress, now=_rfc3339(self.clock())
+            memory.status,
+            observation,
+            generation=generation,
+            job_name=job_name,
+            progress=progress,
+            now=_rfc3339(self.clock()),
         )
         await self._write(key, body, memory, new)
 
     async def _write(
-        self, key: Key, body: Body, memory: _Memory, new: TuningJobStatus, *, resource_version: str | None = None
+        self,
+        key: Key,
+        body: Body,
+        memory: _Memory,
+        new: TuningJobStatus,
+        *,
+        resource_version: str | None = None,
     ) -> None:
         old = memory.status
         patch = merge_patch(old.to_dict(), new.to_dict())
@@ -314,20 +374,34 @@ class Reconciler:
             return
         metadata = body["metadata"]
         try:
-            await self.api.patch_tuningjob_status(metadata["namespace"], metadata["name"], patch, resource_version=resource_version)
+            await self.api.patch_tuningjob_status(
+                metadata["namespace"], metadata["name"], patch, resource_version=resource_version
+            )
         except NotFound:
             self.forget(key)
             return
         memory.status = new
         if new.phase and (new.phase, new.reason) != (old.phase, old.reason):
-            log.info("%s/%s: %s (%s) %s", metadata["namespace"], metadata["name"], new.phase, new.reason, new.message or "")
+            log.info(
+                "%s/%s: %s (%s) %s",
+                metadata["namespace"],
+                metadata["name"],
+                new.phase,
+                new.reason,
+                new.message or "",
+            )
             self.metrics.transitions_total.labels(new.phase, new.reason or "").inc()
             # An Event per phase change, and per new reason that needs a person's attention
             # (not for every step of Pending: PodCreating, Scheduling, ContainerCreating).
             if new.phase != old.phase or (new.reason or "") in WARNING_REASONS:
                 event = transition_event(
-                    dict(body), phase=new.phase, reason=new.reason or new.phase, message=new.message or "",
-                    now=_rfc3339(self.clock(), micro=True), instance=self.identity, unique=f"{time.time_ns():x}",
+                    dict(body),
+                    phase=new.phase,
+                    reason=new.reason or new.phase,
+                    message=new.message or "",
+                    now=_rfc3339(self.clock(), micro=True),
+                    instance=self.identity,
+                    unique=f"{time.time_ns():x}",
                 )
                 self._in_background(self._post_event(key, event))
 
@@ -361,7 +435,8 @@ def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any
 
 def _owned_by(body: Body, uid: str | None) -> bool:
     return uid is not None and any(
-        ref.get("uid") == uid and ref.get("controller") for ref in (body.get("metadata") or {}).get("ownerReferences") or []
+        ref.get("uid") == uid and ref.get("controller")
+        for ref in (body.get("metadata") or {}).get("ownerReferences") or []
     )
 
 
@@ -374,4 +449,3 @@ def _timestamp(text: str | None) -> float:
     if not text:
         return time.time()
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-

@@ -28,7 +28,14 @@ CHILD_SETTLE_SECONDS = 0.5
 
 
 class Runtime:
-    def __init__(self, settings: Settings, api: KubeApi, metrics: OperatorMetrics, views: Views, identity: str):
+    def __init__(
+        self,
+        settings: Settings,
+        api: KubeApi,
+        metrics: OperatorMetrics,
+        views: Views,
+        identity: str,
+    ):
         self.settings = settings
         self.api = api
         self.metrics = metrics
@@ -43,7 +50,8 @@ class Runtime:
 
     def start(self) -> None:
         self._workers = [
-            asyncio.create_task(self._work(), name=f"kubetune reconciler {i}") for i in range(self.settings.workers)
+            asyncio.create_task(self._work(), name=f"kubetune reconciler {i}")
+            for i in range(self.settings.workers)
         ]
         log.info("started %d reconcile workers", len(self._workers))
 
@@ -79,7 +87,13 @@ class Runtime:
             except Exception as e:  # any error: retry this key later, keep the worker alive
                 failures = self._failures[key] = self._failures.get(key, 0) + 1
                 delay = min(MAX_BACKOFF, 0.5 * 2**failures)
-                log.warning("reconciling %s failed (%s); retrying in %.1fs", key, e, delay, exc_info=failures == 1)
+                log.warning(
+                    "reconciling %s failed (%s); retrying in %.1fs",
+                    key,
+                    e,
+                    delay,
+                    exc_info=failures == 1,
+                )
             finally:
                 self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
                 self.queue.done(key)

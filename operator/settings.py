@@ -56,7 +56,8 @@ class Settings(BaseSettings):
         description="Trainer image for TuningJobs that set no spec.runtime.image.",
     )
     trainer_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
-        default=None, description="Pull policy for TuningJobs that set none. Unset: the Kubernetes default."
+        default=None,
+        description="Pull policy for TuningJobs that set none. Unset: the Kubernetes default.",
     )
     image_pull_secrets: CommaList = Field(
         default_factory=list,
@@ -72,19 +73,33 @@ class Settings(BaseSettings):
         description='Node labels every GPU training pod requires, as JSON (e.g. {"node-pool": "gpu"}); spec.scheduling.nodeSelector adds to it.',
     )
     gpu_tolerations: list[Toleration] = Field(
-        default_factory=lambda: [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")],
+        default_factory=lambda: [
+            Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
+        ],
         description="Tolerations of every GPU training pod, as JSON (the GPU pool's taints); spec.scheduling.tolerations adds to them.",
     )
-    default_cpu: Quantity = Field(default="8", description="CPU request and limit when spec.resources.cpu is unset.")
-    default_memory: Quantity = Field(default="64Gi", description="Memory request and limit when spec.resources.memory is unset.")
+    default_cpu: Quantity = Field(
+        default="8", description="CPU request and limit when spec.resources.cpu is unset."
+    )
+    default_memory: Quantity = Field(
+        default="64Gi", description="Memory request and limit when spec.resources.memory is unset."
+    )
     default_ephemeral_storage: Quantity = Field(
-        default="100Gi", description="Ephemeral-storage request when spec.resources.ephemeralStorage is unset."
+        default="100Gi",
+        description="Ephemeral-storage request when spec.resources.ephemeralStorage is unset.",
     )
     default_scratch_size: Quantity = Field(
-        default="100Gi", description="Size limit of the scratch volume when spec.resources.scratchSize is unset."
+        default="100Gi",
+        description="Size limit of the scratch volume when spec.resources.scratchSize is unset.",
     )
-    default_shm_size: Quantity = Field(default="8Gi", description="Size of /dev/shm when spec.resources.shmSize is unset.")
-    run_as_user: int = Field(default=1000, ge=1, description="UID the trainer runs as (non-root, as the restricted Pod Security Standard requires).")
+    default_shm_size: Quantity = Field(
+        default="8Gi", description="Size of /dev/shm when spec.resources.shmSize is unset."
+    )
+    run_as_user: int = Field(
+        default=1000,
+        ge=1,
+        description="UID the trainer runs as (non-root, as the restricted Pod Security Standard requires).",
+    )
     run_as_group: int = Field(default=1000, ge=0, description="GID the trainer runs as.")
     fs_group: int = Field(default=1000, ge=0, description="Group that owns the pod's volumes.")
     termination_grace_period_seconds: int = Field(
@@ -95,7 +110,8 @@ class Settings(BaseSettings):
 
     # --- S3 ------------------------------------------------------------------------
     s3_endpoint: str | None = Field(
-        default=None, description="S3 endpoint for TuningJobs that set no spec.s3.endpoint. Unset: AWS S3."
+        default=None,
+        description="S3 endpoint for TuningJobs that set no spec.s3.endpoint. Unset: AWS S3.",
     )
     s3_credentials_secret: str | None = Field(
         default=None,
@@ -107,22 +123,34 @@ class Settings(BaseSettings):
 
     # --- Reconciling ---------------------------------------------------------------
     workers: int = Field(
-        default=32, ge=1, le=256, description="TuningJobs reconciled at the same time (each mostly waits on the API server)."
+        default=32,
+        ge=1,
+        le=256,
+        description="TuningJobs reconciled at the same time (each mostly waits on the API server).",
     )
     progress_interval_seconds: float = Field(
-        default=15.0, gt=0, description="How often a running trainer's metrics are read for status.progress."
+        default=15.0,
+        gt=0,
+        description="How often a running trainer's metrics are read for status.progress.",
     )
     progress_timeout_seconds: float = Field(
         default=2.0, gt=0, description="Timeout of one read of a trainer's metrics endpoint."
     )
     resync_seconds: float = Field(
-        default=300.0, gt=0, description="How often an unfinished TuningJob is reconciled even when nothing changed."
+        default=300.0,
+        gt=0,
+        description="How often an unfinished TuningJob is reconciled even when nothing changed.",
     )
 
     # --- Serving -------------------------------------------------------------------
-    metrics_port: int = Field(default=8080, ge=0, le=65535, description="Port of /metrics (Prometheus). 0 turns it off.")
+    metrics_port: int = Field(
+        default=8080, ge=0, le=65535, description="Port of /metrics (Prometheus). 0 turns it off."
+    )
     health_port: int = Field(
-        default=8081, ge=0, le=65535, description="Port of /healthz, the liveness and readiness probe. 0 turns it off."
+        default=8081,
+        ge=0,
+        le=65535,
+        description="Port of /healthz, the liveness and readiness probe. 0 turns it off.",
     )
 
     # --- High availability ---------------------------------------------------------
@@ -130,21 +158,31 @@ class Settings(BaseSettings):
         default=True,
         description="Run only while holding a coordination.k8s.io Lease, so that of several replicas one acts.",
     )
-    lease_name: str = Field(default="kubetune-operator", min_length=1, description="Name of the leader-election Lease.")
+    lease_name: str = Field(
+        default="kubetune-operator", min_length=1, description="Name of the leader-election Lease."
+    )
     lease_namespace: str | None = Field(
         default=None,
         description="Namespace of the Lease. Unset: the operator pod's own namespace (else default).",
     )
     lease_duration_seconds: float = Field(
-        default=15.0, gt=0, description="How long a leader's Lease lasts without renewal before another replica takes over."
+        default=15.0,
+        gt=0,
+        description="How long a leader's Lease lasts without renewal before another replica takes over.",
     )
     lease_renew_deadline_seconds: float = Field(
-        default=10.0, gt=0, description="How long the leader keeps trying to renew before it steps down (and exits)."
+        default=10.0,
+        gt=0,
+        description="How long the leader keeps trying to renew before it steps down (and exits).",
     )
-    lease_retry_seconds: float = Field(default=2.0, gt=0, description="How often the Lease is renewed or tried.")
+    lease_retry_seconds: float = Field(
+        default=2.0, gt=0, description="How often the Lease is renewed or tried."
+    )
 
     # --- Logging -------------------------------------------------------------------
-    log_format: Literal["text", "json"] = Field(default="text", description="text for people, json for log collectors.")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text for people, json for log collectors."
+    )
 
     @field_validator("namespaces", "image_pull_secrets", mode="before")
     @classmethod
@@ -155,7 +193,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _lease_timing(self) -> Settings:
-        if not (self.lease_retry_seconds < self.lease_renew_deadline_seconds < self.lease_duration_seconds):
+        if not (
+            self.lease_retry_seconds
+            < self.lease_renew_deadline_seconds
+            < self.lease_duration_seconds
+        ):
             raise ValueError(
                 "lease timings must satisfy LEASE_RETRY_SECONDS < LEASE_RENEW_DEADLINE_SECONDS < "
                 f"LEASE_DURATION_SECONDS (got {self.lease_retry_seconds}, {self.lease_renew_deadline_seconds}, "
@@ -179,9 +221,13 @@ class Settings(BaseSettings):
 def load_settings() -> Settings:
     """Read and check the settings from the environment; SettingsError names each bad variable."""
     known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
-    unknown = sorted(k for k in os.environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
+    unknown = sorted(
+        k for k in os.environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known
+    )
     if unknown:
-        raise SettingsError(f"unknown setting(s) {', '.join(unknown)}; docs/operator.md lists the known ones")
+        raise SettingsError(
+            f"unknown setting(s) {', '.join(unknown)}; docs/operator.md lists the known ones"
+        )
     try:
         return Settings()
     except pydantic_settings.SettingsError as e:  # a value that is not valid JSON
@@ -193,6 +239,10 @@ def load_settings() -> Settings:
         for err in e.errors():
             name = ENV_PREFIX + str(err["loc"][0]).upper() if err["loc"] else "settings"
             message = str(err["msg"]).removeprefix("Value error, ")
-            got = f" (got {err['input']!r})" if isinstance(err.get("input"), str | int | float) else ""
+            got = (
+                f" (got {err['input']!r})"
+                if isinstance(err.get("input"), str | int | float)
+                else ""
+            )
             problems.append(f"{name}: {message}{got}")
         raise SettingsError("invalid operator settings:\n  " + "\n  ".join(problems)) from None

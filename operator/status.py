@@ -48,7 +48,9 @@ def observe(tuningjob: TuningJob, job: Body, pods: Sequence[Body]) -> Observatio
     spec = tuningjob.spec
     pods = sorted(pods, key=lambda p: _get(p, "metadata", "creationTimestamp") or "")
     job_status = job.get("status") or {}
-    true_conditions = {c.get("type"): c for c in job_status.get("conditions") or [] if c.get("status") == "True"}
+    true_conditions = {
+        c.get("type"): c for c in job_status.get("conditions") or [] if c.get("status") == "True"
+    }
     failed_pods = [p for p in pods if _get(p, "status", "phase") == "Failed"]
     common = {
         "start_time": _first_start(pods),
@@ -59,7 +61,9 @@ def observe(tuningjob: TuningJob, job: Body, pods: Sequence[Body]) -> Observatio
     done = true_conditions.get("Complete") or true_conditions.get("SuccessCriteriaMet")
     if done:
         message = _termination(_last(p for p in pods if _get(p, "status", "phase") == "Succeeded"))
-        adapter = (message.adapter if message else None) or _join(spec.output.destination, OutputLayout.ADAPTER)
+        adapter = (message.adapter if message else None) or _join(
+            spec.output.destination, OutputLayout.ADAPTER
+        )
         return Observation(
             "Succeeded",
             "Succeeded",
@@ -101,7 +105,12 @@ def observe(tuningjob: TuningJob, job: Body, pods: Sequence[Body]) -> Observatio
     ended = _last(p for p in pods if _get(p, "status", "phase") in ("Succeeded", "Failed"))
     if ended is not None:
         return _between_pods(ended, common)
-    return Observation("Pending", "PodCreating", "waiting for the Job controller to create the trainer pod", **common)
+    return Observation(
+        "Pending",
+        "PodCreating",
+        "waiting for the Job controller to create the trainer pod",
+        **common,
+    )
 
 
 def _between_pods(pod: Body, common: dict[str, Any]) -> Observation:
@@ -115,11 +124,20 @@ def _between_pods(pod: Body, common: dict[str, Any]) -> Observation:
     phase = "Running" if _ran(pod) else "Pending"
     if _get(pod, "status", "phase") == "Succeeded":
         name = _get(pod, "metadata", "name")
-        return Observation(phase, "Completing", f"trainer pod {name} finished; waiting for the Job to complete", **common)
+        return Observation(
+            phase,
+            "Completing",
+            f"trainer pod {name} finished; waiting for the Job to complete",
+            **common,
+        )
     code = _exit_code(pod)
     if code is not None and code in {c.value for c in ExitCode} and ExitCode(code).permanent:
-        return Observation(phase, "Failing", f"{_ended(pod)}; the Job fails without retrying", **common)
-    return Observation(phase, "Restarting", f"{_ended(pod)}; the Job starts a new trainer pod", **common)
+        return Observation(
+            phase, "Failing", f"{_ended(pod)}; the Job fails without retrying", **common
+        )
+    return Observation(
+        phase, "Restarting", f"{_ended(pod)}; the Job starts a new trainer pod", **common
+    )
 
 
 def _ran(pod: Body) -> bool:
@@ -132,24 +150,45 @@ def _pod_observation(pod: Body, common: dict[str, Any]) -> Observation:
     node = _get(pod, "spec", "nodeName")
     state = _container_state(pod)
     if _get(pod, "status", "phase") == "Running" and "running" in state:
-        return Observation("Running", "Training", f"trainer pod {name} is running on node {node}", running_pod=pod, **common)
+        return Observation(
+            "Running",
+            "Training",
+            f"trainer pod {name} is running on node {node}",
+            running_pod=pod,
+            **common,
+        )
     if _get(pod, "metadata", "deletionTimestamp"):
         # Preempted, evicted or drained: its trainer checkpoints and exits, then the Job
         # starts a new pod. A pod that never ran was only waiting.
         phase = "Running" if _ran(pod) else "Pending"
-        return Observation(phase, "Restarting", f"trainer pod {name} is stopping; the Job then starts a new one", **common)
-    scheduled = next((c for c in _get(pod, "status", "conditions") or [] if c.get("type") == "PodScheduled"), None)
+        return Observation(
+            phase,
+            "Restarting",
+            f"trainer pod {name} is stopping; the Job then starts a new one",
+            **common,
+        )
+    scheduled = next(
+        (c for c in _get(pod, "status", "conditions") or [] if c.get("type") == "PodScheduled"),
+        None,
+    )
     if scheduled is None or (scheduled.get("status") != "True" and not node):
         if scheduled is not None and scheduled.get("message"):
             # The scheduler's own words, e.g. "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
             return Observation(
-                "Pending", scheduled.get("reason") or "Unschedulable", f"{scheduled['message']}", **common
+                "Pending",
+                scheduled.get("reason") or "Unschedulable",
+                f"{scheduled['message']}",
+                **common,
             )
-        return Observation("Pending", "Scheduling", f"trainer pod {name} waits for the scheduler", **common)
+        return Observation(
+            "Pending", "Scheduling", f"trainer pod {name} waits for the scheduler", **common
+        )
     waiting = state.get("waiting") or {}
     reason = waiting.get("reason") or "ContainerCreating"
     detail = f": {waiting['message']}" if waiting.get("message") else ""
-    return Observation("Pending", reason, f"trainer pod {name} on node {node}: {reason}{detail}", **common)
+    return Observation(
+        "Pending", reason, f"trainer pod {name} on node {node}: {reason}{detail}", **common
+    )
 
 
 def _failure(tuningjob: TuningJob, condition: Body, failed_pods: Sequence[Body]) -> tuple[str, str]:
@@ -158,7 +197,11 @@ def _failure(tuningjob: TuningJob, condition: Body, failed_pods: Sequence[Body])
     if job_reason == "PodFailurePolicy":
         for pod in reversed(failed_pods):
             code = _exit_code(pod)
-            if code is not None and code in {c.value for c in ExitCode} and ExitCode(code).permanent:
+            if (
+                code is not None
+                and code in {c.value for c in ExitCode}
+                and ExitCode(code).permanent
+            ):
                 message = _termination(pod)
                 text = message.message if message and message.message else _ended(pod)
                 return ExitCode(code).reason, text
@@ -171,7 +214,10 @@ def _failure(tuningjob: TuningJob, condition: Body, failed_pods: Sequence[Body])
         )
     if job_reason == "DeadlineExceeded":
         deadline = tuningjob.spec.runtime.active_deadline_seconds
-        return "DeadlineExceeded", f"the run took longer than runtime.activeDeadlineSeconds ({deadline}s)"
+        return (
+            "DeadlineExceeded",
+            f"the run took longer than runtime.activeDeadlineSeconds ({deadline}s)",
+        )
     return job_reason, condition.get("message") or (f"the Job failed: {job_reason}")
 
 
@@ -212,7 +258,9 @@ def next_status(
         "Suspended": ("True", obs.reason, message)
         if obs.phase in ("Suspended", "Queued")
         else ("False", "NotSuspended", ""),
-        "Running": ("True", obs.reason, message) if obs.phase == "Running" else ("False", obs.reason, message),
+        "Running": ("True", obs.reason, message)
+        if obs.phase == "Running"
+        else ("False", obs.reason, message),
     }
     if obs.phase in ("Succeeded", "Failed"):
         wanted[obs.phase] = ("True", obs.reason, message)
@@ -299,7 +347,9 @@ def _first_start(pods: Sequence[Body]) -> str | None:
     times = []
     for pod in pods:
         state = _container_state(pod)
-        started = (state.get("running") or {}).get("startedAt") or (state.get("terminated") or {}).get("startedAt")
+        started = (state.get("running") or {}).get("startedAt") or (
+            state.get("terminated") or {}
+        ).get("startedAt")
         if started:
             times.append(started)
     return min(times) if times else None

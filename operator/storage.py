@@ -127,16 +127,23 @@ class KubeApi:
     async def create_job(self, job: Mapping[str, Any]) -> dict[str, Any]:
         namespace = job["metadata"]["namespace"]
         return await self.request(
-            "POST", f"/apis/batch/v1/namespaces/{namespace}/jobs", body=job, params={"fieldManager": FIELD_MANAGER}
+            "POST",
+            f"/apis/batch/v1/namespaces/{namespace}/jobs",
+            body=job,
+            params={"fieldManager": FIELD_MANAGER},
         )
 
     async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return await self.request("GET", f"/apis/batch/v1/namespaces/{namespace}/jobs/{quote(name)}")
+            return await self.request(
+                "GET", f"/apis/batch/v1/namespaces/{namespace}/jobs/{quote(name)}"
+            )
         except NotFound:
             return None
 
-    async def patch_job(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+    async def patch_job(
+        self, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any]:
         return await self.request(
             "PATCH",
             f"/apis/batch/v1/namespaces/{namespace}/jobs/{quote(name)}",
@@ -148,7 +155,12 @@ class KubeApi:
     # --- TuningJobs ---------------------------------------------------------------
 
     async def patch_tuningjob_status(
-        self, namespace: str, name: str, status_patch: Mapping[str, Any], *, resource_version: str | None = None
+        self,
+        namespace: str,
+        name: str,
+        status_patch: Mapping[str, Any],
+        *,
+        resource_version: str | None = None,
     ) -> dict[str, Any]:
         """Merge-patch the status; with resource_version, only if nothing changed since."""
         body: dict[str, Any] = {"status": dict(status_patch)}
@@ -165,25 +177,33 @@ class KubeApi:
     async def list_tuningjobs(self, namespace: str | None, *, limit: int = 1) -> dict[str, Any]:
         """One page of TuningJobs in `namespace` (every namespace when None)."""
         where = f"namespaces/{namespace}/" if namespace else ""
-        return await self.request("GET", f"/apis/{GROUP}/{VERSION}/{where}{PLURAL}", params={"limit": str(limit)})
+        return await self.request(
+            "GET", f"/apis/{GROUP}/{VERSION}/{where}{PLURAL}", params={"limit": str(limit)}
+        )
 
     # --- Events -------------------------------------------------------------------
 
     async def create_event(self, event: Mapping[str, Any]) -> None:
         namespace = event["metadata"]["namespace"]
-        await self.request("POST", f"/apis/events.k8s.io/v1/namespaces/{namespace}/events", body=event)
+        await self.request(
+            "POST", f"/apis/events.k8s.io/v1/namespaces/{namespace}/events", body=event
+        )
 
     # --- Leases -------------------------------------------------------------------
 
     async def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return await self.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{quote(name)}")
+            return await self.request(
+                "GET", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{quote(name)}"
+            )
         except NotFound:
             return None
 
     async def create_lease(self, lease: Mapping[str, Any]) -> dict[str, Any]:
         namespace = lease["metadata"]["namespace"]
-        return await self.request("POST", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases", body=lease)
+        return await self.request(
+            "POST", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases", body=lease
+        )
 
     async def replace_lease(self, lease: Mapping[str, Any]) -> dict[str, Any]:
         """PUT with metadata.resourceVersion: Conflict if another replica wrote it since."""

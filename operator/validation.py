@@ -44,13 +44,19 @@ def semantic_problems(tuningjob: TuningJob, settings: Settings) -> list[Problem]
         claim = pvc_claim(model)
         if not claim or len(claim) > 253 or not _DNS_SUBDOMAIN.match(claim):
             problems.append(
-                Problem("spec.model.source", f"pvc:// needs a PersistentVolumeClaim name, as pvc://CLAIM/PATH (got {model!r})")
+                Problem(
+                    "spec.model.source",
+                    f"pvc:// needs a PersistentVolumeClaim name, as pvc://CLAIM/PATH (got {model!r})",
+                )
             )
     elif model.startswith("s3://"):
         problems += _s3_problems("spec.model.source", model)
     elif not model.startswith("hf://"):
         problems.append(
-            Problem("spec.model.source", f"use s3://, pvc:// or hf:// in a cluster; {_LOCAL_HINT} (got {model!r})")
+            Problem(
+                "spec.model.source",
+                f"use s3://, pvc:// or hf:// in a cluster; {_LOCAL_HINT} (got {model!r})",
+            )
         )
 
     dataset = spec.dataset
@@ -76,11 +82,20 @@ def semantic_problems(tuningjob: TuningJob, settings: Settings) -> list[Problem]
 
 def _s3_only(field: str, uri: str) -> list[Problem]:
     if not uri.startswith("s3://"):
-        return [Problem(field, f"use an s3://bucket/prefix URI in a cluster; {_LOCAL_HINT} (got {uri!r})")]
+        return [
+            Problem(
+                field, f"use an s3://bucket/prefix URI in a cluster; {_LOCAL_HINT} (got {uri!r})"
+            )
+        ]
     return _s3_problems(field, uri)
 
 
 def _s3_problems(field: str, uri: str) -> list[Problem]:
     if not _S3.match(uri):
-        return [Problem(field, f"not a valid s3://bucket/key URI: the bucket name is 3-63 lowercase letters, digits, dots or dashes (got {uri!r})")]
+        return [
+            Problem(
+                field,
+                f"not a valid s3://bucket/key URI: the bucket name is 3-63 lowercase letters, digits, dots or dashes (got {uri!r})",
+            )
+        ]
     return []

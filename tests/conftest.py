@@ -19,7 +19,11 @@ import pytest
 TIERS = ("unit", "integration", "e2e")
 
 # Real servers as fixtures (tests/ground/); tiny models and runs for the trainer (tests/support/).
-pytest_plugins = ["tests.ground.fixtures", "tests.ground.s3_fixtures", "tests.support.training_fixtures"]
+pytest_plugins = [
+    "tests.ground.fixtures",
+    "tests.ground.s3_fixtures",
+    "tests.support.training_fixtures",
+]
 
 
 @cache

@@ -149,7 +149,11 @@ class CheckpointStore:
         # A partial checkpoint of the same step (from a pod killed while saving) may be
         # there: remove its marker-less files first so nothing stale mixes in.
         self._delete_folder(uri)
-        files = {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+        files = {
+            p.relative_to(folder).as_posix(): p.stat().st_size
+            for p in sorted(folder.rglob("*"))
+            if p.is_file()
+        }
         self.storage.upload_dir(folder, uri)
         marker = {"step": int(uri.rstrip("/").rsplit("-", 1)[-1]), "files": files}
         self.storage.write_text(join_uri(uri, MARKER), json.dumps(marker, indent=1, sort_keys=True))
@@ -198,7 +202,9 @@ class CheckpointStore:
         return join_uri(self.root, f"step-{step:06d}/")
 
 
-def load_checkpoint(folder: Path, objects: TrainingObjects, *, rank: int, device: torch.device) -> tuple[Progress, dict[str, Any]]:
+def load_checkpoint(
+    folder: Path, objects: TrainingObjects, *, rank: int, device: torch.device
+) -> tuple[Progress, dict[str, Any]]:
     """Restore adapters, optimizer, scheduler, scaler and this rank's RNG from `folder`."""
     import torch
     from peft.utils import set_peft_model_state_dict
@@ -217,7 +223,9 @@ def load_checkpoint(folder: Path, objects: TrainingObjects, *, rank: int, device
     if getattr(result, "unexpected_keys", None) or lora_missing:
         raise different
     try:
-        objects.optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, map_location=device, weights_only=True))
+        objects.optimizer.load_state_dict(
+            torch.load(folder / OPTIMIZER_FILE, map_location=device, weights_only=True)
+        )
     except ValueError as e:  # "loaded state dict contains a parameter group that doesn't match"
         raise InvalidConfigError(
             f"the checkpoint in {folder.name} does not fit this run's optimizer ({e}); use a new "

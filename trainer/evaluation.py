@@ -84,7 +84,12 @@ def evaluate_loss(
     dist.sum(total)
     tokens = int(total[1].item())
     loss = float(total[0].item()) / max(tokens, 1)
-    return LossResult(loss=loss, perplexity=_perplexity(loss), trained_tokens=tokens, examples=int(total[2].item()))
+    return LossResult(
+        loss=loss,
+        perplexity=_perplexity(loss),
+        trained_tokens=tokens,
+        examples=int(total[2].item()),
+    )
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,9 @@ def split_examples(row: dict[str, Any]) -> list[PromptAndReference]:
         trained = [i for i, label in enumerate(labs) if label != IGNORE_INDEX]
         if trained:
             first = trained[0]
-            found.append(PromptAndReference(prompt=ids[:first], reference=[ids[i] for i in trained]))
+            found.append(
+                PromptAndReference(prompt=ids[:first], reference=[ids[i] for i in trained])
+            )
     return found
 
 
@@ -141,7 +148,10 @@ def exact_match(
                 matched += 1
     counts = dist.sum(torch.tensor([matched, len(mine)], dtype=torch.int64, device=device))
     total = int(counts[1].item())
-    return {"test_exact_match": float(counts[0].item()) / max(total, 1), "test_exact_match_examples": float(total)}
+    return {
+        "test_exact_match": float(counts[0].item()) / max(total, 1),
+        "test_exact_match_examples": float(total),
+    }
 
 
 def generate(

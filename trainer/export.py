@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 ADAPTER_CONFIG = "adapter_config.json"
 
 
-def write_adapter(model: Any, tokenizer: PreTrainedTokenizerBase, folder: Path, base_source: str) -> Path:
+def write_adapter(
+    model: Any, tokenizer: PreTrainedTokenizerBase, folder: Path, base_source: str
+) -> Path:
     """Save adapter weights and config and the tokenizer into `folder` (replaced)."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -49,7 +51,9 @@ def write_adapter(model: Any, tokenizer: PreTrainedTokenizerBase, folder: Path, 
 
 
 def write_summary(folder: Path, summary: dict[str, Any]) -> None:
-    (folder / OutputLayout.TRAINING_SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
+    (folder / OutputLayout.TRAINING_SUMMARY).write_text(
+        json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8"
+    )
 
 
 def write_model_card(folder: Path, job: TuningJob, summary: dict[str, Any]) -> None:
@@ -62,7 +66,9 @@ def model_card(job: TuningJob, summary: dict[str, Any]) -> str:
     plan = summary.get("plan", {})
     metrics = summary.get("metrics", {})
     data = summary.get("data", {})
-    metric_rows = "\n".join(f"| {name} | {_fmt(value)} |" for name, value in sorted(metrics.items()))
+    metric_rows = "\n".join(
+        f"| {name} | {_fmt(value)} |" for name, value in sorted(metrics.items())
+    )
     hyper = {
         "method": spec.method.type,
         "base weights": plan.get("base_weights"),
@@ -83,12 +89,14 @@ def model_card(job: TuningJob, summary: dict[str, Any]) -> str:
     hyper_rows = "\n".join(f"| {k} | {v} |" for k, v in hyper.items())
     # QLoRA adapters were trained against the NF4-quantized base: serve them on it.
     load_kwargs = (
-        ",\n    quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=\"nf4\", "
+        ',\n    quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", '
         "bnb_4bit_use_double_quant=True)"
         if spec.method.type == "qlora"
         else ""
     )
-    imports = "AutoModelForCausalLM, AutoTokenizer" + (", BitsAndBytesConfig" if spec.method.type == "qlora" else "")
+    imports = "AutoModelForCausalLM, AutoTokenizer" + (
+        ", BitsAndBytesConfig" if spec.method.type == "qlora" else ""
+    )
     data_rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in data.items() if v is not None)
     return f"""---
 library_name: peft
@@ -142,7 +150,9 @@ next to this folder.
 """
 
 
-def write_merged(adapter_folder: Path, base_folder: Path, folder: Path, compute_dtype: str, device: str) -> Path:
+def write_merged(
+    adapter_folder: Path, base_folder: Path, folder: Path, compute_dtype: str, device: str
+) -> Path:
     """Load the base unquantized, merge the adapter into it, save it with the tokenizer."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -150,7 +160,9 @@ def write_merged(adapter_folder: Path, base_folder: Path, folder: Path, compute_
     from kubetune.trainer.model import peft_without_deprecation_noise, torch_dtype
 
     shutil.rmtree(folder, ignore_errors=True)
-    base = AutoModelForCausalLM.from_pretrained(str(base_folder), dtype=torch_dtype(compute_dtype), device_map={"": device})
+    base = AutoModelForCausalLM.from_pretrained(
+        str(base_folder), dtype=torch_dtype(compute_dtype), device_map={"": device}
+    )
     with peft_without_deprecation_noise():
         merged = PeftModel.from_pretrained(base, str(adapter_folder)).merge_and_unload()
     merged.save_pretrained(str(folder), safe_serialization=True)

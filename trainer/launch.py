@@ -76,7 +76,9 @@ def launch_workers(world_size: int, argv: list[str]) -> ExitCode:
                     f" (signal {failure.signal_name()})" if failure.exitcode < 0 else ""
                 )
         except SignalException as e:
-            log.warning("stopped by %s; the workers were asked to checkpoint and stop", e.sigval.name)
+            log.warning(
+                "stopped by %s; the workers were asked to checkpoint and stop", e.sigval.name
+            )
         outcomes = read_outcomes(Path(folder))
         for rank in outcomes:
             missing.pop(rank, None)

@@ -19,7 +19,17 @@ import sys
 import time
 from typing import Any, TextIO
 
-NOISY_LIBRARIES = ("transformers", "peft", "accelerate", "httpx", "urllib3", "botocore", "s3transfer", "huggingface_hub", "filelock")
+NOISY_LIBRARIES = (
+    "transformers",
+    "peft",
+    "accelerate",
+    "httpx",
+    "urllib3",
+    "botocore",
+    "s3transfer",
+    "huggingface_hub",
+    "filelock",
+)
 
 
 class JsonFormatter(logging.Formatter):
@@ -29,7 +39,8 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         body: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -48,7 +59,9 @@ def on_terminal(stream: TextIO | None = None) -> bool:
     return hasattr(stream, "isatty") and stream.isatty()
 
 
-def configure_logging(*, rank: int = 0, json_logs: bool | None = None, level: int | None = None) -> bool:
+def configure_logging(
+    *, rank: int = 0, json_logs: bool | None = None, level: int | None = None
+) -> bool:
     """Set up the root logger for a training process; returns whether logs are JSON."""
     json_logs = (not on_terminal()) if json_logs is None else json_logs
     root = logging.getLogger()
@@ -61,7 +74,9 @@ def configure_logging(*, rank: int = 0, json_logs: bool | None = None, level: in
         handler.setFormatter(JsonFormatter(rank))
     else:
         prefix = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
-        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s"))
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s")
+        )
     for existing in list(root.handlers):
         root.removeHandler(existing)
     root.addHandler(handler)
@@ -87,11 +102,15 @@ class ProgressBar:
         if enabled and on_terminal():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True)
+            self._bar = tqdm(
+                total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True
+            )
 
     def update(self, loss: float, tokens_per_second: float) -> None:
         if self._bar is not None:
-            self._bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_second:.0f}", refresh=False)
+            self._bar.set_postfix(
+                loss=f"{loss:.4f}", tok_s=f"{tokens_per_second:.0f}", refresh=False
+            )
             self._bar.update(1)
 
     def close(self) -> None:

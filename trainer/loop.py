@@ -106,7 +106,9 @@ def count_tokens(batch: Batch) -> tuple[int, int]:
     return trained, inputs
 
 
-def loss_sum(model: Any, batch: Batch, autocast: contextlib.AbstractContextManager[Any]) -> torch.Tensor:
+def loss_sum(
+    model: Any, batch: Batch, autocast: contextlib.AbstractContextManager[Any]
+) -> torch.Tensor:
     """Sum of the cross-entropy over the batch's trained tokens (fp32)."""
     import torch.nn.functional as F
 
@@ -122,7 +124,10 @@ def loss_sum(model: Any, batch: Batch, autocast: contextlib.AbstractContextManag
 def to_device(batch: Batch, device: torch.device) -> Batch:
     import torch
 
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
 
 
 def autocast_for(plan: TrainPlan) -> contextlib.AbstractContextManager[Any]:
@@ -205,7 +210,10 @@ class TrainLoop:
                     raise StopRequested(self.stop.reason)
                 step_in_epoch = position // schedule.gradient_accumulation
                 count = schedule.step_micro_batches(step_in_epoch)
-                group = [self.collate([self.train_split[i] for i in ids]) for ids in batches[position : position + count]]
+                group = [
+                    self.collate([self.train_split[i] for i in ids])
+                    for ids in batches[position : position + count]
+                ]
                 report = self._step(group)
                 position += count
                 progress.step += 1
@@ -243,7 +251,9 @@ class TrainLoop:
         for index, batch in enumerate(micro_batches):
             batch = to_device(batch, self.device)
             last = index == len(micro_batches) - 1
-            sync = contextlib.nullcontext() if last or not self.dist.active else self.model.no_sync()
+            sync = (
+                contextlib.nullcontext() if last or not self.dist.active else self.model.no_sync()
+            )
             with sync:
                 total = loss_sum(self.model, batch, self.autocast)
                 loss = total * scale

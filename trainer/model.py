@@ -71,12 +71,16 @@ def load_tokenizer(folder: Path, source: str, *, needs_pad: bool) -> PreTrainedT
                 "to pad with; add a pad_token to tokenizer_config.json, or keep training.packing: true "
                 "(padding-free) with training.evalExactMatch: false"
             )
-        log.info("the tokenizer has no pad token: padding with its EOS token %r", tokenizer.eos_token)
+        log.info(
+            "the tokenizer has no pad token: padding with its EOS token %r", tokenizer.eos_token
+        )
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_model(folder: Path, source: str, plan: TrainPlan, lora: LoraSpec, device: torch.device, seed: int) -> PeftModel:
+def load_model(
+    folder: Path, source: str, plan: TrainPlan, lora: LoraSpec, device: torch.device, seed: int
+) -> PeftModel:
     """Base model in the plan's precision on `device`, frozen, with fresh LoRA adapters."""
     quiet_bitsandbytes_import()
     import torch
@@ -86,10 +90,14 @@ def load_model(folder: Path, source: str, plan: TrainPlan, lora: LoraSpec, devic
     try:
         config = AutoConfig.from_pretrained(str(folder))
     except (OSError, ValueError, KeyError) as e:
-        raise InvalidConfigError(f"spec.model.source: {source}: unreadable config.json ({e})") from None
+        raise InvalidConfigError(
+            f"spec.model.source: {source}: unreadable config.json ({e})"
+        ) from None
 
     kwargs: dict[str, Any] = {
-        "dtype": torch_dtype(plan.compute_dtype) if plan.base_weights == "nf4" else _base_dtype(plan),
+        "dtype": torch_dtype(plan.compute_dtype)
+        if plan.base_weights == "nf4"
+        else _base_dtype(plan),
         "device_map": {"": device},
         "attn_implementation": "sdpa",
     }
@@ -114,7 +122,9 @@ def load_model(folder: Path, source: str, plan: TrainPlan, lora: LoraSpec, devic
         model.requires_grad_(False)
     if plan.gradient_checkpointing:
         # Non-reentrant checkpointing needs no inputs that require grad and works with DDP.
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}
+        )
         model.config.use_cache = False
 
     torch.manual_seed(seed)  # the adapters' initialisation
@@ -122,7 +132,9 @@ def load_model(folder: Path, source: str, plan: TrainPlan, lora: LoraSpec, devic
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=ALL_LINEAR if lora.target_modules == [ALL_LINEAR] else list(lora.target_modules),
+        target_modules=ALL_LINEAR
+        if lora.target_modules == [ALL_LINEAR]
+        else list(lora.target_modules),
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -154,7 +166,9 @@ def load_model(folder: Path, source: str, plan: TrainPlan, lora: LoraSpec, devic
 def peft_without_deprecation_noise() -> Iterator[None]:
     """peft 0.21 asks transformers 5 for `is_gradient_checkpointing`, deprecated there."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
         yield
 
 
@@ -164,7 +178,10 @@ def linear_layer_names(model: torch.nn.Module) -> list[str]:
 
     names = set()
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt"):
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ in (
+            "Linear4bit",
+            "Linear8bitLt",
+        ):
             names.add(name.rsplit(".", 1)[-1])
     return sorted(names)
 

@@ -59,7 +59,10 @@ def success(adapter: str, checkpoint: str | None, metrics: dict[str, float]) -> 
 def outcome_of(error: BaseException) -> Outcome:
     """The exit code and message for an exception that ended the run."""
     if isinstance(error, SpecError):
-        return Outcome(ExitCode.INVALID_CONFIG, TerminationMessage(ExitCode.INVALID_CONFIG.reason, error.render()))
+        return Outcome(
+            ExitCode.INVALID_CONFIG,
+            TerminationMessage(ExitCode.INVALID_CONFIG.reason, error.render()),
+        )
     code = getattr(error, "exit_code", None)
     if isinstance(code, ExitCode):
         checkpoint = getattr(error, "checkpoint", None)
@@ -103,25 +106,37 @@ def report(outcome: Outcome, rank: int) -> None:
 
 def pick(outcomes: dict[int, Outcome], missing: dict[int, str]) -> Outcome:
     """The outcome that explains a data-parallel run, from each rank's (or why it has none)."""
-    failures = [o for o in outcomes.values() if o.exit_code not in (ExitCode.OK, ExitCode.PREEMPTED)]
+    failures = [
+        o for o in outcomes.values() if o.exit_code not in (ExitCode.OK, ExitCode.PREEMPTED)
+    ]
     if failures:
         return failures[0]
     if missing:
         rank, why = sorted(missing.items())[0]
-        return Outcome(ExitCode.FAILED, TerminationMessage(ExitCode.FAILED.reason, f"worker rank {rank} {why}"))
+        return Outcome(
+            ExitCode.FAILED, TerminationMessage(ExitCode.FAILED.reason, f"worker rank {rank} {why}")
+        )
     if any(o.exit_code == ExitCode.PREEMPTED for o in outcomes.values()):
-        return outcomes.get(0) or next(o for o in outcomes.values() if o.exit_code == ExitCode.PREEMPTED)
+        return outcomes.get(0) or next(
+            o for o in outcomes.values() if o.exit_code == ExitCode.PREEMPTED
+        )
     return outcomes[0]
 
 
 def read_outcomes(folder: Path) -> dict[int, Outcome]:
     """Outcomes in the order the workers wrote them (the first failure first)."""
     paths = sorted(folder.glob("rank-*.json"), key=lambda p: p.stat().st_mtime_ns)
-    return {int(p.stem.split("-")[1]): Outcome.from_json(p.read_text(encoding="utf-8")) for p in paths}
+    return {
+        int(p.stem.split("-")[1]): Outcome.from_json(p.read_text(encoding="utf-8")) for p in paths
+    }
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float]:
     # JSON has no NaN/Infinity; the operator parses this.
     import math
 
-    return {k: round(float(v), 6) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
+    return {
+        k: round(float(v), 6)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and math.isfinite(v)
+    }

@@ -171,7 +171,9 @@ def _base_weights(
             f"this machine ({device}); use bf16 or fp32"
         )
     if asked == "fp16" and device == "cpu":
-        raise InvalidConfigError("spec.method.baseWeights: fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
+        raise InvalidConfigError(
+            "spec.method.baseWeights: fp16 needs a CUDA GPU; use bf16 or fp32 on CPU"
+        )
     if asked == "bf16" and device == "cuda" and not hardware.cuda_bf16:
         raise InvalidConfigError(
             f"spec.method.baseWeights: bf16 is not supported by this GPU ({hardware.name}); use fp16"

@@ -90,7 +90,9 @@ class TrainResult:
 # The command
 
 
-def run_command(load: Callable[[], TuningJob], options: RunOptions, argv: list[str], *, json_logs: bool | None) -> int:
+def run_command(
+    load: Callable[[], TuningJob], options: RunOptions, argv: list[str], *, json_logs: bool | None
+) -> int:
     """`kubetune train`: configure logs, launch workers or train, report the outcome.
 
     Returns the exit code for a launcher; raises (after reporting) for the CLI's
@@ -105,7 +107,9 @@ def run_command(load: Callable[[], TuningJob], options: RunOptions, argv: list[s
             job = load()
             plan = make_plan(job.spec, Hardware.probe())
             if stop.requested:
-                raise Preempted(f"stopped by {stop.reason} before training started; nothing to save")
+                raise Preempted(
+                    f"stopped by {stop.reason} before training started; nothing to save"
+                )
             if plan.distributed and not launched_by_torchrun():
                 return int(_launch(plan, argv))  # torchrun's agent handles signals from here
             result = train(job, options, plan=plan, stop=stop)
@@ -135,7 +139,9 @@ def _stop_on_signals(stop: StopSignal) -> Iterator[None]:
         name = signal.Signals(signum).name
         if stop.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        log.warning("%s received: saving a checkpoint at the next step boundary, then stopping", name)
+        log.warning(
+            "%s received: saving a checkpoint at the next step boundary, then stopping", name
+        )
         stop.request(name)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -150,7 +156,13 @@ def _stop_on_signals(stop: StopSignal) -> Iterator[None]:
 # The recipe
 
 
-def train(job: TuningJob, options: RunOptions | None = None, *, plan: TrainPlan | None = None, stop: StopSignal | None = None) -> TrainResult:
+def train(
+    job: TuningJob,
+    options: RunOptions | None = None,
+    *,
+    plan: TrainPlan | None = None,
+    stop: StopSignal | None = None,
+) -> TrainResult:
     """Train the adapter the TuningJob describes; see the module docs for the steps."""
     quiet_bitsandbytes_import()
     options = options or RunOptions()
@@ -185,14 +197,24 @@ def scratch_folder(job: TuningJob, options: RunOptions) -> Path:
 class _Run:
     """One execution of the recipe; attributes are filled phase by phase."""
 
-    def __init__(self, job: TuningJob, plan: TrainPlan, dist: Dist, scratch: Path, telemetry: Telemetry, stop: StopSignal) -> None:
+    def __init__(
+        self,
+        job: TuningJob,
+        plan: TrainPlan,
+        dist: Dist,
+        scratch: Path,
+        telemetry: Telemetry,
+        stop: StopSignal,
+    ) -> None:
         import torch
 
         self.job, self.spec, self.plan, self.dist = job, job.spec, plan, dist
         self.scratch, self.telemetry, self.stop = scratch, telemetry, stop
         self.training = job.spec.training
         self.destination = job.spec.output.destination
-        self.device = torch.device(f"cuda:{dist.local_rank}" if plan.device_type == "cuda" else "cpu")
+        self.device = torch.device(
+            f"cuda:{dist.local_rank}" if plan.device_type == "cuda" else "cpu"
+        )
         self.s3_bytes = ByteCounter()
 
         def count_bytes(direction: Literal["upload", "download"], amount: int) -> None:
@@ -200,7 +222,9 @@ class _Run:
             telemetry.add_s3_bytes(direction, amount)
 
         self.storage = Storage(job.spec.s3, on_bytes=count_bytes)
-        self.checkpoints = CheckpointStore(self.storage, self.destination, scratch, self.training.keep_checkpoints)
+        self.checkpoints = CheckpointStore(
+            self.storage, self.destination, scratch, self.training.keep_checkpoints
+        )
         self.last_checkpoint: str | None = None
         self.last_checkpoint_step = -1
         self.started = time.time()
@@ -215,7 +239,9 @@ class _Run:
         seed_everything(self.training.seed)
 
         self.telemetry.set_phase("downloading")
-        model_folder = self._on_main_first(lambda: fetch_model(self.spec.model, self.storage, self.scratch))
+        model_folder = self._on_main_first(
+            lambda: fetch_model(self.spec.model, self.storage, self.scratch)
+        )
         check_model_folder(model_folder, self.spec.model.source)
         self._check_stop()
 
@@ -225,7 +251,9 @@ class _Run:
         tokenizer = load_tokenizer(model_folder, self.spec.model.source, needs_pad=needs_pad)
 
         self.telemetry.set_phase("preparing")
-        data = self._on_main_first(lambda: prepare_data(self.job, self.scratch / "data", tokenizer, self.storage))
+        data = self._on_main_first(
+            lambda: prepare_data(self.job, self.scratch / "data", tokenizer, self.storage)
+        )
         if data.packing_efficiency is not None:
             self.telemetry.packing_efficiency.set(data.packing_efficiency)
         if self.dist.is_main and data.report is not None:
@@ -234,8 +262,20 @@ class _Run:
         self._check_stop()
 
         self.telemetry.set_phase("loading")
-        model = load_model(model_folder, self.spec.model.source, self.plan, self.spec.method.lora, self.device, self.training.seed)
-        schedule = Schedule(len(data.train), self.dist.world_size, self.training.batch_size, self.training.gradient_accumulation)
+        model = load_model(
+            model_folder,
+            self.spec.model.source,
+            self.plan,
+            self.spec.method.lora,
+            self.device,
+            self.training.seed,
+        )
+        schedule = Schedule(
+            len(data.train),
+            self.dist.world_size,
+            self.training.batch_size,
+            self.training.gradient_accumulation,
+        )
         total_steps = schedule.total_steps(self.training.epochs, self.training.max_steps)
         objects = self._training_objects(model, total_steps)
         progress = self._resume(objects)
@@ -296,7 +336,9 @@ class _Run:
             optimizer = bnb.optim.PagedAdamW8bit(parameters, lr=lr, weight_decay=decay)
         else:
             optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=decay)
-        name = {"constant": "constant_with_warmup"}.get(self.training.lr_scheduler, self.training.lr_scheduler)
+        name = {"constant": "constant_with_warmup"}.get(
+            self.training.lr_scheduler, self.training.lr_scheduler
+        )
         scheduler = get_scheduler(
             name,
             optimizer,
@@ -308,7 +350,9 @@ class _Run:
 
     def _resume(self, objects: TrainingObjects) -> Progress:
         """Load the latest complete checkpoint at the destination, if any; else start fresh."""
-        found = self.dist.broadcast_object(self.checkpoints.latest_complete() if self.dist.is_main else None)
+        found = self.dist.broadcast_object(
+            self.checkpoints.latest_complete() if self.dist.is_main else None
+        )
         if found is None:
             if self.dist.is_main:
                 self.telemetry.metrics_file.unlink(missing_ok=True)  # type: ignore[union-attr]
@@ -318,10 +362,16 @@ class _Run:
         progress, extra = load_checkpoint(folder, objects, rank=self.dist.rank, device=self.device)
         self.last_checkpoint, self.last_checkpoint_step = found.uri, progress.step
         if self.dist.is_main:
-            log.info("resumed from %s (step %d, epoch %d)", found.uri, progress.step, progress.epoch)
+            log.info(
+                "resumed from %s (step %d, epoch %d)", found.uri, progress.step, progress.epoch
+            )
             self._restore_metrics_file(folder, progress.step)
         if extra.get("world_size") not in (None, self.dist.world_size):
-            log.warning("the checkpoint was made by %s processes, this run has %d: the data order differs from there on", extra["world_size"], self.dist.world_size)
+            log.warning(
+                "the checkpoint was made by %s processes, this run has %d: the data order differs from there on",
+                extra["world_size"],
+                self.dist.world_size,
+            )
         return progress
 
     def _restore_metrics_file(self, checkpoint: Path, step: int) -> None:
@@ -346,7 +396,9 @@ class _Run:
             find_unused_parameters=False,
         )
 
-    def _train(self, loop: TrainLoop, objects: TrainingObjects, data: PreparedSplits, model: Any) -> None:
+    def _train(
+        self, loop: TrainLoop, objects: TrainingObjects, data: PreparedSplits, model: Any
+    ) -> None:
         progress, training = loop.progress, self.training
         self.telemetry.set_phase("training")
         bar = ProgressBar(loop.total_steps, progress.step, enabled=self.dist.is_main)
@@ -409,7 +461,9 @@ class _Run:
                 extra={"fields": record},
             )
 
-    def _evaluate_validation(self, model: Any, data: PreparedSplits, loop: TrainLoop) -> LossResult | None:
+    def _evaluate_validation(
+        self, model: Any, data: PreparedSplits, loop: TrainLoop
+    ) -> LossResult | None:
         assert data.validation is not None
         self.telemetry.set_phase("evaluating")
         result = evaluate_loss(
@@ -425,20 +479,37 @@ class _Run:
         if result is None:  # a stop arrived: the loop checkpoints at its next check
             return None
         step = loop.progress.step
-        record = {"kind": "eval", "step": step, "epoch": round(loop.epochs_done(), 4), **result.as_metrics("eval")}
+        record = {
+            "kind": "eval",
+            "step": step,
+            "epoch": round(loop.epochs_done(), 4),
+            **result.as_metrics("eval"),
+        }
         loop.progress.evaluations.append(record)
         self.telemetry.eval_loss.set(result.loss)
         self.telemetry.write_record(record)
         if self.dist.is_main:
-            log.info("step %d eval loss %.4f perplexity %.3f", step, result.loss, result.perplexity, extra={"fields": record})
+            log.info(
+                "step %d eval loss %.4f perplexity %.3f",
+                step,
+                result.loss,
+                result.perplexity,
+                extra={"fields": record},
+            )
         return result
 
-    def _checkpoint(self, loop: TrainLoop, objects: TrainingObjects, rng: dict[str, Any] | None = None) -> None:
+    def _checkpoint(
+        self, loop: TrainLoop, objects: TrainingObjects, rng: dict[str, Any] | None = None
+    ) -> None:
         from kubetune.trainer.state import capture_rng
 
         self.telemetry.set_phase("checkpointing")
         step = loop.progress.step
-        extra = {"world_size": self.dist.world_size, "total_steps": loop.total_steps, "seed": self.training.seed}
+        extra = {
+            "world_size": self.dist.world_size,
+            "total_steps": loop.total_steps,
+            "seed": self.training.seed,
+        }
         self.last_checkpoint = self.checkpoints.save(
             step,
             objects,
@@ -453,13 +524,26 @@ class _Run:
             extra_files=(self.telemetry.metrics_file,) if self.telemetry.metrics_file else (),
         )
         self.last_checkpoint_step = step
-        if self.dist.is_main and self.telemetry.metrics_file is not None and self.telemetry.metrics_file.exists():
-            self.storage.upload_file(self.telemetry.metrics_file, join_uri(self.destination, OutputLayout.METRICS))
+        if (
+            self.dist.is_main
+            and self.telemetry.metrics_file is not None
+            and self.telemetry.metrics_file.exists()
+        ):
+            self.storage.upload_file(
+                self.telemetry.metrics_file, join_uri(self.destination, OutputLayout.METRICS)
+            )
 
-    def _final_evaluation(self, model: Any, tokenizer: Any, data: PreparedSplits, loop: TrainLoop) -> dict[str, float]:
+    def _final_evaluation(
+        self, model: Any, tokenizer: Any, data: PreparedSplits, loop: TrainLoop
+    ) -> dict[str, float]:
         progress = loop.progress
-        metrics: dict[str, float] = {"steps": float(progress.step), "epochs": round(loop.epochs_done(), 4)}
-        train_records = [r for r in _read_records(self.telemetry.metrics_file) if r.get("kind") == "train"]
+        metrics: dict[str, float] = {
+            "steps": float(progress.step),
+            "epochs": round(loop.epochs_done(), 4),
+        }
+        train_records = [
+            r for r in _read_records(self.telemetry.metrics_file) if r.get("kind") == "train"
+        ]
         if train_records:
             metrics["train_loss"] = train_records[-1]["loss"]
         if progress.train_seconds > 0:
@@ -473,25 +557,50 @@ class _Run:
             if last is None or last["step"] != progress.step:
                 self._evaluate_validation(model, data, loop)
             if progress.evaluations:
-                metrics.update({k: v for k, v in progress.evaluations[-1].items() if k.startswith("eval_")})
+                metrics.update(
+                    {k: v for k, v in progress.evaluations[-1].items() if k.startswith("eval_")}
+                )
                 if progress.evaluations[0]["step"] == 0:
                     metrics["eval_loss_initial"] = progress.evaluations[0]["eval_loss"]
         if data.test is not None:
             self.telemetry.set_phase("evaluating")
             result = evaluate_loss(
-                model, data.test, data.collate, batch_size=self.training.batch_size, dist=self.dist, device=self.device, autocast=autocast_for(self.plan)
+                model,
+                data.test,
+                data.collate,
+                batch_size=self.training.batch_size,
+                dist=self.dist,
+                device=self.device,
+                autocast=autocast_for(self.plan),
             )
             assert result is not None
             metrics.update(result.as_metrics("test"))
             if self.training.eval_exact_match:
-                metrics.update(exact_match(model, tokenizer, data.test, dist=self.dist, device=self.device))
-            record = {"kind": "test", "step": progress.step, **{k: v for k, v in metrics.items() if k.startswith("test_")}}
+                metrics.update(
+                    exact_match(model, tokenizer, data.test, dist=self.dist, device=self.device)
+                )
+            record = {
+                "kind": "test",
+                "step": progress.step,
+                **{k: v for k, v in metrics.items() if k.startswith("test_")},
+            }
             self.telemetry.write_record(record)
             if self.dist.is_main:
-                log.info("test: %s", ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k.startswith("test_")), extra={"fields": record})
+                log.info(
+                    "test: %s",
+                    ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k.startswith("test_")),
+                    extra={"fields": record},
+                )
         return metrics
 
-    def _summary(self, progress: Progress, total_steps: int, schedule: Schedule, metrics: dict[str, float], data: PreparedSplits) -> dict[str, Any]:
+    def _summary(
+        self,
+        progress: Progress,
+        total_steps: int,
+        schedule: Schedule,
+        metrics: dict[str, float],
+        data: PreparedSplits,
+    ) -> dict[str, Any]:
         import peft
         import torch
         import transformers
@@ -524,7 +633,9 @@ class _Run:
             },
         }
 
-    def _export(self, model: Any, tokenizer: Any, model_folder: Path, summary: dict[str, Any]) -> tuple[str, Path | None]:
+    def _export(
+        self, model: Any, tokenizer: Any, model_folder: Path, summary: dict[str, Any]
+    ) -> tuple[str, Path | None]:
         adapter_uri = join_uri(self.destination, OutputLayout.ADAPTER)
         if not self.dist.is_main:
             return adapter_uri, None
@@ -535,16 +646,22 @@ class _Run:
         write_model_card(adapter, self.job, summary)
         merged = None
         if self.spec.method.merge_adapter:
-            merged = write_merged(adapter, model_folder, export / "merged", self.plan.compute_dtype, str(self.device))
+            merged = write_merged(
+                adapter, model_folder, export / "merged", self.plan.compute_dtype, str(self.device)
+            )
         if self.telemetry.metrics_file is not None and self.telemetry.metrics_file.exists():
-            self.storage.upload_file(self.telemetry.metrics_file, join_uri(self.destination, OutputLayout.METRICS))
+            self.storage.upload_file(
+                self.telemetry.metrics_file, join_uri(self.destination, OutputLayout.METRICS)
+            )
         adapter_uri = upload_results(self.storage, adapter, self.destination, merged=merged)
         return adapter_uri, adapter
 
     def _check_stop(self) -> None:
         """Before training starts there is nothing to save: a stop just ends the attempt."""
         if self.dist.any(self.stop.requested, self.device):
-            raise Preempted(f"stopped by {self.stop.reason or 'a signal'} before training started; nothing to save")
+            raise Preempted(
+                f"stopped by {self.stop.reason or 'a signal'} before training started; nothing to save"
+            )
 
     def _on_main_first(self, action: Callable[[], Any]) -> Any:
         """Run on rank 0 first (downloads, data preparation), then on the others (cache hits)."""
@@ -583,7 +700,9 @@ class _Window:
             "loss": sum(s.loss * s.trained_tokens for s in steps) / max(trained, 1),
             "learning_rate": last.learning_rate,
             "grad_norm": last.grad_norm,
-            "tokens_per_second": sum(s.input_tokens for s in steps) / seconds if seconds > 0 else 0.0,
+            "tokens_per_second": sum(s.input_tokens for s in steps) / seconds
+            if seconds > 0
+            else 0.0,
             "tokens_total": loop.progress.tokens_total,
             "step_seconds": seconds / len(steps),
         }
@@ -592,7 +711,9 @@ class _Window:
 def _read_records(path: Path | None) -> list[dict[str, Any]]:
     if path is None or not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 def _kubetune_version() -> str:

@@ -31,7 +31,12 @@ log = logging.getLogger(__name__)
 # Overrides contract.PVC_MOUNT_ROOT outside a pod (tests, a workstation with the volume mounted).
 PVC_MOUNT_ROOT_ENV = "KUBETUNE_PVC_ROOT"
 
-WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "pytorch_model.bin.index.json")
+WEIGHT_PATTERNS = (
+    "*.safetensors",
+    "pytorch_model*.bin",
+    "*.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
 
 
 def fetch_model(model: ModelSpec, storage: Storage, scratch: Path) -> Path:
@@ -52,7 +57,9 @@ def fetch_model(model: ModelSpec, storage: Storage, scratch: Path) -> Path:
         )
     path = Path(source.removeprefix("file://")).expanduser()
     if not path.is_dir():
-        raise InvalidConfigError(f"spec.model.source: {path} is not a folder (a local model folder was expected)")
+        raise InvalidConfigError(
+            f"spec.model.source: {path} is not a folder (a local model folder was expected)"
+        )
     return path
 
 
@@ -75,7 +82,9 @@ def check_model_folder(folder: Path, source: str) -> None:
 def _pvc_path(source: str) -> Path:
     claim = pvc_claim(source)
     if claim is None:
-        raise InvalidConfigError(f"spec.model.source: '{source}' names no claim; write pvc://CLAIM/PATH")
+        raise InvalidConfigError(
+            f"spec.model.source: '{source}' names no claim; write pvc://CLAIM/PATH"
+        )
     # The operator mounts the claim at PVC_MOUNT_ROOT/CLAIM (contract.pvc_local_path).
     root = Path(os.environ.get(PVC_MOUNT_ROOT_ENV, PVC_MOUNT_ROOT))
     path = root / Path(pvc_local_path(source)).relative_to(PVC_MOUNT_ROOT)
@@ -100,7 +109,9 @@ def _hub_snapshot(repo: str, revision: str | None, cache: Path) -> Path:
         RevisionNotFoundError,
     )
 
-    log.info("downloading hf://%s (revision %s) from the Hugging Face hub", repo, revision or "main")
+    log.info(
+        "downloading hf://%s (revision %s) from the Hugging Face hub", repo, revision or "main"
+    )
     try:
         folder = snapshot_download(
             repo_id=repo,
@@ -114,7 +125,9 @@ def _hub_snapshot(repo: str, revision: str | None, cache: Path) -> Path:
             f"token (HF_TOKEN from a Secret) ({type(e).__name__})"
         ) from None
     except RevisionNotFoundError:
-        raise InvalidConfigError(f"spec.model.revision: '{revision}' does not exist in hf://{repo}") from None
+        raise InvalidConfigError(
+            f"spec.model.revision: '{revision}' does not exist in hf://{repo}"
+        ) from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
         # No network, DNS failure, HF_HUB_OFFLINE, a proxy refusing: all "unreachable".
         raise StorageAccessError(

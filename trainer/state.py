@@ -41,7 +41,9 @@ class Progress:
     def save(self, folder: Path, extra: dict[str, Any]) -> None:
         body = json.loads(self.to_json())
         body.update(extra)
-        (folder / PROGRESS_FILE).write_text(json.dumps(body, indent=1, sort_keys=True), encoding="utf-8")
+        (folder / PROGRESS_FILE).write_text(
+            json.dumps(body, indent=1, sort_keys=True), encoding="utf-8"
+        )
 
     @classmethod
     def load(cls, folder: Path) -> tuple[Progress, dict[str, Any]]:

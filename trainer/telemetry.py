@@ -35,7 +35,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 
 log = logging.getLogger(__name__)
 
-Phase = Literal["downloading", "preparing", "loading", "training", "evaluating", "checkpointing", "uploading"]
+Phase = Literal[
+    "downloading", "preparing", "loading", "training", "evaluating", "checkpointing", "uploading"
+]
 PHASES: tuple[Phase, ...] = (
     "downloading",
     "preparing",
@@ -63,19 +65,46 @@ class Telemetry:
         self._server: Any = None
         self._lock = threading.Lock()
         r = self.registry
-        self._phase = Gauge(PREFIX + "phase", "1 for the trainer's current phase, 0 for the others", ["phase"], registry=r)
+        self._phase = Gauge(
+            PREFIX + "phase",
+            "1 for the trainer's current phase, 0 for the others",
+            ["phase"],
+            registry=r,
+        )
         self.step = Gauge(PREFIX + "step", "Optimizer steps done", registry=r)
         self.total_steps = Gauge(PREFIX + "total_steps", "Optimizer steps planned", registry=r)
         self.epoch = Gauge(PREFIX + "epoch", "Epochs done (fractional)", registry=r)
-        self.loss = Gauge(PREFIX + "loss", "Training loss of the last step, per trained token", registry=r)
-        self.eval_loss = Gauge(PREFIX + "eval_loss", "Validation loss of the last evaluation, per trained token", registry=r)
-        self.learning_rate = Gauge(PREFIX + "learning_rate", "Learning rate of the last step", registry=r)
-        self.grad_norm = Gauge(PREFIX + "grad_norm", "Gradient L2 norm of the last step, before clipping", registry=r)
-        self.tokens = Counter(PREFIX + "tokens", "Input tokens trained on (all ranks) by this process", registry=r)
-        self.tokens_per_second = Gauge(PREFIX + "tokens_per_second", "Input tokens per second over the last log window", registry=r)
-        self.gpu_memory = Gauge(PREFIX + "gpu_memory_bytes", "GPU memory of rank 0's device", ["kind"], registry=r)
-        self.packing_efficiency = Gauge(PREFIX + "packing_efficiency", "Share of sequence slots holding real tokens", registry=r)
-        self.s3_bytes = Counter(PREFIX + "s3_bytes", "Bytes moved to and from S3", ["direction"], registry=r)
+        self.loss = Gauge(
+            PREFIX + "loss", "Training loss of the last step, per trained token", registry=r
+        )
+        self.eval_loss = Gauge(
+            PREFIX + "eval_loss",
+            "Validation loss of the last evaluation, per trained token",
+            registry=r,
+        )
+        self.learning_rate = Gauge(
+            PREFIX + "learning_rate", "Learning rate of the last step", registry=r
+        )
+        self.grad_norm = Gauge(
+            PREFIX + "grad_norm", "Gradient L2 norm of the last step, before clipping", registry=r
+        )
+        self.tokens = Counter(
+            PREFIX + "tokens", "Input tokens trained on (all ranks) by this process", registry=r
+        )
+        self.tokens_per_second = Gauge(
+            PREFIX + "tokens_per_second",
+            "Input tokens per second over the last log window",
+            registry=r,
+        )
+        self.gpu_memory = Gauge(
+            PREFIX + "gpu_memory_bytes", "GPU memory of rank 0's device", ["kind"], registry=r
+        )
+        self.packing_efficiency = Gauge(
+            PREFIX + "packing_efficiency", "Share of sequence slots holding real tokens", registry=r
+        )
+        self.s3_bytes = Counter(
+            PREFIX + "s3_bytes", "Bytes moved to and from S3", ["direction"], registry=r
+        )
         for phase in PHASES:
             self._phase.labels(phase=phase).set(0)
         for direction in ("upload", "download"):
@@ -90,7 +119,11 @@ class Telemetry:
         try:
             self._server, _ = start_http_server(port, addr="0.0.0.0", registry=self.registry)
         except OSError as e:
-            log.warning("cannot serve metrics on port %d (%s); training continues without the endpoint", port, e)
+            log.warning(
+                "cannot serve metrics on port %d (%s); training continues without the endpoint",
+                port,
+                e,
+            )
             return None
         self.port = self._server.server_port
         log.info("serving Prometheus metrics on port %d", self.port)

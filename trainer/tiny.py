@@ -82,7 +82,9 @@ def build_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    core.train_from_iterator(list(texts) if texts is not None else _CORPUS.splitlines(), trainer=trainer)
+    core.train_from_iterator(
+        list(texts) if texts is not None else _CORPUS.splitlines(), trainer=trainer
+    )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
         bos_token=BOS,
@@ -133,11 +135,18 @@ def build_model(
         initializer_range=init_std,
     )
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
+    return AutoModelForCausalLM.from_config(
+        config, attn_implementation=attn_implementation, dtype=torch.float32
+    )
 
 
 def save_tiny(
-    path: str | Path, arch: Arch = "llama", texts: Iterable[str] | None = None, *, vocab_size: int = 512, **model_options: Any
+    path: str | Path,
+    arch: Arch = "llama",
+    texts: Iterable[str] | None = None,
+    *,
+    vocab_size: int = 512,
+    **model_options: Any,
 ) -> Path:
     """Write a tiny model and its tokenizer to `path` (a directory), ready for `model.source`.
 

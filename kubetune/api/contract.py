@@ -90,7 +90,9 @@ class ExitCode(enum.IntEnum):
         return _REASONS[self]
 
 
-PERMANENT_EXIT_CODES = frozenset({ExitCode.BAD_DATA, ExitCode.STORAGE_ACCESS, ExitCode.INVALID_CONFIG})
+PERMANENT_EXIT_CODES = frozenset(
+    {ExitCode.BAD_DATA, ExitCode.STORAGE_ACCESS, ExitCode.INVALID_CONFIG}
+)
 
 _REASONS = {
     ExitCode.OK: "Succeeded",
@@ -137,7 +139,11 @@ class TerminationMessage:
             return None
         if not isinstance(body, dict) or "reason" not in body:
             return None
-        known = {k: body[k] for k in ("reason", "message", "adapter", "checkpoint", "metrics") if k in body}
+        known = {
+            k: body[k]
+            for k in ("reason", "message", "adapter", "checkpoint", "metrics")
+            if k in body
+        }
         return cls(**known)
 
 

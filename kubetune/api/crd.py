@@ -70,14 +70,24 @@ def spec_lock_rule() -> dict[str, str]:
 
 def printer_columns() -> list[dict[str, Any]]:
     return [
-        {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "The TuningJob's phase."},
+        {
+            "name": "Phase",
+            "type": "string",
+            "jsonPath": ".status.phase",
+            "description": "The TuningJob's phase.",
+        },
         {
             "name": "Progress",
             "type": "string",
             "jsonPath": ".status.progress.summary",
             "description": "Optimizer steps done / in all.",
         },
-        {"name": "Loss", "type": "string", "jsonPath": ".status.progress.loss", "description": "Latest training loss."},
+        {
+            "name": "Loss",
+            "type": "string",
+            "jsonPath": ".status.progress.loss",
+            "description": "Latest training loss.",
+        },
         {
             "name": "Eval-Loss",
             "type": "string",
@@ -92,9 +102,21 @@ def printer_columns() -> list[dict[str, Any]]:
             "description": "Estimated time to the end of training.",
             "priority": 1,
         },
-        {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1, "description": "Why it is in its phase."},
+        {
+            "name": "Reason",
+            "type": "string",
+            "jsonPath": ".status.reason",
+            "priority": 1,
+            "description": "Why it is in its phase.",
+        },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-        {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1, "description": "What to know."},
+        {
+            "name": "Message",
+            "type": "string",
+            "jsonPath": ".status.message",
+            "priority": 1,
+            "description": "What to know.",
+        },
     ]
 
 
@@ -129,7 +151,10 @@ def build_crd() -> dict[str, Any]:
         "kind": "CustomResourceDefinition",
         "metadata": {
             "name": CRD_NAME,
-            "labels": {"app.kubernetes.io/name": "kubetune", "app.kubernetes.io/part-of": "kubetune"},
+            "labels": {
+                "app.kubernetes.io/name": "kubetune",
+                "app.kubernetes.io/part-of": "kubetune",
+            },
         },
         "spec": {
             "group": GROUP,
@@ -173,10 +198,16 @@ def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     return _object_schema(model, raw, raw.get("$defs", {}))
 
 
-def _object_schema(model: type[BaseModel], raw: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+def _object_schema(
+    model: type[BaseModel], raw: dict[str, Any], defs: dict[str, Any]
+) -> dict[str, Any]:
     raw = _deref(raw, defs)
     out: dict[str, Any] = {"type": "object"}
-    if model.__doc__ and model.__doc__.strip() and not model.__doc__.startswith(("Base class", "Usage docs")):
+    if (
+        model.__doc__
+        and model.__doc__.strip()
+        and not model.__doc__.startswith(("Base class", "Usage docs"))
+    ):
         out["description"] = " ".join(model.__doc__.split())
     properties: dict[str, Any] = {}
     required: list[str] = []
@@ -194,10 +225,30 @@ def _object_schema(model: type[BaseModel], raw: dict[str, Any], defs: dict[str, 
     return _ordered(out)
 
 
-_KEY_ORDER = ("description", "type", "enum", "format", "pattern", "minimum", "exclusiveMinimum", "maximum",
-              "exclusiveMaximum", "minLength", "maxLength", "minItems", "maxItems", "maxProperties", "nullable",
-              "default", "x-kubernetes-preserve-unknown-fields", "properties", "additionalProperties", "items",
-              "required", "x-kubernetes-validations")
+_KEY_ORDER = (
+    "description",
+    "type",
+    "enum",
+    "format",
+    "pattern",
+    "minimum",
+    "exclusiveMinimum",
+    "maximum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "maxProperties",
+    "nullable",
+    "default",
+    "x-kubernetes-preserve-unknown-fields",
+    "properties",
+    "additionalProperties",
+    "items",
+    "required",
+    "x-kubernetes-validations",
+)
 
 
 def _ordered(schema: dict[str, Any]) -> dict[str, Any]:
@@ -245,7 +296,9 @@ def _value_schema(annotation: Any, raw: dict[str, Any], defs: dict[str, Any]) ->
         if isinstance(extra, dict):
             out["additionalProperties"] = _value_schema(Any, extra, defs)
         elif not out.get("x-kubernetes-preserve-unknown-fields"):
-            raise ValueError(f"an object without a schema needs x-kubernetes-preserve-unknown-fields: {raw}")
+            raise ValueError(
+                f"an object without a schema needs x-kubernetes-preserve-unknown-fields: {raw}"
+            )
     if "type" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
         raise ValueError(f"a field without a single type cannot be structural: {raw}")
     return _ordered(out)

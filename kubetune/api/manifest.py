@@ -33,7 +33,9 @@ class Problem:
 
     def render(self, source: str) -> str:
         where = f"{source}:{self.line}" if self.line else source
-        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        return (
+            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        )
 
 
 class SpecError(ValueError):
@@ -55,9 +57,13 @@ def load_tuningjob(path: str | Path) -> TuningJob:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SpecError(source, [Problem("", "no such file; pass the path of a TuningJob manifest")]) from None
+        raise SpecError(
+            source, [Problem("", "no such file; pass the path of a TuningJob manifest")]
+        ) from None
     except UnicodeDecodeError as e:
-        raise SpecError(source, [Problem("", f"not UTF-8 text ({e.reason} at byte {e.start})")]) from None
+        raise SpecError(
+            source, [Problem("", f"not UTF-8 text ({e.reason} at byte {e.start})")]
+        ) from None
     return parse_tuningjob_text(text, source)
 
 
@@ -67,23 +73,37 @@ def parse_tuningjob_text(text: str, source: str) -> TuningJob:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
-        raise SpecError(source, [Problem("", f"not valid YAML: {getattr(e, 'problem', e)}", line)]) from None
+        raise SpecError(
+            source, [Problem("", f"not valid YAML: {getattr(e, 'problem', e)}", line)]
+        ) from None
     documents = [(node, yaml.safe_load(yaml.serialize(node))) for node in nodes]
     jobs = [(n, d) for n, d in documents if isinstance(d, dict) and d.get("kind") == KIND]
     if not jobs:
-        kinds = sorted({str(d.get("kind")) for _, d in documents if isinstance(d, dict)}) or ["nothing"]
+        kinds = sorted({str(d.get("kind")) for _, d in documents if isinstance(d, dict)}) or [
+            "nothing"
+        ]
         raise SpecError(
             source,
-            [Problem("", f"no document with kind: {KIND} (found {', '.join(kinds)}); see examples/ for one")],
+            [
+                Problem(
+                    "",
+                    f"no document with kind: {KIND} (found {', '.join(kinds)}); see examples/ for one",
+                )
+            ],
         )
     if len(jobs) > 1:
         lines = ", ".join(str(n.start_mark.line + 1) for n, _ in jobs)
-        raise SpecError(source, [Problem("", f"{len(jobs)} TuningJob documents (at lines {lines}); keep one per file")])
+        raise SpecError(
+            source,
+            [Problem("", f"{len(jobs)} TuningJob documents (at lines {lines}); keep one per file")],
+        )
     node, document = jobs[0]
     return parse_tuningjob(document, source, node)
 
 
-def parse_tuningjob(document: Mapping[str, Any], source: str = "TuningJob", node: yaml.Node | None = None) -> TuningJob:
+def parse_tuningjob(
+    document: Mapping[str, Any], source: str = "TuningJob", node: yaml.Node | None = None
+) -> TuningJob:
     """Validate a manifest already parsed into Python objects (the operator's body, the pod's env)."""
     try:
         return TuningJob.model_validate(dict(document))
@@ -122,7 +142,11 @@ def _problem(err: Mapping[str, Any], root: yaml.Node | None) -> Problem:
     message = str(err["msg"])
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
-    if "input" in err and kind not in ("model_type", "dict_type") and not isinstance(err["input"], dict | list):
+    if (
+        "input" in err
+        and kind not in ("model_type", "dict_type")
+        and not isinstance(err["input"], dict | list)
+    ):
         message += f" (got {err['input']!r})"
     return Problem(field, message[:1].lower() + message[1:], line)
 
@@ -143,9 +167,13 @@ def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
         line = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
             node = next((v for k, v in node.value if k.value == part), None)
-            if node is not None and isinstance(node, yaml.ScalarNode | yaml.SequenceNode | yaml.MappingNode):
+            if node is not None and isinstance(
+                node, yaml.ScalarNode | yaml.SequenceNode | yaml.MappingNode
+            ):
                 line = node.start_mark.line + 1
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
             node = node.value[part]
         else:
             node = None

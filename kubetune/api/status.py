@@ -28,7 +28,9 @@ REASON = 1024
 
 
 class StatusModel(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+    )
 
 
 class Condition(StatusModel):
@@ -41,11 +43,18 @@ class Condition(StatusModel):
         )
     )
     status: ConditionStatus = Field(description="True, False or Unknown.")
-    reason: str = Field(max_length=REASON, description="A CamelCase word saying why the condition has its status.")
-    message: str = Field(max_length=MESSAGE, description="What happened, in words a person can act on.")
-    last_transition_time: str = Field(description="When the status last changed (RFC 3339).", json_schema_extra=DATE_TIME)
+    reason: str = Field(
+        max_length=REASON, description="A CamelCase word saying why the condition has its status."
+    )
+    message: str = Field(
+        max_length=MESSAGE, description="What happened, in words a person can act on."
+    )
+    last_transition_time: str = Field(
+        description="When the status last changed (RFC 3339).", json_schema_extra=DATE_TIME
+    )
     observed_generation: int = Field(
-        ge=0, description="The metadata.generation of the TuningJob this condition was computed from."
+        ge=0,
+        description="The metadata.generation of the TuningJob this condition was computed from.",
     )
 
 
@@ -53,30 +62,54 @@ class Progress(StatusModel):
     """Training progress, read from the trainer's metrics endpoint while it runs."""
 
     step: int | None = Field(default=None, ge=0, description="Optimizer steps completed.")
-    total_steps: int | None = Field(default=None, ge=0, description="Optimizer steps the run will take in all.")
+    total_steps: int | None = Field(
+        default=None, ge=0, description="Optimizer steps the run will take in all."
+    )
     # Fractional figures are decimal strings, as the API conventions ask (no floats in APIs).
-    epoch: str | None = Field(default=None, max_length=32, description="Passes over the training split completed, e.g. '1.25'.")
-    loss: str | None = Field(default=None, max_length=32, description="Latest training loss, e.g. '1.873'.")
-    eval_loss: str | None = Field(default=None, max_length=32, description="Latest validation loss.")
-    tokens_per_second: int | None = Field(default=None, ge=0, description="Training throughput, in tokens per second.")
-    percent: int | None = Field(default=None, ge=0, le=100, description="step / totalSteps, in percent.")
+    epoch: str | None = Field(
+        default=None,
+        max_length=32,
+        description="Passes over the training split completed, e.g. '1.25'.",
+    )
+    loss: str | None = Field(
+        default=None, max_length=32, description="Latest training loss, e.g. '1.873'."
+    )
+    eval_loss: str | None = Field(
+        default=None, max_length=32, description="Latest validation loss."
+    )
+    tokens_per_second: int | None = Field(
+        default=None, ge=0, description="Training throughput, in tokens per second."
+    )
+    percent: int | None = Field(
+        default=None, ge=0, le=100, description="step / totalSteps, in percent."
+    )
     summary: str | None = Field(
-        default=None, max_length=64, description="step/totalSteps and percent, for display, e.g. '120/600 (20%)'."
+        default=None,
+        max_length=64,
+        description="step/totalSteps and percent, for display, e.g. '120/600 (20%)'.",
     )
     eta: str | None = Field(
-        default=None, max_length=32, description="Estimated time to the end of training at the recent pace, e.g. '12m30s'."
+        default=None,
+        max_length=32,
+        description="Estimated time to the end of training at the recent pace, e.g. '12m30s'.",
     )
     update_time: str | None = Field(
-        default=None, description="When the trainer's metrics were last read (RFC 3339).", json_schema_extra=DATE_TIME
+        default=None,
+        description="When the trainer's metrics were last read (RFC 3339).",
+        json_schema_extra=DATE_TIME,
     )
 
 
 class Output(StatusModel):
     """Where the results are in object storage."""
 
-    adapter: str | None = Field(default=None, max_length=URI, description="The trained adapter, once the run has succeeded.")
+    adapter: str | None = Field(
+        default=None, max_length=URI, description="The trained adapter, once the run has succeeded."
+    )
     checkpoint: str | None = Field(
-        default=None, max_length=URI, description="The latest complete checkpoint the trainer reported."
+        default=None,
+        max_length=URI,
+        description="The latest complete checkpoint the trainer reported.",
     )
 
 
@@ -91,13 +124,19 @@ class TuningJobStatus(StatusModel):
         ),
     )
     reason: str | None = Field(
-        default=None, max_length=REASON, description="A CamelCase word saying why the TuningJob is in its phase."
+        default=None,
+        max_length=REASON,
+        description="A CamelCase word saying why the TuningJob is in its phase.",
     )
     message: str | None = Field(
-        default=None, max_length=MESSAGE, description="Why the TuningJob is in its phase, in words a person can act on."
+        default=None,
+        max_length=MESSAGE,
+        description="Why the TuningJob is in its phase, in words a person can act on.",
     )
     observed_generation: int | None = Field(
-        default=None, ge=0, description="The metadata.generation of the spec the operator last acted on."
+        default=None,
+        ge=0,
+        description="The metadata.generation of the spec the operator last acted on.",
     )
     job_name: str | None = Field(
         default=None,
@@ -114,16 +153,26 @@ class TuningJobStatus(StatusModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     start_time: str | None = Field(
-        default=None, description="When the first trainer pod started running (RFC 3339).", json_schema_extra=DATE_TIME
+        default=None,
+        description="When the first trainer pod started running (RFC 3339).",
+        json_schema_extra=DATE_TIME,
     )
     completion_time: str | None = Field(
-        default=None, description="When the run succeeded or failed (RFC 3339).", json_schema_extra=DATE_TIME
+        default=None,
+        description="When the run succeeded or failed (RFC 3339).",
+        json_schema_extra=DATE_TIME,
     )
     restarts: int | None = Field(
-        default=None, ge=0, description="Trainer pods that failed and were replaced (preempted pods included)."
+        default=None,
+        ge=0,
+        description="Trainer pods that failed and were replaced (preempted pods included).",
     )
-    progress: Progress | None = Field(default=None, description="Training progress; absent until the trainer reports it.")
-    output: Output | None = Field(default=None, description="Where the adapter and checkpoints are.")
+    progress: Progress | None = Field(
+        default=None, description="Training progress; absent until the trainer reports it."
+    )
+    output: Output | None = Field(
+        default=None, description="Where the adapter and checkpoints are."
+    )
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)

@@ -76,7 +76,9 @@ class ModelSpec(ApiModel):
 # ---------------------------------------------------------------------------
 # Dataset
 
-DatasetFormat = Literal["auto", "alpaca", "dolly", "messages", "sharegpt", "prompt-completion", "text"]
+DatasetFormat = Literal[
+    "auto", "alpaca", "dolly", "messages", "sharegpt", "prompt-completion", "text"
+]
 RedactionKind = Literal["email", "phone", "credit-card", "ipv4", "ipv6", "iban", "us-ssn", "url"]
 
 
@@ -113,7 +115,9 @@ class SplitSpec(ApiModel):
     @model_validator(mode="after")
     def _exactly_one(self) -> SplitSpec:
         if (self.fraction is None) == (self.source is None):
-            raise ValueError("set exactly one of `fraction` (e.g. 0.05) or `source` (a file or prefix)")
+            raise ValueError(
+                "set exactly one of `fraction` (e.g. 0.05) or `source` (a file or prefix)"
+            )
         return self
 
 
@@ -201,13 +205,24 @@ class DatasetSpec(ApiModel):
 # ---------------------------------------------------------------------------
 # Method
 
-LoraTargets = Annotated[list[Annotated[str, Field(min_length=1, max_length=SHORT)]], Field(max_length=64)]
+LoraTargets = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=SHORT)]], Field(max_length=64)
+]
 
 
 class LoraSpec(ApiModel):
-    r: int = Field(default=16, ge=1, le=1024, description="LoRA rank: the inner dimension of the adapter matrices.")
-    alpha: float = Field(default=32.0, gt=0, description="LoRA scaling numerator; the update is scaled by alpha / r.")
-    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the adapter's input during training.")
+    r: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        description="LoRA rank: the inner dimension of the adapter matrices.",
+    )
+    alpha: float = Field(
+        default=32.0, gt=0, description="LoRA scaling numerator; the update is scaled by alpha / r."
+    )
+    dropout: float = Field(
+        default=0.05, ge=0.0, lt=1.0, description="Dropout on the adapter's input during training."
+    )
     target_modules: LoraTargets = Field(
         default_factory=lambda: ["all-linear"],
         min_length=1,
@@ -287,19 +302,35 @@ class MethodSpec(ApiModel):
 
 
 class TrainingSpec(ApiModel):
-    epochs: float = Field(default=3.0, gt=0, le=1000, description="Passes over the training split (fractions allowed).")
-    max_steps: int | None = Field(
-        default=None, ge=1, description="Stop after this many optimizer steps; overrides epochs when set."
+    epochs: float = Field(
+        default=3.0,
+        gt=0,
+        le=1000,
+        description="Passes over the training split (fractions allowed).",
     )
-    learning_rate: float = Field(default=2.0e-4, gt=0, le=1.0, description="Peak learning rate of the adapters.")
+    max_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="Stop after this many optimizer steps; overrides epochs when set.",
+    )
+    learning_rate: float = Field(
+        default=2.0e-4, gt=0, le=1.0, description="Peak learning rate of the adapters."
+    )
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
         default="cosine", description="Learning-rate decay after warmup."
     )
     warmup_ratio: float = Field(
-        default=0.03, ge=0.0, lt=1.0, description="Share of the optimizer steps spent warming the learning rate up from zero."
+        default=0.03,
+        ge=0.0,
+        lt=1.0,
+        description="Share of the optimizer steps spent warming the learning rate up from zero.",
     )
-    weight_decay: float = Field(default=0.0, ge=0.0, description="AdamW weight decay on the adapter weights.")
-    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradients are clipped to this global L2 norm.")
+    weight_decay: float = Field(
+        default=0.0, ge=0.0, description="AdamW weight decay on the adapter weights."
+    )
+    max_grad_norm: float = Field(
+        default=1.0, gt=0, description="Gradients are clipped to this global L2 norm."
+    )
     optimizer: Literal["auto", "adamw", "paged-adamw-8bit"] = Field(
         default="auto",
         description="auto: paged 8-bit AdamW on a GPU, AdamW elsewhere.",
@@ -335,10 +366,20 @@ class TrainingSpec(ApiModel):
         default="truncate",
         description="What to do with an example longer than maxSeqLength; either way it is counted in the report.",
     )
-    eval_every: int = Field(default=200, ge=1, description="Evaluate on the validation split every N optimizer steps, and at the end.")
-    checkpoint_every: int = Field(default=200, ge=1, description="Save a resumable checkpoint every N optimizer steps.")
-    keep_checkpoints: int = Field(default=2, ge=1, le=100, description="How many of the latest complete checkpoints to keep.")
-    log_every: int = Field(default=10, ge=1, description="Log and append to metrics.jsonl every N optimizer steps.")
+    eval_every: int = Field(
+        default=200,
+        ge=1,
+        description="Evaluate on the validation split every N optimizer steps, and at the end.",
+    )
+    checkpoint_every: int = Field(
+        default=200, ge=1, description="Save a resumable checkpoint every N optimizer steps."
+    )
+    keep_checkpoints: int = Field(
+        default=2, ge=1, le=100, description="How many of the latest complete checkpoints to keep."
+    )
+    log_every: int = Field(
+        default=10, ge=1, description="Log and append to metrics.jsonl every N optimizer steps."
+    )
     eval_exact_match: bool = Field(
         default=False,
         description=(
@@ -346,7 +387,11 @@ class TrainingSpec(ApiModel):
             "matches the reference exactly (for classification-style tasks)."
         ),
     )
-    seed: int = Field(default=42, ge=0, description="Seeds data splits, shuffling, dropout and adapter initialisation.")
+    seed: int = Field(
+        default=42,
+        ge=0,
+        description="Seeds data splits, shuffling, dropout and adapter initialisation.",
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -371,7 +416,9 @@ class S3Spec(ApiModel):
         max_length=URI,
         description="S3 endpoint URL for MinIO, SeaweedFS or another S3-compatible store; unset for AWS S3.",
     )
-    region: str | None = Field(default=None, max_length=64, description="S3 region; unset uses the SDK's default chain.")
+    region: str | None = Field(
+        default=None, max_length=64, description="S3 region; unset uses the SDK's default chain."
+    )
     addressing_style: Literal["auto", "path", "virtual"] = Field(
         default="auto",
         description="Bucket addressing: path (endpoint/bucket/key, what most self-hosted stores need), virtual, or auto.",
@@ -411,7 +458,10 @@ Quantity = Annotated[
         max_length=64,
         json_schema_extra={
             "x-kubernetes-validations": [
-                {"rule": "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))", "message": _QUANTITY_HINT}
+                {
+                    "rule": "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))",
+                    "message": _QUANTITY_HINT,
+                }
             ]
         },
     ),
@@ -426,10 +476,16 @@ class ResourcesSpec(ApiModel):
         le=64,
         description="GPUs for the training pod; more than one trains data-parallel with torchrun. 0 trains on CPU.",
     )
-    cpu: Quantity | None = Field(default=None, description="CPU request and limit, e.g. '8'. Unset: the operator's default.")
-    memory: Quantity | None = Field(default=None, description="Memory request and limit, e.g. 64Gi. Unset: the operator's default.")
+    cpu: Quantity | None = Field(
+        default=None, description="CPU request and limit, e.g. '8'. Unset: the operator's default."
+    )
+    memory: Quantity | None = Field(
+        default=None,
+        description="Memory request and limit, e.g. 64Gi. Unset: the operator's default.",
+    )
     ephemeral_storage: Quantity | None = Field(
-        default=None, description="Ephemeral storage request, e.g. 100Gi. Unset: the operator's default."
+        default=None,
+        description="Ephemeral storage request, e.g. 100Gi. Unset: the operator's default.",
     )
     scratch_size: Quantity | None = Field(
         default=None,
@@ -439,40 +495,58 @@ class ResourcesSpec(ApiModel):
         ),
     )
     shm_size: Quantity | None = Field(
-        default=None, description=(
+        default=None,
+        description=(
             "Size of /dev/shm (memory-backed, counted in the memory limit), used by data loaders "
             "and NCCL. Unset: the operator's default."
-        )
+        ),
     )
 
 
 class Toleration(ApiModel):
-    key: str | None = Field(default=None, max_length=SHORT, description="The taint key the toleration applies to; empty matches all keys.")
-    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal (the default).")
-    value: str | None = Field(default=None, max_length=SHORT, description="The taint value the toleration matches.")
+    key: str | None = Field(
+        default=None,
+        max_length=SHORT,
+        description="The taint key the toleration applies to; empty matches all keys.",
+    )
+    operator: Literal["Exists", "Equal"] | None = Field(
+        default=None, description="Exists or Equal (the default)."
+    )
+    value: str | None = Field(
+        default=None, max_length=SHORT, description="The taint value the toleration matches."
+    )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="The taint effect to match; empty matches all effects."
     )
     toleration_seconds: int | None = Field(
-        default=None, description="For NoExecute: how long the pod stays bound after the taint appears."
+        default=None,
+        description="For NoExecute: how long the pod stays bound after the taint appears.",
     )
 
 
 class SchedulingSpec(ApiModel):
     node_selector: dict[str, ShortString] = Field(
-        default_factory=dict, max_length=32, description="Labels a node must have to run the training pod."
+        default_factory=dict,
+        max_length=32,
+        description="Labels a node must have to run the training pod.",
     )
     tolerations: list[Toleration] = Field(
-        default_factory=list, max_length=32, description="Taints the training pod tolerates (GPU pools are usually tainted)."
+        default_factory=list,
+        max_length=32,
+        description="Taints the training pod tolerates (GPU pools are usually tainted).",
     )
     affinity: dict[str, Any] | None = Field(
         default=None,
         description="A core/v1 Affinity for the training pod, passed through unchanged.",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
-    priority_class_name: str | None = Field(default=None, max_length=SHORT, description="PriorityClass of the training pod.")
+    priority_class_name: str | None = Field(
+        default=None, max_length=SHORT, description="PriorityClass of the training pod."
+    )
     runtime_class_name: str | None = Field(
-        default=None, max_length=SHORT, description="RuntimeClass of the training pod (e.g. nvidia)."
+        default=None,
+        max_length=SHORT,
+        description="RuntimeClass of the training pod (e.g. nvidia).",
     )
     queue_name: str | None = Field(
         default=None,
@@ -486,16 +560,23 @@ class SchedulingSpec(ApiModel):
 
 class RuntimeSpec(ApiModel):
     image: str | None = Field(
-        default=None, max_length=URI, description="Trainer image. Unset: the operator's default trainer image."
+        default=None,
+        max_length=URI,
+        description="Trainer image. Unset: the operator's default trainer image.",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
         default=None, description="Pull policy of the trainer image. Unset: the Kubernetes default."
     )
     service_account_name: str | None = Field(
-        default=None, max_length=SHORT, description="ServiceAccount the training pod runs as (e.g. for IRSA)."
+        default=None,
+        max_length=SHORT,
+        description="ServiceAccount the training pod runs as (e.g. for IRSA).",
     )
     backoff_limit: int = Field(
-        default=3, ge=0, le=100, description="Retries after transient failures; preemption and permanent errors do not count."
+        default=3,
+        ge=0,
+        le=100,
+        description="Retries after transient failures; preemption and permanent errors do not count.",
     )
     active_deadline_seconds: int | None = Field(
         default=None, ge=1, description="Fail the run when it has been running this long."
@@ -520,13 +601,28 @@ class RuntimeSpec(ApiModel):
 class TuningJobSpec(ApiModel):
     model: ModelSpec = Field(description="The base model to tune.")
     dataset: DatasetSpec = Field(description="The training data and how it is formatted.")
-    method: MethodSpec = Field(default_factory=MethodSpec, description="QLoRA or LoRA, and the adapter's shape.")
-    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation, evaluation and checkpointing.")
-    output: OutputSpec = Field(description="Where the adapter, checkpoints and metrics are written.")
-    s3: S3Spec = Field(default_factory=S3Spec, description="How to reach S3 for every s3:// URI in this spec.")
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Compute for the training pod.")
-    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec, description="Where and when the training pod runs.")
-    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec, description="Image, identity, retries and deadlines of the training Job.")
+    method: MethodSpec = Field(
+        default_factory=MethodSpec, description="QLoRA or LoRA, and the adapter's shape."
+    )
+    training: TrainingSpec = Field(
+        default_factory=TrainingSpec, description="Optimisation, evaluation and checkpointing."
+    )
+    output: OutputSpec = Field(
+        description="Where the adapter, checkpoints and metrics are written."
+    )
+    s3: S3Spec = Field(
+        default_factory=S3Spec, description="How to reach S3 for every s3:// URI in this spec."
+    )
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec, description="Compute for the training pod."
+    )
+    scheduling: SchedulingSpec = Field(
+        default_factory=SchedulingSpec, description="Where and when the training pod runs."
+    )
+    runtime: RuntimeSpec = Field(
+        default_factory=RuntimeSpec,
+        description="Image, identity, retries and deadlines of the training Job.",
+    )
     suspend: bool = Field(
         default=False,
         description="True stops the run (its pod is deleted after a checkpoint) and keeps it stopped; false resumes it.",

@@ -51,7 +51,9 @@ class StatusRecorder:
     def start(self) -> StatusRecorder:
         # Watch from the collection's version as of now, before the TuningJob exists, so
         # that no write is missed however late the thread opens its watch.
-        listing = self.cluster.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL)
+        listing = self.cluster.custom.list_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL
+        )
         self._resource_version = listing["metadata"]["resourceVersion"]
         self._thread.start()
         return self
@@ -65,8 +67,13 @@ class StatusRecorder:
         while not self._stopped.is_set():  # a watch the server ends is opened again
             try:
                 for event in self._watch.stream(
-                    self.cluster.custom.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
-                    field_selector=f"metadata.name={self.name}", timeout_seconds=60,
+                    self.cluster.custom.list_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    self.namespace,
+                    PLURAL,
+                    field_selector=f"metadata.name={self.name}",
+                    timeout_seconds=60,
                     resource_version=self._resource_version,
                 ):
                     self._resource_version = event["object"]["metadata"]["resourceVersion"]
@@ -75,7 +82,9 @@ class StatusRecorder:
                 continue
 
     def final(self) -> dict[str, Any] | None:
-        return next((s for s in reversed(self.seen) if s.get("phase") in ("Succeeded", "Failed")), None)
+        return next(
+            (s for s in reversed(self.seen) if s.get("phase") in ("Succeeded", "Failed")), None
+        )
 
     def latest(self) -> dict[str, Any]:
         return self.seen[-1] if self.seen else {}
@@ -107,7 +116,10 @@ def test_kubectl_apply_trains_to_succeeded_with_progress_and_adapter_in_s3(
 
     credentials = s3_server.env()
     secret = {
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-credentials"}, "type": "Opaque",
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "s3-credentials"},
+        "type": "Opaque",
         "stringData": {k: credentials[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
     }
     tuningjob = {
@@ -116,23 +128,46 @@ def test_kubectl_apply_trains_to_succeeded_with_progress_and_adapter_in_s3(
         "metadata": {"name": "dolly-tiny"},
         "spec": {
             "model": {"source": f"s3://{s3_bucket}/models/tiny/"},
-            "dataset": {"source": f"s3://{s3_bucket}/data/dolly.jsonl", "format": "dolly", "validation": {"fraction": 0.1}},
+            "dataset": {
+                "source": f"s3://{s3_bucket}/data/dolly.jsonl",
+                "format": "dolly",
+                "validation": {"fraction": 0.1},
+            },
             "method": {"type": "qlora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
             "training": {
-                "maxSteps": STEPS, "learningRate": 5e-3, "batchSize": 2, "gradientAccumulation": 1, "maxSeqLength": 256,
-                "warmupRatio": 0.0, "evalEvery": STEPS // 2, "checkpointEvery": STEPS // 2, "logEvery": 1,
+                "maxSteps": STEPS,
+                "learningRate": 5e-3,
+                "batchSize": 2,
+                "gradientAccumulation": 1,
+                "maxSeqLength": 256,
+                "warmupRatio": 0.0,
+                "evalEvery": STEPS // 2,
+                "checkpointEvery": STEPS // 2,
+                "logEvery": 1,
             },
             "output": {"destination": f"s3://{s3_bucket}/out/"},
             "s3": {**s3_server.spec(), "credentialsSecret": "s3-credentials"},
-            "resources": {"gpus": 0, "cpu": "1", "memory": "4Gi", "ephemeralStorage": "1Gi", "scratchSize": "2Gi", "shmSize": "256Mi"},
-            "scheduling": {"nodeSelector": local_node.node_selector, "tolerations": local_node.tolerations},
+            "resources": {
+                "gpus": 0,
+                "cpu": "1",
+                "memory": "4Gi",
+                "ephemeralStorage": "1Gi",
+                "scratchSize": "2Gi",
+                "shmSize": "256Mi",
+            },
+            "scheduling": {
+                "nodeSelector": local_node.node_selector,
+                "tolerations": local_node.tolerations,
+            },
             "runtime": {"backoffLimit": 0},
         },
     }
     manifest = tmp_path / "tuningjob.yaml"
     manifest.write_text(yaml.safe_dump_all([secret, tuningjob], sort_keys=False))
 
-    operator = OperatorProcess(cluster, tmp_path, [ns], lease_namespace=ns, progress_interval_seconds=0.25).start()
+    operator = OperatorProcess(
+        cluster, tmp_path, [ns], lease_namespace=ns, progress_interval_seconds=0.25
+    ).start()
     statuses = StatusRecorder(cluster, ns, "dolly-tiny").start()
     try:
         cluster.kubectl("apply", "-n", ns, "-f", str(manifest))
@@ -140,8 +175,13 @@ def test_kubectl_apply_trains_to_succeeded_with_progress_and_adapter_in_s3(
         while statuses.final() is None and time.monotonic() < deadline:
             time.sleep(0.5)
         status = statuses.final() or statuses.latest()
-        pod_logs = "\n".join(local_node.pod_log(ns, p.metadata.name) for p in cluster.core.list_namespaced_pod(ns).items)
-        assert status.get("phase") == "Succeeded", f"status: {status}\ntrainer:\n{pod_logs[-4000:]}\noperator:\n{operator.log()}"
+        pod_logs = "\n".join(
+            local_node.pod_log(ns, p.metadata.name)
+            for p in cluster.core.list_namespaced_pod(ns).items
+        )
+        assert status.get("phase") == "Succeeded", (
+            f"status: {status}\ntrainer:\n{pod_logs[-4000:]}\noperator:\n{operator.log()}"
+        )
     finally:
         statuses.stop()
         operator.stop()
@@ -150,17 +190,33 @@ def test_kubectl_apply_trains_to_succeeded_with_progress_and_adapter_in_s3(
     # Every status the operator wrote, as a watch delivered it: the phase never goes back.
     phases = statuses.phases()
     assert phases[0] == "Pending" and "Running" in phases, phases
-    assert [PHASE_ORDER[p] for p in phases] == sorted(PHASE_ORDER[p] for p in phases), f"the phase went back: {phases}"
-    progress_seen = [s["progress"] for s in statuses.seen if s.get("phase") == "Running" and (s.get("progress") or {}).get("step")]
+    assert [PHASE_ORDER[p] for p in phases] == sorted(PHASE_ORDER[p] for p in phases), (
+        f"the phase went back: {phases}"
+    )
+    progress_seen = [
+        s["progress"]
+        for s in statuses.seen
+        if s.get("phase") == "Running" and (s.get("progress") or {}).get("step")
+    ]
     # While the trainer loads there is nothing to show, and nothing is written.
-    empty = [s["progress"] for s in statuses.seen if s.get("progress") and s["progress"].get("step") is None]
+    empty = [
+        s["progress"]
+        for s in statuses.seen
+        if s.get("progress") and s["progress"].get("step") is None
+    ]
     assert not empty, f"progress written before the trainer had a step: {empty}"
-    assert progress_seen, f"the operator read the trainer's progress while it ran: {statuses.seen}\n{operator_log}"
+    assert progress_seen, (
+        f"the operator read the trainer's progress while it ran: {statuses.seen}\n{operator_log}"
+    )
     assert progress_seen[-1]["totalSteps"] == STEPS and progress_seen[-1]["summary"].endswith("%)")
     adapter = status["output"]["adapter"]
     assert adapter.startswith(f"s3://{s3_bucket}/out/adapter")
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="out/adapter")["Contents"]]
-    assert any(k.endswith("adapter_config.json") for k in keys) and any(k.endswith(".safetensors") for k in keys), keys
+    keys = [
+        o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="out/adapter")["Contents"]
+    ]
+    assert any(k.endswith("adapter_config.json") for k in keys) and any(
+        k.endswith(".safetensors") for k in keys
+    ), keys
     assert status["progress"]["summary"] == f"{STEPS}/{STEPS} (100%)"
     table = cluster.kubectl("get", "tuningjobs", "-n", ns).stdout
     assert "dolly-tiny" in table and "Succeeded" in table

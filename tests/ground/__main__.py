@@ -40,7 +40,8 @@ def _recorded(state_dir: Path) -> tuple[dict[str, Any], list[ManagedProcess]] | 
         return None
     state = json.loads(path.read_text())
     processes = [
-        ManagedProcess.adopt(p["name"], p["pid"], p["argv"], Path(p["log"])) for p in state["processes"]
+        ManagedProcess.adopt(p["name"], p["pid"], p["argv"], Path(p["log"]))
+        for p in state["processes"]
     ]
     return state, processes
 
@@ -58,7 +59,10 @@ def _describe(state: dict[str, Any], state_dir: Path) -> str:
     ]
     s3 = state.get("s3")
     if s3:
-        lines += ["", f"S3 (SeaweedFS): {s3['url']}, region {s3['region']}, path-style addressing; admin identity:"]
+        lines += [
+            "",
+            f"S3 (SeaweedFS): {s3['url']}, region {s3['region']}, path-style addressing; admin identity:",
+        ]
         lines += [f"  {k}={v}" for k, v in s3["env"].items()]
         lines += ["read-only identity:"] + [f"  {k}={v}" for k, v in s3["reader_env"].items()]
     lines += ["", f"logs: {state_dir}/**/*.log", "stop: make cluster-down"]
@@ -70,7 +74,9 @@ def up(state_dir: Path) -> int:
     if recorded is not None:
         state, processes = recorded
         if all(p.running for p in processes):
-            print(f"The test ground is already running ({state_dir}):\n{_describe(state, state_dir)}")
+            print(
+                f"The test ground is already running ({state_dir}):\n{_describe(state, state_dir)}"
+            )
             return 0
         print("A previous test ground is partly down; stopping what is left of it first.")
         down(state_dir, quiet=True)
@@ -116,10 +122,12 @@ def up(state_dir: Path) -> int:
     if state.get("s3"):
         env.update(state["s3"]["env"])
     exports = [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
-    exports.append(f"export PATH={shlex.quote(':'.join(state['path']))}:\"$PATH\"")
+    exports.append(f'export PATH={shlex.quote(":".join(state["path"]))}:"$PATH"')
     (state_dir / ENV_FILE).write_text("\n".join(exports) + "\n")
     (state_dir / ENV_FILE).chmod(0o600)
-    print(f"The test ground is up after {time.monotonic() - started:.1f}s ({state_dir}):\n{_describe(state, state_dir)}")
+    print(
+        f"The test ground is up after {time.monotonic() - started:.1f}s ({state_dir}):\n{_describe(state, state_dir)}"
+    )
     return 0
 
 
@@ -154,7 +162,9 @@ def status(state_dir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.ground", description="The kubetune test ground, by hand.")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.ground", description="The kubetune test ground, by hand."
+    )
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     args = parser.parse_args(argv)

@@ -41,7 +41,13 @@ RESTRICTED_LABELS = {
 NAMESPACE_LABEL = "kubetune.dev/test-namespace"
 
 
-def wait_for(check: Callable[[], T | None], *, timeout: float = 30.0, interval: float = 0.2, what: str = "condition") -> T:
+def wait_for(
+    check: Callable[[], T | None],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.2,
+    what: str = "condition",
+) -> T:
     """Poll `check` until it returns something truthy and return that; AssertionError
     (a test failure, with the last exception if any) after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -65,8 +71,15 @@ def wait_for(check: Callable[[], T | None], *, timeout: float = 30.0, interval: 
 class Cluster:
     """A Kubernetes cluster the tests talk to (as a cluster-admin)."""
 
-    def __init__(self, kubeconfig: Path, tools: Tools, workdir: Path, *, ca: CertificateAuthority | None = None,
-                 external: bool = False):
+    def __init__(
+        self,
+        kubeconfig: Path,
+        tools: Tools,
+        workdir: Path,
+        *,
+        ca: CertificateAuthority | None = None,
+        external: bool = False,
+    ):
         self.kubeconfig = kubeconfig
         self.tools = tools
         self.workdir = workdir
@@ -120,11 +133,24 @@ class Cluster:
         path = os.pathsep.join([*map(str, self.tools.bin_dirs), os.environ.get("PATH", "")])
         return {**os.environ, "KUBECONFIG": str(kubeconfig or self.kubeconfig), "PATH": path}
 
-    def _run(self, tool: str, args: Sequence[str], *, input: str | None, check: bool, kubeconfig: Path | None,
-             timeout: float) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self,
+        tool: str,
+        args: Sequence[str],
+        *,
+        input: str | None,
+        check: bool,
+        kubeconfig: Path | None,
+        timeout: float,
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [str(self.tools[tool]), *args], input=input, capture_output=True, text=True,
-            env=self.env(kubeconfig), timeout=timeout, check=False,
+            [str(self.tools[tool]), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=self.env(kubeconfig),
+            timeout=timeout,
+            check=False,
         )
         if check and result.returncode != 0:
             raise AssertionError(
@@ -133,15 +159,26 @@ class Cluster:
             )
         return result
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True, kubeconfig: Path | None = None,
-                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        kubeconfig: Path | None = None,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess[str]:
         """Run the built kubectl against this cluster; AssertionError if it fails and check."""
-        return self._run("kubectl", args, input=input, check=check, kubeconfig=kubeconfig, timeout=timeout)
+        return self._run(
+            "kubectl", args, input=input, check=check, kubeconfig=kubeconfig, timeout=timeout
+        )
 
-    def helm(self, *args: str, check: bool = True, kubeconfig: Path | None = None,
-             timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def helm(
+        self, *args: str, check: bool = True, kubeconfig: Path | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
         """Run the built helm against this cluster; AssertionError if it fails and check."""
-        return self._run("helm", args, input=None, check=check, kubeconfig=kubeconfig, timeout=timeout)
+        return self._run(
+            "helm", args, input=None, check=check, kubeconfig=kubeconfig, timeout=timeout
+        )
 
     # -- identities --------------------------------------------------------------------
 
@@ -156,11 +193,17 @@ class Cluster:
         safe = user.replace(":", "_").replace("/", "_")
         pair = self.ca.issue_client(f"user-{safe}-{uuid.uuid4().hex[:6]}", user, tuple(groups))
         return write_kubeconfig(
-            self.workdir / "users" / f"{safe}.kubeconfig", server=self.server, ca_pem=self._ca_pem or b"",
-            user=user, client_cert_pem=pair.cert_pem, client_key_pem=pair.key_pem,
+            self.workdir / "users" / f"{safe}.kubeconfig",
+            server=self.server,
+            ca_pem=self._ca_pem or b"",
+            user=user,
+            client_cert_pem=pair.cert_pem,
+            client_key_pem=pair.key_pem,
         )
 
-    def kubeconfig_for_service_account(self, namespace: str, name: str, *, expiration_seconds: int = 3600) -> Path:
+    def kubeconfig_for_service_account(
+        self, namespace: str, name: str, *, expiration_seconds: int = 3600
+    ) -> Path:
         """A kubeconfig holding a fresh token (TokenRequest API) for a ServiceAccount,
         so a process runs "as" that ServiceAccount exactly as its pod would."""
         token = self.core.create_namespaced_service_account_token(
@@ -168,21 +211,34 @@ class Cluster:
         ).status.token
         path = self.workdir / "service-accounts" / f"{namespace}.{name}.kubeconfig"
         return write_kubeconfig(
-            path, server=self.server, ca_pem=self._ca_pem or b"", user=f"system:serviceaccount:{namespace}:{name}",
-            token=token, namespace=namespace,
+            path,
+            server=self.server,
+            ca_pem=self._ca_pem or b"",
+            user=f"system:serviceaccount:{namespace}:{name}",
+            token=token,
+            namespace=namespace,
         )
 
     # -- namespaces ----------------------------------------------------------------------
 
-    def create_namespace(self, prefix: str = "test", *, restricted: bool = True, labels: dict[str, str] | None = None) -> str:
+    def create_namespace(
+        self, prefix: str = "test", *, restricted: bool = True, labels: dict[str, str] | None = None
+    ) -> str:
         """A new namespace (random suffix), enforcing the restricted Pod Security
         Standard unless `restricted=False`; returns once its default ServiceAccount exists
         (pods cannot be created before)."""
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
-        all_labels = {NAMESPACE_LABEL: "true", **(RESTRICTED_LABELS if restricted else {}), **(labels or {})}
+        all_labels = {
+            NAMESPACE_LABEL: "true",
+            **(RESTRICTED_LABELS if restricted else {}),
+            **(labels or {}),
+        }
         self.core.create_namespace({"metadata": {"name": name, "labels": all_labels}})
-        wait_for(lambda: self.core.read_namespaced_service_account("default", name), timeout=60,
-                 what=f"the default ServiceAccount of namespace {name}")
+        wait_for(
+            lambda: self.core.read_namespaced_service_account("default", name),
+            timeout=60,
+            what=f"the default ServiceAccount of namespace {name}",
+        )
         return name
 
     def delete_namespace(self, name: str) -> None:

@@ -28,7 +28,9 @@ ADMIN_USER = "kubetune-admin"
 START_TIMEOUT = 120.0  # generous: a cold API server on a busy 2-core machine takes ~20 s
 
 
-def _https_get(url: str, *, ca: Path | None, client: KeyPair | None, timeout: float = 5.0) -> tuple[int, str]:
+def _https_get(
+    url: str, *, ca: Path | None, client: KeyPair | None, timeout: float = 5.0
+) -> tuple[int, str]:
     if ca is None:
         context = ssl._create_unverified_context()  # the component's own self-signed cert
     else:
@@ -80,18 +82,24 @@ class ControlPlane:
                 ips=["127.0.0.1", "10.96.0.1"],
             ),
             "admin": ca.issue_client("admin", ADMIN_USER, ("system:masters",)),
-            "controller-manager": ca.issue_client("controller-manager", "system:kube-controller-manager"),
+            "controller-manager": ca.issue_client(
+                "controller-manager", "system:kube-controller-manager"
+            ),
             "scheduler": ca.issue_client("scheduler", "system:kube-scheduler"),
         }
         # The aggregation layer's own CA and client (what an APIService such as
         # metrics-server is called with); without it the components log errors about
         # the missing request-header CA forever.
         front_proxy = CertificateAuthority.create(self.pki_dir / "front-proxy")
-        pairs["front-proxy-client"] = front_proxy.issue_client("front-proxy-client", "front-proxy-client")
+        pairs["front-proxy-client"] = front_proxy.issue_client(
+            "front-proxy-client", "front-proxy-client"
+        )
         write_signing_key(self.pki_dir)
         self._kubeconfig_for(pairs["admin"], ADMIN_USER, self.kubeconfig)
         for component in ("controller-manager", "scheduler"):
-            self._kubeconfig_for(pairs[component], component, self.folder / f"{component}.kubeconfig")
+            self._kubeconfig_for(
+                pairs[component], component, self.folder / f"{component}.kubeconfig"
+            )
         return pairs
 
     def _kubeconfig_for(self, pair: KeyPair, user: str, path: Path) -> Path:
@@ -105,18 +113,24 @@ class ControlPlane:
             client_key_pem=pair.key_pem,
         )
 
-    def kubeconfig_for_user(self, user: str, groups: tuple[str, ...] = (), path: Path | None = None) -> Path:
+    def kubeconfig_for_user(
+        self, user: str, groups: tuple[str, ...] = (), path: Path | None = None
+    ) -> Path:
         """A kubeconfig authenticating as `user` in `groups` (a client certificate)."""
         if self.ca is None:
             raise GroundError("control plane", "not started")
         safe = user.replace(":", "_").replace("/", "_")
         pair = self.ca.issue_client(f"user-{safe}", user, groups)
-        return self._kubeconfig_for(pair, user, path or self.folder / "users" / f"{safe}.kubeconfig")
+        return self._kubeconfig_for(
+            pair, user, path or self.folder / "users" / f"{safe}.kubeconfig"
+        )
 
     # -- processes -------------------------------------------------------------
 
     def _process(self, name: str, argv: list[str]) -> ManagedProcess:
-        process = ManagedProcess(name, argv, self.log_dir / f"{name}.log").start(tie_to_parent=self.tie_to_parent)
+        process = ManagedProcess(name, argv, self.log_dir / f"{name}.log").start(
+            tie_to_parent=self.tie_to_parent
+        )
         self.processes.append(process)
         return process
 
@@ -137,7 +151,9 @@ class ControlPlane:
         scheduler = self._start_scheduler()
         for process, port in (controller_manager, scheduler):
             wait_until(
-                lambda port=port: _https_get(f"https://127.0.0.1:{port}/healthz", ca=None, client=None)[0] == 200,
+                lambda port=port: (
+                    _https_get(f"https://127.0.0.1:{port}/healthz", ca=None, client=None)[0] == 200
+                ),
                 timeout=START_TIMEOUT,
                 what="healthy",
                 part=process.name,
@@ -217,7 +233,13 @@ class ControlPlane:
             status, _ = _https_get(f"{self.server}/readyz", ca=ca, client=admin)
             return status == 200
 
-        wait_until(ready, timeout=START_TIMEOUT, what="ready (/readyz)", part="kube-apiserver", processes=[apiserver])
+        wait_until(
+            ready,
+            timeout=START_TIMEOUT,
+            what="ready (/readyz)",
+            part="kube-apiserver",
+            processes=[apiserver],
+        )
 
     def _component_flags(self, component: str, port: int) -> list[str]:
         kubeconfig = self.folder / f"{component}.kubeconfig"

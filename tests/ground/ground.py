@@ -67,7 +67,11 @@ class Ground:
             if part is not None and part.process is not None:
                 found.append(part.process)
         if self._s3 is not None and self._s3.pid is not None:
-            found.append(ManagedProcess.adopt("seaweedfs", self._s3.pid, [str(self._s3.weed)], self._s3.log_path))
+            found.append(
+                ManagedProcess.adopt(
+                    "seaweedfs", self._s3.pid, [str(self._s3.weed)], self._s3.log_path
+                )
+            )
         return found
 
     def cluster(self) -> Cluster:
@@ -79,16 +83,22 @@ class Ground:
                 try:
                     self._cluster.core.list_namespace(limit=1)
                 except Exception as e:
-                    raise GroundError("cluster", f"cannot reach the cluster of {self.external}: {e}", hint="") from e
+                    raise GroundError(
+                        "cluster", f"cannot reach the cluster of {self.external}: {e}", hint=""
+                    ) from e
             else:
                 tools = find_tools()
-                self._control_plane = ControlPlane(self.folder / "control-plane", tools, tie_to_parent=self.tie_to_parent)
+                self._control_plane = ControlPlane(
+                    self.folder / "control-plane", tools, tie_to_parent=self.tie_to_parent
+                )
                 try:
                     self._control_plane.start()
                 except BaseException:
                     self._control_plane.stop()
                     raise
-                self._cluster = Cluster(self._control_plane.kubeconfig, tools, self.folder, ca=self._control_plane.ca)
+                self._cluster = Cluster(
+                    self._control_plane.kubeconfig, tools, self.folder, ca=self._control_plane.ca
+                )
             self.timings["cluster"] = time.monotonic() - started
         return self._cluster
 
@@ -96,8 +106,12 @@ class Ground:
         if self._kwok is None:
             cluster = self.cluster()
             started = time.monotonic()
-            kwok = self._kwok = KwokNodes(self.folder / "kwok", cluster.tools, pool=f"fake{self.suffix}",
-                                          nodes=default_pool(self.suffix))
+            kwok = self._kwok = KwokNodes(
+                self.folder / "kwok",
+                cluster.tools,
+                pool=f"fake{self.suffix}",
+                nodes=default_pool(self.suffix),
+            )
             kwok.start(cluster.kubeconfig, tie_to_parent=self.tie_to_parent)
             kwok.create_nodes(cluster.core)
             kwok.wait_ready(cluster.core)
@@ -108,12 +122,16 @@ class Ground:
         if self._local_node is None:
             cluster = self.cluster()
             started = time.monotonic()
-            node = self._local_node = LocalNode(self.folder / "local-node", name=LOCAL_NODE_NAME + self.suffix)
+            node = self._local_node = LocalNode(
+                self.folder / "local-node", name=LOCAL_NODE_NAME + self.suffix
+            )
             if self._control_plane is not None:
                 # A kubelet's identity: the Node authorizer and NodeRestriction then
                 # limit it to its own Node, its pods and the Secrets they reference.
                 kubeconfig = self._control_plane.kubeconfig_for_user(
-                    f"system:node:{node.name}", ("system:nodes",), self.folder / "local-node" / "kubeconfig"
+                    f"system:node:{node.name}",
+                    ("system:nodes",),
+                    self.folder / "local-node" / "kubeconfig",
                 )
             else:
                 kubeconfig = cluster.kubeconfig

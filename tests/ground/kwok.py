@@ -45,7 +45,11 @@ class FakeNode:
     @property
     def tolerations(self) -> list[dict[str, str]]:
         """What a pod needs to tolerate to land here."""
-        return [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}] if self.gpus else []
+        return (
+            [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+            if self.gpus
+            else []
+        )
 
     def manifest(self) -> dict[str, Any]:
         labels = {
@@ -55,21 +59,32 @@ class FakeNode:
             "kubernetes.io/arch": "amd64",
             **self.labels,
         }
-        capacity = {"cpu": self.cpu, "memory": self.memory, "pods": "110", "ephemeral-storage": "1Ti"}
+        capacity = {
+            "cpu": self.cpu,
+            "memory": self.memory,
+            "pods": "110",
+            "ephemeral-storage": "1Ti",
+        }
         taints = []
         if self.gpus:
-            labels.update({
-                "nvidia.com/gpu.present": "true",
-                "nvidia.com/gpu.product": self.gpu_product,
-                "nvidia.com/gpu.count": str(self.gpus),
-                "nvidia.com/gpu.memory": str(self.gpu_memory_mib),
-            })
+            labels.update(
+                {
+                    "nvidia.com/gpu.present": "true",
+                    "nvidia.com/gpu.product": self.gpu_product,
+                    "nvidia.com/gpu.count": str(self.gpus),
+                    "nvidia.com/gpu.memory": str(self.gpu_memory_mib),
+                }
+            )
             capacity[GPU_RESOURCE] = str(self.gpus)
             taints.append(GPU_TAINT)
         return {
             "apiVersion": "v1",
             "kind": "Node",
-            "metadata": {"name": self.name, "labels": labels, "annotations": {MANAGED_ANNOTATION: "fake"}},
+            "metadata": {
+                "name": self.name,
+                "labels": labels,
+                "annotations": {MANAGED_ANNOTATION: "fake"},
+            },
             "spec": {"taints": taints},
             "status": {"capacity": capacity, "allocatable": capacity},
         }
@@ -101,7 +116,14 @@ class KwokNodes:
     ground) neither manages nor schedules onto the first one's nodes.
     """
 
-    def __init__(self, folder: Path, tools: Tools, *, pool: str = "fake", nodes: tuple[FakeNode, ...] | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        tools: Tools,
+        *,
+        pool: str = "fake",
+        nodes: tuple[FakeNode, ...] | None = None,
+    ):
         self.folder = folder
         self.tools = tools
         self.pool = pool
@@ -164,7 +186,9 @@ class KwokNodes:
         def all_ready() -> bool:
             return all(node_schedulable(core.read_node(name)) for name in self.names)
 
-        wait_until(all_ready, timeout=timeout, what="Ready (its nodes)", part="kwok", processes=processes)
+        wait_until(
+            all_ready, timeout=timeout, what="Ready (its nodes)", part="kwok", processes=processes
+        )
 
     def delete_nodes(self, core: CoreV1Api) -> None:
         for name in self.names:

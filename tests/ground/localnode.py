@@ -87,12 +87,23 @@ def python_folders() -> list[str]:
     checkout = str(Path(__file__).resolve().parents[2])
     candidates = {sys.prefix, sys.base_prefix, checkout, *(p for p in sys.path if p)}
     folders = sorted({os.path.realpath(f) for f in candidates if os.path.isdir(f)})
-    return [f for f in folders if not any(o != f and os.path.commonpath([f, o]) == o for o in folders)]
+    return [
+        f for f in folders if not any(o != f and os.path.commonpath([f, o]) == o for o in folders)
+    ]
 
 
 class LocalNodeAgent:
-    def __init__(self, api: ApiClient, *, name: str, state_dir: Path, capacity: Mapping[str, str],
-                 path_prepend: list[str], extra_env: Mapping[str, str], keep_visible: list[str] = []):  # noqa: B006
+    def __init__(
+        self,
+        api: ApiClient,
+        *,
+        name: str,
+        state_dir: Path,
+        capacity: Mapping[str, str],
+        path_prepend: list[str],
+        extra_env: Mapping[str, str],
+        keep_visible: list[str] = [],
+    ):  # noqa: B006
         self.api = api
         self.core = CoreV1Api(api)
         self.name = name
@@ -124,19 +135,42 @@ class LocalNodeAgent:
         stamp = now()
 
         def condition(kind: str, status: str, reason: str, message: str) -> dict[str, str]:
-            return {"type": kind, "status": status, "reason": reason, "message": message,
-                    "lastHeartbeatTime": stamp, "lastTransitionTime": self._started}
+            return {
+                "type": kind,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "lastHeartbeatTime": stamp,
+                "lastTransitionTime": self._started,
+            }
 
         return {
             "capacity": self.capacity,
             "allocatable": self.capacity,
             "conditions": [
-                condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "test-support local node"),
-                condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "test-support local node"),
-                condition("PIDPressure", "False", "KubeletHasSufficientPID", "test-support local node"),
-                condition("Ready", "True", "KubeletReady", "test-support local node (tests/ground/localnode.py)"),
+                condition(
+                    "MemoryPressure",
+                    "False",
+                    "KubeletHasSufficientMemory",
+                    "test-support local node",
+                ),
+                condition(
+                    "DiskPressure", "False", "KubeletHasNoDiskPressure", "test-support local node"
+                ),
+                condition(
+                    "PIDPressure", "False", "KubeletHasSufficientPID", "test-support local node"
+                ),
+                condition(
+                    "Ready",
+                    "True",
+                    "KubeletReady",
+                    "test-support local node (tests/ground/localnode.py)",
+                ),
             ],
-            "addresses": [{"type": "InternalIP", "address": NODE_IP}, {"type": "Hostname", "address": self.name}],
+            "addresses": [
+                {"type": "InternalIP", "address": NODE_IP},
+                {"type": "Hostname", "address": self.name},
+            ],
             "nodeInfo": {
                 "kubeletVersion": version,
                 "kubeProxyVersion": "",
@@ -179,8 +213,12 @@ class LocalNodeAgent:
         self._renew_lease()
 
     def _update_status(self) -> None:
-        self.core.patch_node_status(self.name, {"status": self._node_status(self._version)},
-                                    _content_type=STRATEGIC_MERGE, _request_timeout=API_TIMEOUT)
+        self.core.patch_node_status(
+            self.name,
+            {"status": self._node_status(self._version)},
+            _content_type=STRATEGIC_MERGE,
+            _request_timeout=API_TIMEOUT,
+        )
 
     def _renew_lease(self) -> None:
         leases = CoordinationV1Api(self.api)
@@ -189,23 +227,40 @@ class LocalNodeAgent:
         # datetime with isoformat(), which drops a zero fraction.
         stamp = stamp if stamp.microsecond else stamp.replace(microsecond=1)
         try:
-            leases.patch_namespaced_lease(self.name, "kube-node-lease",
-                                          {"spec": {"renewTime": stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}},
-                                          _content_type="application/merge-patch+json", _request_timeout=API_TIMEOUT)
+            leases.patch_namespaced_lease(
+                self.name,
+                "kube-node-lease",
+                {"spec": {"renewTime": stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}},
+                _content_type="application/merge-patch+json",
+                _request_timeout=API_TIMEOUT,
+            )
         except ApiException as e:
             if e.status != 404:
                 raise
             node = json.loads(self.core.read_node(self.name, _preload_content=False).data)
-            leases.create_namespaced_lease("kube-node-lease", {
-                "apiVersion": "coordination.k8s.io/v1",
-                "kind": "Lease",
-                "metadata": {
-                    "name": self.name,
-                    "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": self.name,
-                                         "uid": node["metadata"]["uid"]}],
+            leases.create_namespaced_lease(
+                "kube-node-lease",
+                {
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {
+                        "name": self.name,
+                        "ownerReferences": [
+                            {
+                                "apiVersion": "v1",
+                                "kind": "Node",
+                                "name": self.name,
+                                "uid": node["metadata"]["uid"],
+                            }
+                        ],
+                    },
+                    "spec": {
+                        "holderIdentity": self.name,
+                        "leaseDurationSeconds": LEASE_SECONDS,
+                        "renewTime": stamp,
+                    },
                 },
-                "spec": {"holderIdentity": self.name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": stamp},
-            })
+            )
 
     def _heartbeat(self) -> None:
         last_status = time.monotonic()
@@ -224,22 +279,34 @@ class LocalNodeAgent:
         meta = pod["metadata"]
         stamp = now()
         try:
-            self.core.create_namespaced_event(meta["namespace"], {
-                "apiVersion": "v1",
-                "kind": "Event",
-                "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-                "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"],
-                                   "namespace": meta["namespace"], "uid": meta["uid"]},
-                "type": kind,
-                "reason": reason,
-                "message": message,
-                "source": {"component": "kubelet", "host": self.name},
-                "reportingComponent": "kubetune-local-node",
-                "reportingInstance": self.name,
-                "firstTimestamp": stamp,
-                "lastTimestamp": stamp,
-                "count": 1,
-            }, _request_timeout=API_TIMEOUT)
+            self.core.create_namespaced_event(
+                meta["namespace"],
+                {
+                    "apiVersion": "v1",
+                    "kind": "Event",
+                    "metadata": {
+                        "generateName": f"{meta['name']}.",
+                        "namespace": meta["namespace"],
+                    },
+                    "involvedObject": {
+                        "apiVersion": "v1",
+                        "kind": "Pod",
+                        "name": meta["name"],
+                        "namespace": meta["namespace"],
+                        "uid": meta["uid"],
+                    },
+                    "type": kind,
+                    "reason": reason,
+                    "message": message,
+                    "source": {"component": "kubelet", "host": self.name},
+                    "reportingComponent": "kubetune-local-node",
+                    "reportingInstance": self.name,
+                    "firstTimestamp": stamp,
+                    "lastTimestamp": stamp,
+                    "count": 1,
+                },
+                _request_timeout=API_TIMEOUT,
+            )
         except ApiException as e:
             log.debug("event %s for %s not recorded: %s", reason, meta["name"], e.status)
 
@@ -265,8 +332,11 @@ class LocalNodeAgent:
             runner.request_stop(meta.get("deletionGracePeriodSeconds"))
 
     def _list(self) -> str:
-        body = json.loads(self.core.list_pod_for_all_namespaces(
-            field_selector=f"spec.nodeName={self.name}", _preload_content=False).data)
+        body = json.loads(
+            self.core.list_pod_for_all_namespaces(
+                field_selector=f"spec.nodeName={self.name}", _preload_content=False
+            ).data
+        )
         seen = set()
         for pod in body.get("items") or []:
             seen.add(pod["metadata"]["uid"])
@@ -284,8 +354,12 @@ class LocalNodeAgent:
                     version = self._list()
                     self.ready_file.touch()
                 response = self.core.list_pod_for_all_namespaces(
-                    field_selector=f"spec.nodeName={self.name}", watch=True, resource_version=version,
-                    allow_watch_bookmarks=True, timeout_seconds=WATCH_TIMEOUT, _preload_content=False,
+                    field_selector=f"spec.nodeName={self.name}",
+                    watch=True,
+                    resource_version=version,
+                    allow_watch_bookmarks=True,
+                    timeout_seconds=WATCH_TIMEOUT,
+                    _preload_content=False,
                 )
                 try:
                     for line in iter_resp_lines(response):
@@ -327,15 +401,27 @@ class LocalNodeAgent:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.ground.localnode", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.ground.localnode", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--kubeconfig", required=True, type=Path)
     parser.add_argument("--name", required=True)
     parser.add_argument("--state-dir", required=True, type=Path)
     parser.add_argument("--cpu", default=str(os.cpu_count() or 2))
     parser.add_argument("--memory", default="16Gi")
-    parser.add_argument("--gpus", type=int, default=1, help="nvidia.com/gpu capacity to advertise (nothing backs it)")
-    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                        help="add to every pod's environment (repeatable)")
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        default=1,
+        help="nvidia.com/gpu capacity to advertise (nothing backs it)",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="add to every pod's environment (repeatable)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     capacity = {"cpu": args.cpu, "memory": args.memory, "pods": "32", "ephemeral-storage": "100Gi"}
@@ -373,8 +459,14 @@ class LocalNode:
     """The local node as the tests see it: start/stop its process, place pods on it,
     read what its pods wrote."""
 
-    def __init__(self, state_dir: Path, *, name: str = "local-node", gpus: int = 1,
-                 extra_env: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        name: str = "local-node",
+        gpus: int = 1,
+        extra_env: Mapping[str, str] | None = None,
+    ):
         self.name = name
         self.state_dir = state_dir
         self.gpus = gpus
@@ -400,12 +492,25 @@ class LocalNode:
         return {"nodeSelector": self.node_selector, "tolerations": self.tolerations}
 
     def start(self, kubeconfig: Path, *, tie_to_parent: bool = True) -> ManagedProcess:
-        argv = [sys.executable, "-m", "tests.ground.localnode", "--kubeconfig", str(kubeconfig),
-                "--name", self.name, "--state-dir", str(self.state_dir), "--gpus", str(self.gpus)]
+        argv = [
+            sys.executable,
+            "-m",
+            "tests.ground.localnode",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--name",
+            self.name,
+            "--state-dir",
+            str(self.state_dir),
+            "--gpus",
+            str(self.gpus),
+        ]
         for key, value in self.extra_env.items():
             argv += ["--env", f"{key}={value}"]
         repo_root = Path(__file__).resolve().parents[2]
-        self.process = ManagedProcess("local-node", argv, self.state_dir / "local-node.log", cwd=repo_root)
+        self.process = ManagedProcess(
+            "local-node", argv, self.state_dir / "local-node.log", cwd=repo_root
+        )
         # TERM: it stops its pods' processes on the way out.
         return self.process.start(tie_to_parent=tie_to_parent, death_signal="TERM")
 
@@ -415,8 +520,13 @@ class LocalNode:
                 return False
             return node_schedulable(core.read_node(self.name))
 
-        wait_until(ready, timeout=timeout, what="Ready", part="local node",
-                   processes=[self.process] if self.process else [])
+        wait_until(
+            ready,
+            timeout=timeout,
+            what="Ready",
+            part="local node",
+            processes=[self.process] if self.process else [],
+        )
 
     def check(self) -> None:
         """GroundError with its log tail if the local-node process has died."""
@@ -430,7 +540,9 @@ class LocalNode:
 
     def pod_dir(self, namespace: str, name: str) -> Path:
         """The folder of the newest pod with this name (logs, termination-log, volumes)."""
-        runs = sorted((self.pods_dir / namespace / name).glob("*/"), key=lambda p: p.stat().st_mtime)
+        runs = sorted(
+            (self.pods_dir / namespace / name).glob("*/"), key=lambda p: p.stat().st_mtime
+        )
         if not runs:
             raise FileNotFoundError(f"the local node never ran a pod {namespace}/{name}")
         return runs[-1]
@@ -441,7 +553,9 @@ class LocalNode:
         if container is None:
             logs = [p for p in folder.glob("*.log") if not p.name.endswith(".previous.log")]
             if len(logs) != 1:
-                raise FileNotFoundError(f"{folder}: expected one container log, found {[p.name for p in logs]}")
+                raise FileNotFoundError(
+                    f"{folder}: expected one container log, found {[p.name for p in logs]}"
+                )
             return logs[0].read_text(errors="replace")
         return (folder / f"{container}.log").read_text(errors="replace")
 

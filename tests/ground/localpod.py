@@ -101,7 +101,11 @@ class References:
         return self._cache[key]
 
     def _read(self, kind: str, name: str) -> dict[str, bytes] | None:
-        read = self.core.read_namespaced_secret if kind == "Secret" else self.core.read_namespaced_config_map
+        read = (
+            self.core.read_namespaced_secret
+            if kind == "Secret"
+            else self.core.read_namespaced_config_map
+        )
         try:
             body = json.loads(read(name, self.namespace, _preload_content=False).data)
         except ApiException as e:
@@ -154,7 +158,9 @@ def field_value(pod: Pod, path: str) -> str:
     raise UnsupportedPod(f"fieldRef {path!r} is not supported")
 
 
-def resource_value(container: Mapping[str, Any], ref: Mapping[str, Any], allocatable: Mapping[str, str]) -> str:
+def resource_value(
+    container: Mapping[str, Any], ref: Mapping[str, Any], allocatable: Mapping[str, str]
+) -> str:
     """A resourceFieldRef: the container's limit (else the node's allocatable) or
     request, divided by the divisor and rounded up, as the kubelet does."""
     kind, _, resource = ref["resource"].partition(".")
@@ -180,7 +186,11 @@ def container_env(
     env: dict[str, str] = {}
     for source in container.get("envFrom") or []:
         prefix = source.get("prefix", "")
-        kind, ref = ("Secret", source.get("secretRef")) if source.get("secretRef") else ("ConfigMap", source.get("configMapRef"))
+        kind, ref = (
+            ("Secret", source.get("secretRef"))
+            if source.get("secretRef")
+            else ("ConfigMap", source.get("configMapRef"))
+        )
         if ref is None:
             continue
         data = refs.data(kind, ref.get("name", ""))
@@ -221,7 +231,9 @@ class Mount:
     read_only: bool
 
 
-def prepare_mounts(pod: Pod, container: Mapping[str, Any], refs: References, volumes_dir: Path) -> list[Mount]:
+def prepare_mounts(
+    pod: Pod, container: Mapping[str, Any], refs: References, volumes_dir: Path
+) -> list[Mount]:
     """Materialise the volumes the container mounts under `volumes_dir`.
 
     emptyDir: a fresh folder (medium: Memory is not a tmpfs here). secret, configMap:
@@ -244,11 +256,17 @@ def prepare_mounts(pod: Pod, container: Mapping[str, Any], refs: References, vol
             name = source.get("secretName") if kind == "Secret" else source.get("name")
             _write_keys(folder, kind, name or "", source, refs)
         elif "projected" in volume and volume["name"].startswith("kube-api-access-"):
-            log.info("pod %s: not mounting the service-account token volume %s", pod["metadata"]["name"], volume["name"])
+            log.info(
+                "pod %s: not mounting the service-account token volume %s",
+                pod["metadata"]["name"],
+                volume["name"],
+            )
             continue
         else:
             kinds = sorted(k for k in volume if k != "name")
-            raise UnsupportedPod(f"volume {volume['name']!r}: {kinds} volumes are not supported by the local node")
+            raise UnsupportedPod(
+                f"volume {volume['name']!r}: {kinds} volumes are not supported by the local node"
+            )
         source_path = folder / mount["subPath"] if mount.get("subPath") else folder
         if mount.get("subPath") and "emptyDir" in volume:
             source_path.mkdir(parents=True, exist_ok=True)
@@ -256,7 +274,9 @@ def prepare_mounts(pod: Pod, container: Mapping[str, Any], refs: References, vol
     return mounts
 
 
-def _write_keys(folder: Path, kind: str, name: str, source: Mapping[str, Any], refs: References) -> None:
+def _write_keys(
+    folder: Path, kind: str, name: str, source: Mapping[str, Any], refs: References
+) -> None:
     data = refs.data(kind, name)
     if data is None:
         if source.get("optional"):
@@ -314,7 +334,9 @@ def _beneath(path: str, ancestor: str) -> bool:
     return path != ancestor and os.path.commonpath([path, ancestor]) == ancestor
 
 
-def mount_operations(mounts: list[Mount], pod_folder: Path, keep_visible: Sequence[str]) -> list[str]:
+def mount_operations(
+    mounts: list[Mount], pod_folder: Path, keep_visible: Sequence[str]
+) -> list[str]:
     """The mount script's operations, run from inside `pod_folder`.
 
     The volumes are bind-mounted from sources relative to the pod folder. A volume
@@ -326,7 +348,10 @@ def mount_operations(mounts: list[Mount], pod_folder: Path, keep_visible: Sequen
     """
     operations: list[str] = []
     # (target, source, made as): the volumes, and the folders they would hide, bound back.
-    binds = [(m.target, os.path.relpath(m.source, pod_folder), "mkdir" if m.source.is_dir() else "touch") for m in mounts]
+    binds = [
+        (m.target, os.path.relpath(m.source, pod_folder), "mkdir" if m.source.is_dir() else "touch")
+        for m in mounts
+    ]
     hidden = [k for k in keep_visible if any(_beneath(k, m.target) for m in mounts)]
     for i, folder in enumerate(hidden):  # a handle on each, taken while it is in sight
         operations += ["mkdir", f"{KEEP_DIR}/{i}", "bind", folder, f"{KEEP_DIR}/{i}"]
@@ -360,7 +385,18 @@ def wrap_with_mounts(
             "machine does not allow the local node to create"
         )
     operations = mount_operations(mounts, pod_folder, keep_visible)
-    return [*unshare, "/bin/sh", "-c", _MOUNT_SCRIPT, "local-node-mounts", str(pod_folder), workdir, *operations, "--", *argv]
+    return [
+        *unshare,
+        "/bin/sh",
+        "-c",
+        _MOUNT_SCRIPT,
+        "local-node-mounts",
+        str(pod_folder),
+        workdir,
+        *operations,
+        "--",
+        *argv,
+    ]
 
 
 def probe_unshare() -> list[str] | None:
@@ -370,7 +406,10 @@ def probe_unshare() -> list[str] | None:
         ["unshare", "--mount", "--map-root-user", "--propagation", "private", "--"],
     ):
         try:
-            ok = subprocess.run([*candidate, "true"], capture_output=True, timeout=10).returncode == 0
+            ok = (
+                subprocess.run([*candidate, "true"], capture_output=True, timeout=10).returncode
+                == 0
+            )
         except (OSError, subprocess.TimeoutExpired):
             ok = False
         if ok:
@@ -388,7 +427,11 @@ def _conditions(ready: bool, reason: str | None, initialized: bool = True) -> li
     stamp = now()
 
     def condition(kind: str, status: bool) -> dict[str, Any]:
-        body: dict[str, Any] = {"type": kind, "status": "True" if status else "False", "lastTransitionTime": stamp}
+        body: dict[str, Any] = {
+            "type": kind,
+            "status": "True" if status else "False",
+            "lastTransitionTime": stamp,
+        }
         if not status and reason:
             body["reason"] = reason
         return body
@@ -401,8 +444,15 @@ def _conditions(ready: bool, reason: str | None, initialized: bool = True) -> li
     ]
 
 
-def _container_status(container: Mapping[str, Any], state: dict[str, Any], *, ready: bool, restarts: int,
-                      last_state: dict[str, Any] | None = None, container_id: str | None = None) -> dict[str, Any]:
+def _container_status(
+    container: Mapping[str, Any],
+    state: dict[str, Any],
+    *,
+    ready: bool,
+    restarts: int,
+    last_state: dict[str, Any] | None = None,
+    container_id: str | None = None,
+) -> dict[str, Any]:
     status: dict[str, Any] = {
         "name": container["name"],
         "image": container.get("image", ""),
@@ -418,7 +468,9 @@ def _container_status(container: Mapping[str, Any], state: dict[str, Any], *, re
     return status
 
 
-def waiting_status(pod: Pod, container: Mapping[str, Any], reason: str, message: str = "") -> dict[str, Any]:
+def waiting_status(
+    pod: Pod, container: Mapping[str, Any], reason: str, message: str = ""
+) -> dict[str, Any]:
     state = {"waiting": {"reason": reason, **({"message": message} if message else {})}}
     return {
         "phase": "Pending",
@@ -430,8 +482,15 @@ def waiting_status(pod: Pod, container: Mapping[str, Any], reason: str, message:
     }
 
 
-def running_status(pod: Pod, container: Mapping[str, Any], *, started_at: str, pid: int, restarts: int,
-                   last_state: dict[str, Any] | None) -> dict[str, Any]:
+def running_status(
+    pod: Pod,
+    container: Mapping[str, Any],
+    *,
+    started_at: str,
+    pid: int,
+    restarts: int,
+    last_state: dict[str, Any] | None,
+) -> dict[str, Any]:
     state = {"running": {"startedAt": started_at}}
     return {
         "phase": "Running",
@@ -442,8 +501,14 @@ def running_status(pod: Pod, container: Mapping[str, Any], *, started_at: str, p
         "startTime": (pod.get("status") or {}).get("startTime") or started_at,
         "conditions": _conditions(True, None),
         "containerStatuses": [
-            _container_status(container, state, ready=True, restarts=restarts, last_state=last_state,
-                              container_id=f"local://{pid}")
+            _container_status(
+                container,
+                state,
+                ready=True,
+                restarts=restarts,
+                last_state=last_state,
+                container_id=f"local://{pid}",
+            )
         ],
     }
 
@@ -472,7 +537,9 @@ class Termination:
         return {"terminated": body}
 
 
-def terminated_status(pod: Pod, container: Mapping[str, Any], end: Termination, *, restarts: int) -> dict[str, Any]:
+def terminated_status(
+    pod: Pod, container: Mapping[str, Any], end: Termination, *, restarts: int
+) -> dict[str, Any]:
     succeeded = end.exit_code == 0
     reason = "PodCompleted" if succeeded else "PodFailed"
     return {
@@ -484,12 +551,20 @@ def terminated_status(pod: Pod, container: Mapping[str, Any], end: Termination, 
         "startTime": (pod.get("status") or {}).get("startTime") or end.started_at,
         "conditions": _conditions(False, reason),
         "containerStatuses": [
-            _container_status(container, end.state, ready=False, restarts=restarts, container_id=f"local://{end.pid}")
+            _container_status(
+                container,
+                end.state,
+                ready=False,
+                restarts=restarts,
+                container_id=f"local://{end.pid}",
+            )
         ],
     }
 
 
-def failed_status(pod: Pod, container: Mapping[str, Any] | None, reason: str, message: str) -> dict[str, Any]:
+def failed_status(
+    pod: Pod, container: Mapping[str, Any] | None, reason: str, message: str
+) -> dict[str, Any]:
     """A pod the local node cannot run at all."""
     status: dict[str, Any] = {
         "phase": "Failed",
@@ -501,20 +576,33 @@ def failed_status(pod: Pod, container: Mapping[str, Any] | None, reason: str, me
         "conditions": _conditions(False, "PodFailed"),
     }
     if container is not None:
-        state = {"terminated": {"exitCode": 128, "reason": reason, "message": message,
-                                "startedAt": now(), "finishedAt": now()}}
+        state = {
+            "terminated": {
+                "exitCode": 128,
+                "reason": reason,
+                "message": message,
+                "startedAt": now(),
+                "finishedAt": now(),
+            }
+        }
         status["containerStatuses"] = [_container_status(container, state, ready=False, restarts=0)]
     return status
 
 
-def termination_message(container: Mapping[str, Any], message_file: Path, log_file: Path, exit_code: int) -> str:
+def termination_message(
+    container: Mapping[str, Any], message_file: Path, log_file: Path, exit_code: int
+) -> str:
     """What the kubelet reports: the message file (4 KiB at most), or with
     FallbackToLogsOnError and a failure, the tail of the log (80 lines, 2 KiB)."""
     try:
         message = message_file.read_bytes()[:TERMINATION_MESSAGE_MAX_BYTES].decode(errors="replace")
     except FileNotFoundError:
         message = ""
-    if message or exit_code == 0 or container.get("terminationMessagePolicy") != "FallbackToLogsOnError":
+    if (
+        message
+        or exit_code == 0
+        or container.get("terminationMessagePolicy") != "FallbackToLogsOnError"
+    ):
         return message
     try:
         lines = log_file.read_bytes().splitlines(keepends=True)[-FALLBACK_LOG_MAX_LINES:]
@@ -630,7 +718,10 @@ class PodRunner:
         meta = self.pod["metadata"]
         try:
             self._core.patch_namespaced_pod_status(
-                meta["name"], meta["namespace"], {"status": status}, _content_type=STRATEGIC_MERGE,
+                meta["name"],
+                meta["namespace"],
+                {"status": status},
+                _content_type=STRATEGIC_MERGE,
                 _request_timeout=API_TIMEOUT,
             )
         except ApiException as e:
@@ -644,7 +735,9 @@ class PodRunner:
         meta = self.pod["metadata"]
         try:
             self._core.delete_namespaced_pod(
-                meta["name"], meta["namespace"], grace_period_seconds=0,
+                meta["name"],
+                meta["namespace"],
+                grace_period_seconds=0,
                 body={"gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}},
                 _request_timeout=API_TIMEOUT,
             )
@@ -659,7 +752,9 @@ class PodRunner:
             # A bug here must show as a failed pod, not as one that runs forever.
             log.exception("pod %s: the local node failed to run it", self.key)
             containers = self.pod["spec"].get("containers") or [None]
-            self._patch_status(failed_status(self.pod, containers[0], "LocalNodeError", f"{type(e).__name__}: {e}"))
+            self._patch_status(
+                failed_status(self.pod, containers[0], "LocalNodeError", f"{type(e).__name__}: {e}")
+            )
         finally:
             self.finished.set()
 
@@ -669,7 +764,9 @@ class PodRunner:
         container = containers[0] if containers else None
         try:
             if len(containers) != 1 or spec.get("initContainers"):
-                raise UnsupportedPod("the local node runs pods with exactly one container and no init containers")
+                raise UnsupportedPod(
+                    "the local node runs pods with exactly one container and no init containers"
+                )
             assert container is not None
             if not container.get("command"):
                 raise UnsupportedPod(
@@ -689,7 +786,9 @@ class PodRunner:
             return
         self._run_container(container, argv, env, mounts)
 
-    def _configure(self, container: Mapping[str, Any]) -> tuple[list[str] | None, dict[str, str], list[Mount]]:
+    def _configure(
+        self, container: Mapping[str, Any]
+    ) -> tuple[list[str] | None, dict[str, str], list[Mount]]:
         """Resolve env and volumes, waiting (CreateContainerConfigError) while a
         referenced Secret or ConfigMap is missing; (None, ...) if deleted meanwhile."""
         self._patch_status(waiting_status(self.pod, container, "ContainerCreating"))
@@ -702,16 +801,26 @@ class PodRunner:
                 break
             except ContainerConfigError as e:
                 log.info("pod %s: waiting: %s", self.key, e)
-                self._patch_status(waiting_status(self.pod, container, "CreateContainerConfigError", str(e)))
+                self._patch_status(
+                    waiting_status(self.pod, container, "CreateContainerConfigError", str(e))
+                )
                 if self._stop.wait(delay):
                     return None, {}, []
                 delay = min(delay * 2, 10.0)
         env = self._base_env()
         env.update(defined)
-        argv = [expand(part, env) for part in [*container["command"], *(container.get("args") or [])]]
+        argv = [
+            expand(part, env) for part in [*container["command"], *(container.get("args") or [])]
+        ]
         self._command = argv
-        wrapped = wrap_with_mounts(argv, mounts, self.node.unshare, self._workdir(container), self.folder,
-                                   self.node.keep_visible)
+        wrapped = wrap_with_mounts(
+            argv,
+            mounts,
+            self.node.unshare,
+            self._workdir(container),
+            self.folder,
+            self.node.keep_visible,
+        )
         for mount in mounts:
             self.node.make_mountpoint(Path(mount.target), directory=mount.source.is_dir())
         self.node.make_mountpoint(Path(self._workdir(container)))
@@ -733,7 +842,13 @@ class PodRunner:
             **self.node.extra_env,
         }
 
-    def _run_container(self, container: Mapping[str, Any], argv: list[str], env: dict[str, str], mounts: list[Mount]) -> None:
+    def _run_container(
+        self,
+        container: Mapping[str, Any],
+        argv: list[str],
+        env: dict[str, str],
+        mounts: list[Mount],
+    ) -> None:
         restart_policy = self.pod["spec"].get("restartPolicy", "Always")
         log_file = self.folder / f"{container['name']}.log"
         message_file = self.folder / "termination-log"
@@ -747,8 +862,13 @@ class PodRunner:
             with log_file.open("wb") as out:
                 try:
                     process = subprocess.Popen(
-                        argv, env=env, cwd=cwd if not mounts else None, stdin=subprocess.DEVNULL,
-                        stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                        argv,
+                        env=env,
+                        cwd=cwd if not mounts else None,
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
                     )
                 except OSError as e:
                     out.write(f"local node: cannot start {argv[0]}: {e}\n".encode())
@@ -758,14 +878,34 @@ class PodRunner:
             else:
                 self._process = process
                 (self.folder / "pgid").write_text(str(process.pid))
-                log.info("pod %s: started pid %d: %s", self.key, process.pid, " ".join(self._command))
-                self.node.emit_event(self.pod, "Normal", "Started", f"Started container {container['name']} as pid {process.pid}")
-                self._patch_status(running_status(self.pod, container, started_at=started_at, pid=process.pid,
-                                                  restarts=restarts, last_state=last_state))
+                log.info(
+                    "pod %s: started pid %d: %s", self.key, process.pid, " ".join(self._command)
+                )
+                self.node.emit_event(
+                    self.pod,
+                    "Normal",
+                    "Started",
+                    f"Started container {container['name']} as pid {process.pid}",
+                )
+                self._patch_status(
+                    running_status(
+                        self.pod,
+                        container,
+                        started_at=started_at,
+                        pid=process.pid,
+                        restarts=restarts,
+                        last_state=last_state,
+                    )
+                )
                 exit_code = self._wait(process)
                 (self.folder / "pgid").unlink(missing_ok=True)
-                end = Termination(exit_code, started_at, now(),
-                                  termination_message(container, message_file, log_file, exit_code), process.pid)
+                end = Termination(
+                    exit_code,
+                    started_at,
+                    now(),
+                    termination_message(container, message_file, log_file, exit_code),
+                    process.pid,
+                )
             log.info("pod %s: exited with %d", self.key, end.exit_code)
             restart = not self._stop.is_set() and (
                 restart_policy == "Always" or (restart_policy == "OnFailure" and end.exit_code != 0)

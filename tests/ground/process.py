@@ -160,7 +160,9 @@ class ManagedProcess:
                 self._popen.wait(timeout=5)
 
 
-def stop_process_group(pgid: int, *, grace: float, is_alive: Callable[[], bool] | None = None) -> None:
+def stop_process_group(
+    pgid: int, *, grace: float, is_alive: Callable[[], bool] | None = None
+) -> None:
     """SIGTERM a process group; SIGKILL whatever is left of it after `grace` seconds."""
     alive = is_alive or (lambda: _group_exists(pgid))
     if not _signal_group(pgid, signal.SIGTERM):

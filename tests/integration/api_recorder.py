@@ -85,9 +85,15 @@ class ApiRecorder:
         self.port = port
         self.requests: list[ApiRequest] = []
         # The kubeconfig's CA, else the system's (a cluster with a public certificate).
-        self._ssl = ssl.create_default_context(cadata=ca_pem.decode()) if ca_pem else ssl.create_default_context()
+        self._ssl = (
+            ssl.create_default_context(cadata=ca_pem.decode())
+            if ca_pem
+            else ssl.create_default_context()
+        )
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="api-recorder", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="api-recorder", daemon=True
+        )
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._lock = threading.Lock()
@@ -117,7 +123,12 @@ class ApiRecorder:
             "kind": "Config",
             "clusters": [{"name": "recorded", "cluster": {"server": self.url}}],
             "users": [{"name": "recorded", "user": {"token": token}}],
-            "contexts": [{"name": "recorded", "context": {"cluster": "recorded", "user": "recorded", "namespace": namespace}}],
+            "contexts": [
+                {
+                    "name": "recorded",
+                    "context": {"cluster": "recorded", "user": "recorded", "namespace": namespace},
+                }
+            ],
             "current-context": "recorded",
         }
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,12 +165,26 @@ class ApiRecorder:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         body = await request.read()
         async with self._session.request(
-            request.method, self.upstream + request.path_qs, headers=headers, data=body or None, allow_redirects=False
+            request.method,
+            self.upstream + request.path_qs,
+            headers=headers,
+            data=body or None,
+            allow_redirects=False,
         ) as upstream:
-            group, resource, verb, namespace = request_info(request.method, request.path, request.query_string)
+            group, resource, verb, namespace = request_info(
+                request.method, request.path, request.query_string
+            )
             with self._lock:
                 self.requests.append(
-                    ApiRequest(request.method, request.path, upstream.status, group, resource, verb, namespace)
+                    ApiRequest(
+                        request.method,
+                        request.path,
+                        upstream.status,
+                        group,
+                        resource,
+                        verb,
+                        namespace,
+                    )
                 )
             response = web.StreamResponse(
                 status=upstream.status,

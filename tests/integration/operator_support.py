@@ -26,14 +26,25 @@ GROUP, VERSION, PLURAL = "kubetune.dev", "v1alpha1", "tuningjobs"
 
 def install_crds(cluster: Cluster) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/tuningjobs.kubetune.dev")
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/tuningjobs.kubetune.dev"
+    )
 
 
 class OperatorProcess:
     """One `kubetune operator` replica."""
 
-    def __init__(self, cluster: Cluster, folder: Path, namespaces: list[str], *, lease_namespace: str,
-                 kubeconfig: Path | None = None, name: str = "operator", **settings: Any):
+    def __init__(
+        self,
+        cluster: Cluster,
+        folder: Path,
+        namespaces: list[str],
+        *,
+        lease_namespace: str,
+        kubeconfig: Path | None = None,
+        name: str = "operator",
+        **settings: Any,
+    ):
         self.cluster = cluster
         self.metrics_port, self.health_port = free_port(), free_port()
         environment = {
@@ -59,14 +70,23 @@ class OperatorProcess:
         env["KUBECONFIG"] = str(kubeconfig or cluster.kubeconfig)
         env["POD_NAME"] = name
         self.name = name
-        self.process = ManagedProcess(name, [sys.executable, "-m", "kubetune", "-v", "operator"], folder / f"{name}.log",
-                                      env=env, cwd=ROOT)
+        self.process = ManagedProcess(
+            name,
+            [sys.executable, "-m", "kubetune", "-v", "operator"],
+            folder / f"{name}.log",
+            env=env,
+            cwd=ROOT,
+        )
 
     def start(self, *, leader: bool = True) -> OperatorProcess:
         self.process.start()
         role = "leader" if leader else "standby"
         try:
-            wait_for(lambda: self.health().get("role") == role, timeout=60, what=f"{self.name} to become {role}")
+            wait_for(
+                lambda: self.health().get("role") == role,
+                timeout=60,
+                what=f"{self.name} to become {role}",
+            )
         except Exception as e:
             raise AssertionError(f"{e}\n{self.name}'s log:\n{self.log()}") from None
         return self
@@ -83,13 +103,17 @@ class OperatorProcess:
     def health(self) -> dict[str, Any]:
         self.process.check()
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as response:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.health_port}/healthz", timeout=2
+            ) as response:
                 return json.loads(response.read())
         except OSError:
             return {}
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as response:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2
+        ) as response:
             return response.read().decode()
 
 
@@ -110,44 +134,74 @@ def tuningjob(name: str, **spec: Any) -> dict[str, Any]:
 
 
 def create(cluster: Cluster, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
-    return cluster.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, dict(body))
+    return cluster.custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, dict(body)
+    )
 
 
 def get(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
     return cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
 
 
-def patch_spec(cluster: Cluster, namespace: str, name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-    return cluster.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, {"spec": dict(spec)})
+def patch_spec(
+    cluster: Cluster, namespace: str, name: str, spec: Mapping[str, Any]
+) -> dict[str, Any]:
+    return cluster.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name, {"spec": dict(spec)}
+    )
 
 
-def wait_phase(cluster: Cluster, namespace: str, name: str, phase: str, *, reason: str | None = None,
-               timeout: float = 60) -> dict[str, Any]:
+def wait_phase(
+    cluster: Cluster,
+    namespace: str,
+    name: str,
+    phase: str,
+    *,
+    reason: str | None = None,
+    timeout: float = 60,
+) -> dict[str, Any]:
     def reached() -> dict[str, Any] | None:
         status = get(cluster, namespace, name).get("status") or {}
         ok = status.get("phase") == phase and (reason is None or status.get("reason") == reason)
         return status if ok else None
 
     try:
-        return wait_for(reached, timeout=timeout, what=f"TuningJob {name} to reach {phase} ({reason or 'any reason'})")
+        return wait_for(
+            reached,
+            timeout=timeout,
+            what=f"TuningJob {name} to reach {phase} ({reason or 'any reason'})",
+        )
     except AssertionError as e:
-        raise AssertionError(f"{e}; status now: {json.dumps(get(cluster, namespace, name).get('status'))}") from None
+        raise AssertionError(
+            f"{e}; status now: {json.dumps(get(cluster, namespace, name).get('status'))}"
+        ) from None
 
 
 def pods(cluster: Cluster, namespace: str, name: str) -> list[dict[str, Any]]:
-    listed = cluster.core.list_namespaced_pod(namespace, label_selector=f"kubetune.dev/tuningjob={name}")
+    listed = cluster.core.list_namespaced_pod(
+        namespace, label_selector=f"kubetune.dev/tuningjob={name}"
+    )
     return [cluster.api.sanitize_for_serialization(p) for p in listed.items]
 
 
 def jobs(cluster: Cluster, namespace: str, name: str) -> list[dict[str, Any]]:
-    listed = cluster.batch.list_namespaced_job(namespace, label_selector=f"kubetune.dev/tuningjob={name}")
+    listed = cluster.batch.list_namespaced_job(
+        namespace, label_selector=f"kubetune.dev/tuningjob={name}"
+    )
     return [cluster.api.sanitize_for_serialization(j) for j in listed.items]
 
 
 def running_pod(cluster: Cluster, namespace: str, name: str, timeout: float = 60) -> dict[str, Any]:
     def running() -> dict[str, Any] | None:
-        return next((p for p in pods(cluster, namespace, name)
-                     if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")), None)
+        return next(
+            (
+                p
+                for p in pods(cluster, namespace, name)
+                if p["status"].get("phase") == "Running"
+                and not p["metadata"].get("deletionTimestamp")
+            ),
+            None,
+        )
 
     return wait_for(running, timeout=timeout, what=f"a running trainer pod of {name}")
 
@@ -155,26 +209,51 @@ def running_pod(cluster: Cluster, namespace: str, name: str, timeout: float = 60
 def end_pod(cluster: Cluster, pod: Mapping[str, Any], exit_code: int, message: str = "") -> None:
     """End a pod on a kwok node as its kubelet would: the trainer exited with `exit_code`."""
     name, namespace = pod["metadata"]["name"], pod["metadata"]["namespace"]
-    started = ((pod["status"].get("containerStatuses") or [{}])[0].get("state") or {}).get("running", {}).get("startedAt")
-    terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error", "message": message,
-                  "startedAt": started, "finishedAt": started}
+    started = (
+        ((pod["status"].get("containerStatuses") or [{}])[0].get("state") or {})
+        .get("running", {})
+        .get("startedAt")
+    )
+    terminated = {
+        "exitCode": exit_code,
+        "reason": "Completed" if exit_code == 0 else "Error",
+        "message": message,
+        "startedAt": started,
+        "finishedAt": started,
+    }
     status = {
         "phase": "Succeeded" if exit_code == 0 else "Failed",
         "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}],
-        "containerStatuses": [{
-            "name": "trainer", "ready": False, "restartCount": 0, "image": "kubetune/trainer:test", "imageID": "",
-            "state": {"terminated": terminated},
-        }],
+        "containerStatuses": [
+            {
+                "name": "trainer",
+                "ready": False,
+                "restartCount": 0,
+                "image": "kubetune/trainer:test",
+                "imageID": "",
+                "state": {"terminated": terminated},
+            }
+        ],
     }
     cluster.core.patch_namespaced_pod_status(name, namespace, {"status": status})
 
 
 def events(cluster: Cluster, namespace: str, name: str) -> list[tuple[str, str]]:
-    listed = cluster.core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}")
-    return [(e.reason, e.message or "") for e in sorted(listed.items, key=lambda e: e.event_time or e.last_timestamp or e.metadata.creation_timestamp)]
+    listed = cluster.core.list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={name}"
+    )
+    return [
+        (e.reason, e.message or "")
+        for e in sorted(
+            listed.items,
+            key=lambda e: e.event_time or e.last_timestamp or e.metadata.creation_timestamp,
+        )
+    ]
 
 
-def wait_events(cluster: Cluster, namespace: str, name: str, *reasons: str, timeout: float = 30) -> list[str]:
+def wait_events(
+    cluster: Cluster, namespace: str, name: str, *reasons: str, timeout: float = 30
+) -> list[str]:
     """The reasons of a TuningJob's Events in time order, once all of `reasons` are there
     (the operator posts Events in the background, after the status write)."""
 

@@ -67,7 +67,9 @@ def helm(cluster: Cluster, *args: str, check: bool = True) -> Any:
 
 
 @pytest.fixture(scope="module")
-def release(cluster: Cluster, namespace_factory: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
+def release(
+    cluster: Cluster, namespace_factory: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Release]:
     namespace = namespace_factory("kubetune-system")
     watched = namespace_factory("team")
     unwatched = namespace_factory("other")
@@ -90,7 +92,9 @@ def objects_of_release(cluster: Cluster, namespaces: list[str]) -> set[tuple[str
     found: set[tuple[str, str, str]] = set()
     namespaced = "serviceaccounts,services,deployments,roles,rolebindings,configmaps,poddisruptionbudgets,networkpolicies"
     for namespace in namespaces:
-        listed = json.loads(cluster.kubectl("get", namespaced, "-n", namespace, "-l", selector, "-o", "json").stdout)
+        listed = json.loads(
+            cluster.kubectl("get", namespaced, "-n", namespace, "-l", selector, "-o", "json").stdout
+        )
         found |= {(o["kind"], namespace, o["metadata"]["name"]) for o in listed["items"]}
     cluster_scoped = "clusterroles,clusterrolebindings,customresourcedefinitions"
     listed = json.loads(cluster.kubectl("get", cluster_scoped, "-l", selector, "-o", "json").stdout)
@@ -100,7 +104,9 @@ def objects_of_release(cluster: Cluster, namespaces: list[str]) -> set[tuple[str
 
 def can_i(cluster: Cluster, release: Release, verb: str, resource: str, namespace: str) -> bool:
     subject = f"system:serviceaccount:{release.namespace}:{FULLNAME}"
-    result = cluster.kubectl("auth", "can-i", verb, resource, "-n", namespace, "--as", subject, check=False)
+    result = cluster.kubectl(
+        "auth", "can-i", verb, resource, "-n", namespace, "--as", subject, check=False
+    )
     return result.stdout.strip() == "yes"
 
 
@@ -128,7 +134,10 @@ def test_install_creates_the_documented_objects(cluster: Cluster, release: Relea
 
 
 def test_install_notes_warn_about_the_missing_secret(release: Release) -> None:
-    assert f'WARNING: there is no Secret "{SECRET}" in namespace {release.watched}' in release.install_output
+    assert (
+        f'WARNING: there is no Secret "{SECRET}" in namespace {release.watched}'
+        in release.install_output
+    )
 
 
 def test_permissions_stop_at_the_watched_namespace(cluster: Cluster, release: Release) -> None:
@@ -140,12 +149,34 @@ def test_permissions_stop_at_the_watched_namespace(cluster: Cluster, release: Re
         assert not can_i(cluster, release, "get", "secrets", namespace)
         assert not can_i(cluster, release, "delete", "jobs.batch", namespace)
     # People: the namespace's editors may create TuningJobs, its viewers only read them.
-    cluster.kubectl("create", "rolebinding", "viewer", "--clusterrole=view", "--user=ada", "-n", release.watched)
-    assert cluster.kubectl("auth", "can-i", "list", f"{PLURAL}.{GROUP}", "-n", release.watched, "--as", "ada").stdout.strip() == "yes"
-    assert cluster.kubectl("auth", "can-i", "create", f"{PLURAL}.{GROUP}", "-n", release.watched, "--as", "ada", check=False).stdout.strip() == "no"
+    cluster.kubectl(
+        "create", "rolebinding", "viewer", "--clusterrole=view", "--user=ada", "-n", release.watched
+    )
+    assert (
+        cluster.kubectl(
+            "auth", "can-i", "list", f"{PLURAL}.{GROUP}", "-n", release.watched, "--as", "ada"
+        ).stdout.strip()
+        == "yes"
+    )
+    assert (
+        cluster.kubectl(
+            "auth",
+            "can-i",
+            "create",
+            f"{PLURAL}.{GROUP}",
+            "-n",
+            release.watched,
+            "--as",
+            "ada",
+            check=False,
+        ).stdout.strip()
+        == "no"
+    )
 
 
-def test_install_refuses_a_watched_namespace_that_does_not_exist(cluster: Cluster, release: Release) -> None:
+def test_install_refuses_a_watched_namespace_that_does_not_exist(
+    cluster: Cluster, release: Release
+) -> None:
     result = helm(cluster, "install", "kubetune-typo", str(CHART), "--namespace", release.namespace,
                   "--set", "crds.install=false", "--set", "watchNamespaces={team-tyop}", check=False)  # fmt: skip
     assert result.returncode != 0
@@ -153,15 +184,27 @@ def test_install_refuses_a_watched_namespace_that_does_not_exist(cluster: Cluste
     assert "kubetune-typo" not in helm(cluster, "list", "--all-namespaces", "--short").stdout
 
 
-def test_cluster_wide_install_grants_every_namespace(cluster: Cluster, release: Release, namespace_factory: Any) -> None:
+def test_cluster_wide_install_grants_every_namespace(
+    cluster: Cluster, release: Release, namespace_factory: Any
+) -> None:
     namespace = namespace_factory("kubetune-wide")
     helm(cluster, "install", "wide", str(CHART), "--namespace", namespace,
          "--set", "crds.install=false", "--set", "replicaCount=0")  # fmt: skip
     try:
         subject = f"system:serviceaccount:{namespace}:wide-kubetune"
         for ns in (release.watched, release.unwatched):
-            assert cluster.kubectl("auth", "can-i", "watch", f"{PLURAL}.{GROUP}", "-n", ns, "--as", subject).stdout.strip() == "yes"
-        assert cluster.kubectl("auth", "can-i", "get", "secrets", "-A", "--as", subject, check=False).stdout.strip() == "no"
+            assert (
+                cluster.kubectl(
+                    "auth", "can-i", "watch", f"{PLURAL}.{GROUP}", "-n", ns, "--as", subject
+                ).stdout.strip()
+                == "yes"
+            )
+        assert (
+            cluster.kubectl(
+                "auth", "can-i", "get", "secrets", "-A", "--as", subject, check=False
+            ).stdout.strip()
+            == "no"
+        )
     finally:
         helm(cluster, "uninstall", "wide", "--namespace", namespace)
 
@@ -186,9 +229,15 @@ class ChartOperator:
         token = yaml.safe_load(token_kubeconfig.read_text())["users"][0]["user"]["token"]
         server, ca_pem = read_server(cluster.kubeconfig)
         self.recorder = ApiRecorder(server, ca_pem, free_port()).start()
-        kubeconfig = self.recorder.write_kubeconfig(folder / "operator.kubeconfig", token, release.namespace)
+        kubeconfig = self.recorder.write_kubeconfig(
+            folder / "operator.kubeconfig", token, release.namespace
+        )
 
-        process_env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBETUNE_OPERATOR_", "KUBERNETES_"))}
+        process_env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("KUBETUNE_OPERATOR_", "KUBERNETES_"))
+        }
         process_env.update(env, KUBECONFIG=str(kubeconfig), POD_NAME=f"{FULLNAME}-local")
         self.process = ManagedProcess("chart-operator", [sys.executable, "-m", "kubetune", "operator"],
                                       folder / "operator.log", env=process_env, cwd=ROOT)  # fmt: skip
@@ -199,7 +248,9 @@ class ChartOperator:
         def leading() -> bool:
             self.process.check()
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as r:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.health_port}/healthz", timeout=2
+                ) as r:
                     return json.loads(r.read()).get("role") == "leader"
             except OSError:
                 return False
@@ -220,15 +271,26 @@ def tuningjob(name: str, **spec: Any) -> dict[str, Any]:
             "model": {"source": "s3://models/tiny/"},
             "dataset": {"source": "s3://datasets/dolly.jsonl"},
             "output": {"destination": f"s3://adapters/{name}/"},
-            "resources": {"gpus": 1, "cpu": "1", "memory": "1Gi", "shmSize": "64Mi", "scratchSize": "1Gi",
-                          "ephemeralStorage": "1Gi"},
+            "resources": {
+                "gpus": 1,
+                "cpu": "1",
+                "memory": "1Gi",
+                "shmSize": "64Mi",
+                "scratchSize": "1Gi",
+                "ephemeralStorage": "1Gi",
+            },
             **spec,
         },
     }
 
 
 def status_of(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
-    return cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name).get("status") or {}
+    return (
+        cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name).get(
+            "status"
+        )
+        or {}
+    )
 
 
 def wait_status(cluster: Cluster, namespace: str, name: str, **wanted: str) -> dict[str, Any]:
@@ -241,15 +303,22 @@ def wait_status(cluster: Cluster, namespace: str, name: str, **wanted: str) -> d
 def granted_rules(cluster: Cluster, release: Release) -> set[tuple[str, str, str]]:
     """(group, resource, verb) the chart's Roles give the operator, as installed."""
     granted = set()
-    for namespace, name in ((release.watched, FULLNAME), (release.namespace, f"{FULLNAME}-leader-election")):
+    for namespace, name in (
+        (release.watched, FULLNAME),
+        (release.namespace, f"{FULLNAME}-leader-election"),
+    ):
         role = cluster.rbac.read_namespaced_role(name, namespace)
         for rule in role.rules:
-            granted |= {(g, r, v) for g in rule.api_groups for r in rule.resources for v in rule.verbs}
+            granted |= {
+                (g, r, v) for g in rule.api_groups for r in rule.resources for v in rule.verbs
+            }
     return granted
 
 
 @pytest.fixture(scope="module")
-def operator_run(cluster: Cluster, release: Release, gpu_nodes: Any, tmp_path_factory: pytest.TempPathFactory) -> list[ApiRequest]:
+def operator_run(
+    cluster: Cluster, release: Release, gpu_nodes: Any, tmp_path_factory: pytest.TempPathFactory
+) -> list[ApiRequest]:
     """Run the operator through a scenario that needs each of its permissions; return its requests."""
     ns = release.watched
     cluster.core.create_namespaced_secret(ns, {"metadata": {"name": SECRET},
@@ -272,7 +341,9 @@ def operator_run(cluster: Cluster, release: Release, gpu_nodes: Any, tmp_path_fa
                  cluster.batch.list_namespaced_job(ns, label_selector="kubetune.dev/tuningjob=first").items,
                  timeout=60, what="the Job of TuningJob first")  # fmt: skip
         wait_status(cluster, ns, "taken", reason="JobConflict")
-        custom.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "first", {"spec": {"suspend": True}})
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, ns, PLURAL, "first", {"spec": {"suspend": True}}
+        )
         wait_status(cluster, ns, "first", phase="Suspended")
         wait_for(lambda: cluster.batch.read_namespaced_job("first", ns).spec.suspend, timeout=30,
                  what="the Job to be suspended")  # fmt: skip
@@ -284,7 +355,9 @@ def operator_run(cluster: Cluster, release: Release, gpu_nodes: Any, tmp_path_fa
     return operator.recorder.recorded()
 
 
-def test_operator_from_the_chart_handles_tuningjobs(cluster: Cluster, release: Release, operator_run: list[ApiRequest]) -> None:
+def test_operator_from_the_chart_handles_tuningjobs(
+    cluster: Cluster, release: Release, operator_run: list[ApiRequest]
+) -> None:
     ns = release.watched
     job = cluster.batch.read_namespaced_job("first", ns)
     container = job.spec.template.spec.containers[0]
@@ -296,43 +369,73 @@ def test_operator_from_the_chart_handles_tuningjobs(cluster: Cluster, release: R
     assert status_of(cluster, ns, "taken")["reason"] == "JobConflict"
 
 
-def test_rbac_is_sufficient_nothing_the_operator_asked_was_refused(operator_run: list[ApiRequest]) -> None:
+def test_rbac_is_sufficient_nothing_the_operator_asked_was_refused(
+    operator_run: list[ApiRequest],
+) -> None:
     refused = sorted({(r.method, r.path, r.status) for r in operator_run if r.status in (401, 403)})
     assert refused == [], "the chart's RBAC refused the operator these requests"
 
 
-def test_rbac_is_minimal_every_granted_verb_was_used(cluster: Cluster, release: Release, operator_run: list[ApiRequest]) -> None:
+def test_rbac_is_minimal_every_granted_verb_was_used(
+    cluster: Cluster, release: Release, operator_run: list[ApiRequest]
+) -> None:
     used = {r.permission for r in operator_run if r.group is not None and r.status < 400}
     granted = granted_rules(cluster, release)
     assert granted - used == UNUSED_BY_DESIGN, "granted to the operator but never used"
     # And everything used was granted (the API server's 2xx answers say so, too).
     assert used <= granted
     # Only in the namespaces the chart named.
-    assert {r.namespace for r in operator_run if r.group is not None} <= {release.watched, release.namespace}
+    assert {r.namespace for r in operator_run if r.group is not None} <= {
+        release.watched,
+        release.namespace,
+    }
 
 
 # --- upgrade and uninstall -------------------------------------------------------------------
 
 
-def test_upgrade_applies_new_settings_and_keeps_tuningjobs(cluster: Cluster, release: Release, operator_run: list[ApiRequest]) -> None:
+def test_upgrade_applies_new_settings_and_keeps_tuningjobs(
+    cluster: Cluster, release: Release, operator_run: list[ApiRequest]
+) -> None:
     helm(cluster, "upgrade", RELEASE, str(CHART), "--namespace", release.namespace, "--values", str(release.values),
          "--set", "operator.workers=3", "--set", "operator.defaults.memory=2Gi")  # fmt: skip
     deployment = cluster.apps.read_namespaced_deployment(FULLNAME, release.namespace)
     env = {e.name: e.value for e in deployment.spec.template.spec.containers[0].env}
     assert env["KUBETUNE_OPERATOR_WORKERS"] == "3"
     assert env["KUBETUNE_OPERATOR_DEFAULT_MEMORY"] == "2Gi"
-    assert json.loads(helm(cluster, "history", RELEASE, "-n", release.namespace, "-o", "json").stdout)[-1]["revision"] == 2
-    names = {o["metadata"]["name"] for o in cluster.custom.list_namespaced_custom_object(GROUP, VERSION, release.watched, PLURAL)["items"]}
+    assert (
+        json.loads(helm(cluster, "history", RELEASE, "-n", release.namespace, "-o", "json").stdout)[
+            -1
+        ]["revision"]
+        == 2
+    )
+    names = {
+        o["metadata"]["name"]
+        for o in cluster.custom.list_namespaced_custom_object(
+            GROUP, VERSION, release.watched, PLURAL
+        )["items"]
+    }
     assert names == {"first", "taken"}
 
 
-def test_uninstall_leaves_only_what_the_docs_say_stays(cluster: Cluster, release: Release, operator_run: list[ApiRequest]) -> None:
+def test_uninstall_leaves_only_what_the_docs_say_stays(
+    cluster: Cluster, release: Release, operator_run: list[ApiRequest]
+) -> None:
     helm(cluster, "uninstall", RELEASE, "--namespace", release.namespace)
     left = objects_of_release(cluster, [release.namespace, release.watched])
     # docs/install.md, "Uninstall": the CRD (and so the TuningJobs), the Lease.
     assert left == {("CustomResourceDefinition", "", CRD)}
     crd = cluster.apiextensions.read_custom_resource_definition(CRD)
     assert crd.metadata.annotations["helm.sh/resource-policy"] == "keep"
-    assert len(cluster.custom.list_namespaced_custom_object(GROUP, VERSION, release.watched, PLURAL)["items"]) == 2
-    assert cluster.coordination.read_namespaced_lease(FULLNAME, release.namespace).spec.holder_identity in (None, "")
+    assert (
+        len(
+            cluster.custom.list_namespaced_custom_object(GROUP, VERSION, release.watched, PLURAL)[
+                "items"
+            ]
+        )
+        == 2
+    )
+    assert cluster.coordination.read_namespaced_lease(
+        FULLNAME, release.namespace
+    ).spec.holder_identity in (None, "")
     assert helm(cluster, "list", "-n", release.namespace, "--short").stdout.strip() == ""

@@ -14,7 +14,16 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_the_demo_runs_end_to_end_through_s3(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "hack/demo.py", "--workdir", str(tmp_path / "demo"), "--steps", "4", "--pretrain-steps", "3"],
+        [
+            sys.executable,
+            "hack/demo.py",
+            "--workdir",
+            str(tmp_path / "demo"),
+            "--steps",
+            "4",
+            "--pretrain-steps",
+            "3",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -46,20 +46,36 @@ def run_operator(kubeconfig: Path, namespaces: str) -> subprocess.CompletedProce
         "KUBETUNE_OPERATOR_LEASE_NAMESPACE": namespaces.split(",")[0] or "default",
     }
     # It must end by itself, promptly: the timeout is the failure of "retrying forever".
-    return subprocess.run([sys.executable, "-m", "kubetune", "operator"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "kubetune", "operator"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.mark.parametrize("namespaces", ["team-a", ""], ids=["namespaced", "cluster-wide"])
-def test_without_the_crd_the_operator_says_how_to_install_it_and_exits(bare_api_server: ControlPlane, namespaces: str) -> None:
+def test_without_the_crd_the_operator_says_how_to_install_it_and_exits(
+    bare_api_server: ControlPlane, namespaces: str
+) -> None:
     result = run_operator(bare_api_server.kubeconfig, namespaces)
     assert result.returncode == ExitCode.INVALID_CONFIG, result.stderr
-    assert "the CustomResourceDefinition tuningjobs.kubetune.dev (version v1alpha1) is not installed" in result.stderr
-    assert "kubectl apply --server-side -f crds/ or install the Helm chart with crds.install=true" in result.stderr
+    assert (
+        "the CustomResourceDefinition tuningjobs.kubetune.dev (version v1alpha1) is not installed"
+        in result.stderr
+    )
+    assert (
+        "kubectl apply --server-side -f crds/ or install the Helm chart with crds.install=true"
+        in result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 
-def test_without_permission_to_list_tuningjobs_the_operator_says_so_and_exits(cluster: Cluster, namespace: str) -> None:
+def test_without_permission_to_list_tuningjobs_the_operator_says_so_and_exits(
+    cluster: Cluster, namespace: str
+) -> None:
     install_crds(cluster)
     cluster.core.create_namespaced_service_account(namespace, {"metadata": {"name": "no-rights"}})
     kubeconfig = cluster.kubeconfig_for_service_account(namespace, "no-rights")

@@ -31,17 +31,30 @@ def test_operator_runs_with_its_documented_rbac(
     role = f"kubetune-operator-{ns}"
     subject = [{"kind": "ServiceAccount", "name": account, "namespace": home}]
     cluster.rbac.create_cluster_role({"metadata": {"name": role}, "rules": CLUSTER_RULES})
-    cluster.rbac.create_cluster_role_binding({
-        "metadata": {"name": role}, "subjects": subject,
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-    })
+    cluster.rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": role},
+            "subjects": subject,
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": role,
+            },
+        }
+    )
     cluster.rbac.create_namespaced_role(home, {"metadata": {"name": "lease"}, "rules": LEASE_RULES})
-    cluster.rbac.create_namespaced_role_binding(home, {
-        "metadata": {"name": "lease"}, "subjects": subject,
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "lease"},
-    })
+    cluster.rbac.create_namespaced_role_binding(
+        home,
+        {
+            "metadata": {"name": "lease"},
+            "subjects": subject,
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "lease"},
+        },
+    )
     kubeconfig = cluster.kubeconfig_for_service_account(home, account)
-    operator = OperatorProcess(cluster, tmp_path, [ns], lease_namespace=home, kubeconfig=kubeconfig).start()
+    operator = OperatorProcess(
+        cluster, tmp_path, [ns], lease_namespace=home, kubeconfig=kubeconfig
+    ).start()
     try:
         create(cluster, ns, tuningjob("least-privilege"))
         pod = running_pod(cluster, ns, "least-privilege")
@@ -53,7 +66,9 @@ def test_operator_runs_with_its_documented_rbac(
         wait_events(cluster, ns, "least-privilege", "Training", "Succeeded")
         # A refusal, as kopf or the operator logs it; not a number that merely ends in 403
         # (a random port did).
-        refusals = [line for line in operator.log().splitlines() if re.search(r"Forbidden|\b403\b", line)]
+        refusals = [
+            line for line in operator.log().splitlines() if re.search(r"Forbidden|\b403\b", line)
+        ]
         assert not refusals, refusals
     finally:
         operator.stop()

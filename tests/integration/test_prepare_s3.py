@@ -23,8 +23,16 @@ def bucket(s3_env: S3Endpoint, s3_bucket: str, tmp_path: Path) -> str:
     """The Dolly sample split over a prefix (JSON Lines, gzip, Parquet), a stray file, and a tokenizer."""
     client = s3_env.client()
     records = [json.loads(line) for line in DOLLY.read_text().splitlines()]
-    client.put_object(Bucket=s3_bucket, Key="dolly/part-0.jsonl", Body="".join(json.dumps(r) + "\n" for r in records[:400]).encode())
-    client.put_object(Bucket=s3_bucket, Key="dolly/part-1.jsonl.gz", Body=gzip.compress("".join(json.dumps(r) + "\n" for r in records[400:800]).encode()))
+    client.put_object(
+        Bucket=s3_bucket,
+        Key="dolly/part-0.jsonl",
+        Body="".join(json.dumps(r) + "\n" for r in records[:400]).encode(),
+    )
+    client.put_object(
+        Bucket=s3_bucket,
+        Key="dolly/part-1.jsonl.gz",
+        Body=gzip.compress("".join(json.dumps(r) + "\n" for r in records[400:800]).encode()),
+    )
     parquet = tmp_path / "part-2.parquet"
     pq.write_table(pa.Table.from_pylist(records[800:]), parquet)
     client.put_object(Bucket=s3_bucket, Key="dolly/part-2.parquet", Body=parquet.read_bytes())
@@ -63,7 +71,14 @@ def _prepare(endpoint: S3Endpoint, tmp_path: Path, source: str, model: str, *arg
 
 def test_prefix_of_mixed_files_with_tokenizer_from_s3(s3_env, bucket, tmp_path, monkeypatch):
     monkeypatch.setenv("KUBETUNE_SCRATCH_DIR", str(tmp_path / "scratch"))
-    result = _prepare(s3_env, tmp_path, f"s3://{bucket}/dolly/", f"s3://{bucket}/models/tiny/", "-o", str(tmp_path / "out"))
+    result = _prepare(
+        s3_env,
+        tmp_path,
+        f"s3://{bucket}/dolly/",
+        f"s3://{bucket}/models/tiny/",
+        "-o",
+        str(tmp_path / "out"),
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "prepare-report.json").read_text())
     assert [f["records"] for f in report["files"]] == [400, 400, 288]

@@ -50,7 +50,9 @@ class Trainer:
         for line in self.process.stderr:
             self.lines.put(line)
 
-    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 120) -> dict[str, Any]:
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 120
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -85,7 +87,9 @@ def _json(line: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def setup_run(tmp_path: Path, model: Path, data: Path, **overrides: Any) -> tuple[dict[str, Any], dict[str, str]]:
+def setup_run(
+    tmp_path: Path, model: Path, data: Path, **overrides: Any
+) -> tuple[dict[str, Any], dict[str, str]]:
     document = manifest(str(model), str(data), str(tmp_path / "out"), **overrides)
     env = {
         TERMINATION_LOG_ENV: str(tmp_path / "termination-log"),
@@ -107,23 +111,41 @@ def metric_steps(tmp_path: Path) -> list[int]:
 
 def scrape(port: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return {name: float(value) for name, _, value in (line.rpartition(" ") for line in text.splitlines() if line and line[0] != "#")}
+    return {
+        name: float(value)
+        for name, _, value in (
+            line.rpartition(" ") for line in text.splitlines() if line and line[0] != "#"
+        )
+    }
 
 
 STEPS = 60
 
 
 @pytest.mark.slow
-def test_sigterm_checkpoints_exits_75_and_the_next_attempt_finishes(tiny_model: Path, synthetic_data: Path, tmp_path: Path) -> None:
+def test_sigterm_checkpoints_exits_75_and_the_next_attempt_finishes(
+    tiny_model: Path, synthetic_data: Path, tmp_path: Path
+) -> None:
     document, env = setup_run(
         tmp_path,
         tiny_model,
         synthetic_data,
-        training={"maxSteps": STEPS, "checkpointEvery": 25, "evalEvery": 30, "logEvery": 1, "batchSize": 1, "gradientAccumulation": 1},
+        training={
+            "maxSteps": STEPS,
+            "checkpointEvery": 25,
+            "evalEvery": 30,
+            "logEvery": 1,
+            "batchSize": 1,
+            "gradientAccumulation": 1,
+        },
     )
     env[SPEC_ENV] = json.dumps(document)  # the pod's way: the manifest in the environment
     trainer = Trainer(["--from-env", "--metrics-port", "0"], env)
-    port = int(trainer.wait_for(lambda r: r["message"].startswith("serving Prometheus"))["message"].split()[-1])
+    port = int(
+        trainer.wait_for(lambda r: r["message"].startswith("serving Prometheus"))[
+            "message"
+        ].split()[-1]
+    )
     trainer.wait_for(lambda r: r.get("kind") == "train" and r["step"] >= 5)
 
     samples = scrape(port)  # live, mid-run
@@ -139,13 +161,22 @@ def test_sigterm_checkpoints_exits_75_and_the_next_attempt_finishes(tiny_model: 
     stopped_at = int(re.search(r"step-(\d+)", message.checkpoint or "").group(1))  # type: ignore[union-attr]
     assert 5 <= stopped_at < STEPS
     assert (tmp_path / "out" / "checkpoints" / f"step-{stopped_at:06d}" / "COMPLETE").exists()
-    assert all(r["level"] and r["message"] and r["rank"] == 0 for r in trainer.log)  # JSON logs: no terminal
+    assert all(
+        r["level"] and r["message"] and r["rank"] == 0 for r in trainer.log
+    )  # JSON logs: no terminal
 
     again = Trainer(["--from-env", "--metrics-port", "-1"], env)
     assert again.finish() == 0
-    assert any(r["message"].startswith(f"resumed from {tmp_path}/out/checkpoints/step-{stopped_at:06d}") for r in again.log)
+    assert any(
+        r["message"].startswith(f"resumed from {tmp_path}/out/checkpoints/step-{stopped_at:06d}")
+        for r in again.log
+    )
     done = termination(tmp_path)
-    assert (done.reason, done.adapter, done.metrics["steps"]) == ("Succeeded", f"{tmp_path}/out/adapter/", STEPS)
+    assert (done.reason, done.adapter, done.metrics["steps"]) == (
+        "Succeeded",
+        f"{tmp_path}/out/adapter/",
+        STEPS,
+    )
     assert metric_steps(tmp_path) == list(range(1, STEPS + 1))
 
 
@@ -157,11 +188,20 @@ def test_after_sigkill_the_next_attempt_resumes_from_the_last_complete_checkpoin
         tmp_path,
         tiny_model,
         synthetic_data,
-        training={"maxSteps": STEPS, "checkpointEvery": 10, "evalEvery": 100, "logEvery": 1, "batchSize": 1, "gradientAccumulation": 1},
+        training={
+            "maxSteps": STEPS,
+            "checkpointEvery": 10,
+            "evalEvery": 100,
+            "logEvery": 1,
+            "batchSize": 1,
+            "gradientAccumulation": 1,
+        },
     )
     path = write_manifest(tmp_path / "job.yaml", document)
     trainer = Trainer(["-f", str(path), "--metrics-port", "-1"], env)
-    trainer.wait_for(lambda r: r["message"].startswith("checkpoint saved") and "step-000020" in r["message"])
+    trainer.wait_for(
+        lambda r: r["message"].startswith("checkpoint saved") and "step-000020" in r["message"]
+    )
     trainer.process.kill()
     assert trainer.finish() == -signal.SIGKILL
     complete = sorted(p.parent.name for p in (tmp_path / "out" / "checkpoints").glob("*/COMPLETE"))
@@ -173,30 +213,47 @@ def test_after_sigkill_the_next_attempt_resumes_from_the_last_complete_checkpoin
 
     again = Trainer(["-f", str(path), "--metrics-port", "-1"], env)
     assert again.finish() == 0, "".join(again.seen[-30:])
-    assert any(r["message"].startswith(f"resumed from {tmp_path}/out/checkpoints/{latest}/") for r in again.log)
+    assert any(
+        r["message"].startswith(f"resumed from {tmp_path}/out/checkpoints/{latest}/")
+        for r in again.log
+    )
     assert termination(tmp_path).metrics["steps"] == STEPS
     assert metric_steps(tmp_path) == list(range(1, STEPS + 1))
     assert not partial.exists() or (partial / "COMPLETE").exists()  # replaced or pruned, never used
 
 
 def test_an_invalid_manifest_exits_78_with_file_line_and_field(tmp_path: Path) -> None:
-    document = manifest("model/", "data.jsonl", str(tmp_path / "out"), method={"type": "full-finetune"})
+    document = manifest(
+        "model/", "data.jsonl", str(tmp_path / "out"), method={"type": "full-finetune"}
+    )
     path = write_manifest(tmp_path / "job.yaml", document)
     env = {**os.environ, TERMINATION_LOG_ENV: str(tmp_path / "termination-log")}
     result = subprocess.run(
-        [sys.executable, "-m", "kubetune", "train", "-f", str(path)], cwd=ROOT, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "kubetune", "train", "-f", str(path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 78, result.stderr
-    assert re.search(rf"{path}:\d+: spec.method.type: input should be 'qlora' or 'lora'", result.stderr)
+    assert re.search(
+        rf"{path}:\d+: spec.method.type: input should be 'qlora' or 'lora'", result.stderr
+    )
     message = termination(tmp_path)
     assert message.reason == "InvalidSpec" and "spec.method.type" in message.message
 
 
-def test_an_unwritable_output_exits_77_before_training(tiny_model: Path, synthetic_data: Path, tmp_path: Path) -> None:
+def test_an_unwritable_output_exits_77_before_training(
+    tiny_model: Path, synthetic_data: Path, tmp_path: Path
+) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     document = manifest(str(tiny_model), str(synthetic_data), str(blocker / "out"))
-    env = {**os.environ, TERMINATION_LOG_ENV: str(tmp_path / "termination-log"), SPEC_ENV: json.dumps(document)}
+    env = {
+        **os.environ,
+        TERMINATION_LOG_ENV: str(tmp_path / "termination-log"),
+        SPEC_ENV: json.dumps(document),
+    }
     result = subprocess.run(
         [sys.executable, "-m", "kubetune", "train", "--from-env", "--metrics-port", "-1"],
         cwd=ROOT,
@@ -223,7 +280,9 @@ def test_bad_data_exits_65(tiny_model: Path, tmp_path: Path) -> None:
     from kubetune.cli import main
 
     empty = write_records(tmp_path / "empty.jsonl", [])
-    path = write_manifest(tmp_path / "job.yaml", manifest(str(tiny_model), str(empty), str(tmp_path / "out")))
+    path = write_manifest(
+        tmp_path / "job.yaml", manifest(str(tiny_model), str(empty), str(tmp_path / "out"))
+    )
     result = CliRunner().invoke(main, ["train", "-f", str(path), "--metrics-port", "-1"])
     assert result.exit_code == 65, result.output
     assert termination(tmp_path).reason == "BadData"
@@ -240,22 +299,34 @@ def test_an_unexpected_error_exits_1_with_its_type_in_the_message(
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
     monkeypatch.setattr(run, "train", broken)
-    path = write_manifest(tmp_path / "job.yaml", manifest(str(tiny_model), str(synthetic_data), str(tmp_path / "out")))
+    path = write_manifest(
+        tmp_path / "job.yaml", manifest(str(tiny_model), str(synthetic_data), str(tmp_path / "out"))
+    )
     result = CliRunner().invoke(main, ["train", "-f", str(path), "--metrics-port", "-1"])
     assert result.exit_code == 1
     assert isinstance(result.exception, RuntimeError)
     message = termination(tmp_path)
-    assert (message.reason, message.message) == ("TrainerError", "RuntimeError: CUDA error: an illegal memory access was encountered")
+    assert (message.reason, message.message) == (
+        "TrainerError",
+        "RuntimeError: CUDA error: an illegal memory access was encountered",
+    )
 
 
 @pytest.mark.usefixtures("cli_env")
-def test_success_exits_0_with_the_adapter_and_metrics(tiny_model: Path, synthetic_data: Path, tmp_path: Path) -> None:
+def test_success_exits_0_with_the_adapter_and_metrics(
+    tiny_model: Path, synthetic_data: Path, tmp_path: Path
+) -> None:
     from kubetune.cli import main
 
     path = write_manifest(
-        tmp_path / "job.yaml", manifest(str(tiny_model), str(synthetic_data), str(tmp_path / "out"), training={"maxSteps": 2})
+        tmp_path / "job.yaml",
+        manifest(
+            str(tiny_model), str(synthetic_data), str(tmp_path / "out"), training={"maxSteps": 2}
+        ),
     )
-    result = CliRunner().invoke(main, ["train", "-f", str(path), "--metrics-port", "-1", "--log-format", "text"])
+    result = CliRunner().invoke(
+        main, ["train", "-f", str(path), "--metrics-port", "-1", "--log-format", "text"]
+    )
     assert result.exit_code == 0, result.output
     message = termination(tmp_path)
     assert message.reason == "Succeeded" and message.adapter == f"{tmp_path}/out/adapter/"
@@ -278,8 +349,19 @@ def test_two_processes_train_the_same_adapter_as_one_with_twice_the_accumulation
     from kubetune.api.manifest import parse_tuningjob
     from kubetune.trainer import run
 
-    training = {"maxSteps": 3, "batchSize": 1, "checkpointEvery": 3, "evalEvery": 3, "learningRate": 1e-2}
-    one = manifest(str(tiny_model), str(synthetic_data), str(tmp_path / "one"), training={**training, "gradientAccumulation": 4})
+    training = {
+        "maxSteps": 3,
+        "batchSize": 1,
+        "checkpointEvery": 3,
+        "evalEvery": 3,
+        "learningRate": 1e-2,
+    }
+    one = manifest(
+        str(tiny_model),
+        str(synthetic_data),
+        str(tmp_path / "one"),
+        training={**training, "gradientAccumulation": 4},
+    )
     run.train(parse_tuningjob(one), run.RunOptions(scratch=tmp_path / "s1", metrics_port=None))
 
     two = manifest(
@@ -289,7 +371,11 @@ def test_two_processes_train_the_same_adapter_as_one_with_twice_the_accumulation
         training={**training, "gradientAccumulation": 2},
         resources={"gpus": 2},  # no CUDA here: two gloo CPU processes under torchrun's agent
     )
-    env = {TERMINATION_LOG_ENV: str(tmp_path / "termination-log"), "KUBETUNE_SCRATCH_DIR": str(tmp_path / "s2"), SPEC_ENV: json.dumps(two)}
+    env = {
+        TERMINATION_LOG_ENV: str(tmp_path / "termination-log"),
+        "KUBETUNE_SCRATCH_DIR": str(tmp_path / "s2"),
+        SPEC_ENV: json.dumps(two),
+    }
     trainer = Trainer(["--from-env", "--metrics-port", "0"], env)
     assert trainer.finish() == 0, "".join(trainer.seen[-40:])
     assert {r["rank"] for r in trainer.log} == {0, 1}

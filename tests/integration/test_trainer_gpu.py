@@ -24,14 +24,29 @@ pytestmark = pytest.mark.gpu
 
 def gpu_job(model: Path, data: Path, out: Path) -> Any:
     return parse_tuningjob(
-        manifest(str(model), str(data), str(out), resources={"gpus": 1}, training={"maxSteps": 6, "checkpointEvery": 2, "evalEvery": 3, "learningRate": 1e-2})
+        manifest(
+            str(model),
+            str(data),
+            str(out),
+            resources={"gpus": 1},
+            training={"maxSteps": 6, "checkpointEvery": 2, "evalEvery": 3, "learningRate": 1e-2},
+        )
     )
 
 
-def test_qlora_on_a_gpu_trains_in_bf16_with_the_paged_8bit_optimizer(tiny_model: Path, synthetic_data: Path, tmp_path: Path) -> None:
-    result = run.train(gpu_job(tiny_model, synthetic_data, tmp_path / "out"), run.RunOptions(scratch=tmp_path / "s", metrics_port=None))
+def test_qlora_on_a_gpu_trains_in_bf16_with_the_paged_8bit_optimizer(
+    tiny_model: Path, synthetic_data: Path, tmp_path: Path
+) -> None:
+    result = run.train(
+        gpu_job(tiny_model, synthetic_data, tmp_path / "out"),
+        run.RunOptions(scratch=tmp_path / "s", metrics_port=None),
+    )
     plan = result.summary["plan"]
-    assert plan["device_type"] == "cuda" and plan["base_weights"] == "nf4" and plan["optimizer"] == "paged-adamw-8bit"
+    assert (
+        plan["device_type"] == "cuda"
+        and plan["base_weights"] == "nf4"
+        and plan["optimizer"] == "paged-adamw-8bit"
+    )
     assert plan["compute_dtype"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
     assert result.metrics["eval_loss"] < result.metrics["eval_loss_initial"]
     assert result.metrics["gpu_peak_memory_bytes"] > 0

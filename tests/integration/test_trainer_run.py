@@ -54,7 +54,9 @@ LEARNING_FACTOR = 10  # validation loss must fall at least this many times
 
 
 @pytest.fixture(scope="module")
-def learned(tiny_model: Path, synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def learned(
+    tiny_model: Path, synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     """One QLoRA run on the synthetic task, with the model object kept for inspection."""
     root = tmp_path_factory.mktemp("learned")
     test_split = write_records(root / "test.jsonl", synthetic_records(24, seed=99))
@@ -127,18 +129,25 @@ def test_every_trainable_parameter_changed_and_no_base_weight_did(learned: dict[
     assert base_after.keys() == learned["initial_base"].keys()
     changed = [k for k, v in learned["initial_base"].items() if not torch.equal(base_after[k], v)]
     assert changed == []
-    assert any(".weight" in k and base_after[k].dtype == torch.uint8 for k in base_after)  # 4-bit NF4 base
+    assert any(
+        ".weight" in k and base_after[k].dtype == torch.uint8 for k in base_after
+    )  # 4-bit NF4 base
 
 
 def generate(model: Any, tokenizer: Any, animal: str) -> str:
     prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": f"Classify the animal: {animal}"}], add_generation_prompt=True, tokenize=True, return_dict=False
+        [{"role": "user", "content": f"Classify the animal: {animal}"}],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=False,
     )
     out = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=16, do_sample=False)
     return tokenizer.decode(out[0, len(prompt) :], skip_special_tokens=True).strip()
 
 
-def test_the_exported_adapter_loads_with_peft_and_answers_in_the_taught_format(learned: dict[str, Any], tiny_model: Path) -> None:
+def test_the_exported_adapter_loads_with_peft_and_answers_in_the_taught_format(
+    learned: dict[str, Any], tiny_model: Path
+) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -148,7 +157,9 @@ def test_the_exported_adapter_loads_with_peft_and_answers_in_the_taught_format(l
     tokenizer = AutoTokenizer.from_pretrained(adapter)
 
     def base_model() -> Any:  # 4-bit, as trained (QLoRA adapters are served on the quantized base)
-        return AutoModelForCausalLM.from_pretrained(tiny_model, quantization_config=four_bit_config(torch.float32), device_map={"": "cpu"})
+        return AutoModelForCausalLM.from_pretrained(
+            tiny_model, quantization_config=four_bit_config(torch.float32), device_map={"": "cpu"}
+        )
 
     before = {animal: generate(base_model(), tokenizer, animal) for animal in ANIMALS}
     with peft_without_deprecation_noise():
@@ -162,7 +173,9 @@ def test_the_exported_adapter_loads_with_peft_and_answers_in_the_taught_format(l
     assert correct >= len(ANIMALS) - 1, after
 
 
-def test_the_output_holds_card_summary_metrics_and_the_final_checkpoint(learned: dict[str, Any]) -> None:
+def test_the_output_holds_card_summary_metrics_and_the_final_checkpoint(
+    learned: dict[str, Any],
+) -> None:
     out, result = learned["out"], learned["result"]
     assert result.adapter_uri == f"{out}/adapter/"
     assert result.checkpoint_uri == f"{out}/checkpoints/step-{LEARNING_STEPS:06d}/"
@@ -171,7 +184,12 @@ def test_the_output_holds_card_summary_metrics_and_the_final_checkpoint(learned:
     assert summary["steps"] == LEARNING_STEPS and summary["plan"]["base_weights"] == "nf4"
     assert summary["metrics"]["eval_loss"] == pytest.approx(result.metrics["eval_loss"])
     card = (out / "adapter" / "README.md").read_text()
-    for expected in ("base_model: " + learned["job"].spec.model.source, "| method | qlora |", "eval_loss", "PeftModel.from_pretrained"):
+    for expected in (
+        "base_model: " + learned["job"].spec.model.source,
+        "| method | qlora |",
+        "eval_loss",
+        "PeftModel.from_pretrained",
+    ):
         assert expected in card
     train_records = [r for r in records(out / "metrics.jsonl") if r["kind"] == "train"]
     assert [r["step"] for r in train_records] == list(range(5, LEARNING_STEPS + 1, 5))
@@ -199,7 +217,13 @@ def test_a_stopped_run_resumes_to_the_same_adapter_as_an_uninterrupted_one(
 ) -> None:
     overrides = {
         "method": {"lora": {"dropout": 0.1}},  # resume must restore the dropout RNG too
-        "training": {"maxSteps": 7, "checkpointEvery": 2, "evalEvery": 3, "logEvery": 1, "gradientAccumulation": 2},
+        "training": {
+            "maxSteps": 7,
+            "checkpointEvery": 2,
+            "evalEvery": 3,
+            "logEvery": 1,
+            "gradientAccumulation": 2,
+        },
     }
     train(job(tiny_model, synthetic_data, tmp_path / "straight", **overrides), tmp_path / "s1")
 
@@ -220,11 +244,17 @@ def test_a_stopped_run_resumes_to_the_same_adapter_as_an_uninterrupted_one(
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-7, msg=name)
     steps = [(r["kind"], r["step"]) for r in records(tmp_path / "interrupted" / "metrics.jsonl")]
-    assert steps == [(r["kind"], r["step"]) for r in records(tmp_path / "straight" / "metrics.jsonl")]
+    assert steps == [
+        (r["kind"], r["step"]) for r in records(tmp_path / "straight" / "metrics.jsonl")
+    ]
 
 
-def test_a_finished_run_started_again_only_exports_again(tiny_model: Path, synthetic_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    the_job = job(tiny_model, synthetic_data, tmp_path / "out", training={"maxSteps": 2, "checkpointEvery": 5})
+def test_a_finished_run_started_again_only_exports_again(
+    tiny_model: Path, synthetic_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    the_job = job(
+        tiny_model, synthetic_data, tmp_path / "out", training={"maxSteps": 2, "checkpointEvery": 5}
+    )
     first = train(the_job, tmp_path / "scratch")
     calls = {"steps": 0}
     original = TrainLoop._step
@@ -247,14 +277,30 @@ def test_a_finished_run_started_again_only_exports_again(tiny_model: Path, synth
 @pytest.mark.parametrize(
     ("arch", "method", "training"),
     [
-        ("qwen2", {"type": "lora", "baseWeights": "bf16", "computeDtype": "bf16"}, {"packing": False}),
+        (
+            "qwen2",
+            {"type": "lora", "baseWeights": "bf16", "computeDtype": "bf16"},
+            {"packing": False},
+        ),
         ("mistral", {"type": "lora", "baseWeights": "int8", "gradientCheckpointing": False}, {}),
-        ("llama", {"type": "qlora", "lora": {"targetModules": ["q_proj", "v_proj"]}, "mergeAdapter": True}, {}),
+        (
+            "llama",
+            {
+                "type": "qlora",
+                "lora": {"targetModules": ["q_proj", "v_proj"]},
+                "mergeAdapter": True,
+            },
+            {},
+        ),
     ],
     ids=["qwen2-lora-bf16-padded", "mistral-lora-int8", "llama-qlora-qv-merged"],
 )
 def test_architectures_and_methods_train_and_export(
-    arch: str, method: dict[str, Any], training: dict[str, Any], synthetic_data: Path, tmp_path: Path
+    arch: str,
+    method: dict[str, Any],
+    training: dict[str, Any],
+    synthetic_data: Path,
+    tmp_path: Path,
 ) -> None:
     model = save_tiny_model(tmp_path / arch, arch)
     the_job = job(
@@ -262,7 +308,13 @@ def test_architectures_and_methods_train_and_export(
         synthetic_data,
         tmp_path / "out",
         method=method,
-        training={"maxSteps": 6, "learningRate": 1e-2, "evalEvery": 6, "checkpointEvery": 6, **training},
+        training={
+            "maxSteps": 6,
+            "learningRate": 1e-2,
+            "evalEvery": 6,
+            "checkpointEvery": 6,
+            **training,
+        },
     )
     result = train(the_job, tmp_path / "scratch")
     assert result.metrics["eval_loss"] < result.metrics["eval_loss_initial"]
@@ -271,7 +323,15 @@ def test_architectures_and_methods_train_and_export(
     if "targetModules" in method.get("lora", {}):
         assert targets == {"q_proj", "v_proj"}
     else:
-        assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= targets
+        assert {
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        } <= targets
     if method.get("mergeAdapter"):
         from transformers import AutoModelForCausalLM
 

@@ -37,10 +37,23 @@ def test_model_from_s3_results_to_s3_and_a_rerun_resumes_from_s3(
 
     assert result.adapter_uri == f"s3://{s3_bucket}/runs/first/adapter/"
     stored = keys(client, s3_bucket, "runs/first/")
-    expected = {"adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/README.md", "adapter/training-summary.json"}
-    assert expected | {"adapter/tokenizer.json", "metrics.jsonl", "prepare-report.json"} <= set(stored)
-    assert [k for k in stored if k.startswith("checkpoints/") and k.endswith("COMPLETE")] == ["checkpoints/step-000004/COMPLETE"]
-    summary = json.loads(client.get_object(Bucket=s3_bucket, Key="runs/first/adapter/training-summary.json")["Body"].read())
+    expected = {
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "adapter/README.md",
+        "adapter/training-summary.json",
+    }
+    assert expected | {"adapter/tokenizer.json", "metrics.jsonl", "prepare-report.json"} <= set(
+        stored
+    )
+    assert [k for k in stored if k.startswith("checkpoints/") and k.endswith("COMPLETE")] == [
+        "checkpoints/step-000004/COMPLETE"
+    ]
+    summary = json.loads(
+        client.get_object(Bucket=s3_bucket, Key="runs/first/adapter/training-summary.json")[
+            "Body"
+        ].read()
+    )
     # Model and dataset both count: the data pipeline reads through the trainer's Storage.
     assert summary["s3_bytes"]["download"] >= model_bytes + data_bytes
     assert summary["s3_bytes"]["upload"] > 0
@@ -49,5 +62,9 @@ def test_model_from_s3_results_to_s3_and_a_rerun_resumes_from_s3(
     # scratch cache, training resumes at its final checkpoint, only the export repeats.
     again = run.train(job, run.RunOptions(scratch=tmp_path / "scratch", metrics_port=None))
     assert again.metrics["steps"] == 4
-    summary = json.loads(client.get_object(Bucket=s3_bucket, Key="runs/first/adapter/training-summary.json")["Body"].read())
+    summary = json.loads(
+        client.get_object(Bucket=s3_bucket, Key="runs/first/adapter/training-summary.json")[
+            "Body"
+        ].read()
+    )
     assert summary["s3_bytes"]["download"] < model_bytes  # the checkpoint only

@@ -42,7 +42,9 @@ def synthetic_records(count: int, seed: int = 0) -> list[dict[str, str]]:
     return records
 
 
-def save_tiny_model(path: Path, arch: str = "llama", *, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
+def save_tiny_model(
+    path: Path, arch: str = "llama", *, hidden: int = 64, layers: int = 2, seed: int = 0
+) -> Path:
     """A tiny random model (kubetune.trainer.tiny) whose tokenizer knows the task's words.
 
     init_std 0.2 (not 0.02): see tiny.build_model; with it LoRA alone learns the task.
@@ -50,7 +52,9 @@ def save_tiny_model(path: Path, arch: str = "llama", *, hidden: int = 64, layers
     from kubetune.trainer.tiny import save_tiny
 
     texts = [r["instruction"] + " " + r["response"] for r in synthetic_records(64)]
-    return save_tiny(path, arch, texts=texts, hidden_size=hidden, layers=layers, seed=seed, init_std=0.2)
+    return save_tiny(
+        path, arch, texts=texts, hidden_size=hidden, layers=layers, seed=seed, init_std=0.2
+    )
 
 
 def manifest(model: str, data: str, destination: str, **overrides: Any) -> dict[str, Any]:
@@ -75,7 +79,12 @@ def manifest(model: str, data: str, destination: str, **overrides: Any) -> dict[
         "resources": {"gpus": 0},
     }
     _merge(spec, overrides)
-    return {"apiVersion": "kubetune.dev/v1alpha1", "kind": "TuningJob", "metadata": {"name": "tiny"}, "spec": spec}
+    return {
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "TuningJob",
+        "metadata": {"name": "tiny"},
+        "spec": spec,
+    }
 
 
 def write_manifest(path: Path, document: dict[str, Any]) -> Path:

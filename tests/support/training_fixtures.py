@@ -29,4 +29,6 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return training.write_records(tmp_path_factory.mktemp("data") / "animals.jsonl", training.synthetic_records(240))
+    return training.write_records(
+        tmp_path_factory.mktemp("data") / "animals.jsonl", training.synthetic_records(240)
+    )

@@ -34,7 +34,9 @@ def helm_binary() -> str:
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([helm_binary(), *args], capture_output=True, text=True, check=False, timeout=120)
+    result = subprocess.run(
+        [helm_binary(), *args], capture_output=True, text=True, check=False, timeout=120
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stderr}")
     return result
@@ -49,14 +51,18 @@ class Rendered:
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return [o for o in self.objects if o["kind"] == kind]
 
-    def one(self, kind: str, name: str | None = None, namespace: str | None = None) -> dict[str, Any]:
+    def one(
+        self, kind: str, name: str | None = None, namespace: str | None = None
+    ) -> dict[str, Any]:
         found = [
             o
             for o in self.of_kind(kind)
             if (name is None or o["metadata"]["name"] == name)
             and (namespace is None or o["metadata"].get("namespace") == namespace)
         ]
-        assert len(found) == 1, f"expected one {kind} {name or ''} in {namespace or 'any namespace'}, found {len(found)}"
+        assert len(found) == 1, (
+            f"expected one {kind} {name or ''} in {namespace or 'any namespace'}, found {len(found)}"
+        )
         return found[0]
 
     @property
@@ -65,7 +71,11 @@ class Rendered:
 
     @property
     def operator_container(self) -> dict[str, Any]:
-        (container,) = [c for c in self.deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "operator"]
+        (container,) = [
+            c
+            for c in self.deployment["spec"]["template"]["spec"]["containers"]
+            if c["name"] == "operator"
+        ]
         return container
 
     @property
@@ -74,7 +84,9 @@ class Rendered:
 
 
 def template_args(
-    value_files: Iterable[Path] = (), values: Mapping[str, Any] | None = None, namespace: str = NAMESPACE
+    value_files: Iterable[Path] = (),
+    values: Mapping[str, Any] | None = None,
+    namespace: str = NAMESPACE,
 ) -> list[str]:
     args = ["template", RELEASE, str(CHART), "--namespace", namespace]
     for path in value_files:
@@ -112,7 +124,11 @@ def render_raw(
 def go_tool(name: str) -> str:
     """A small Go tool from hack/tools/NAME, built on first use and cached (hack/go-tool.sh)."""
     result = subprocess.run(
-        [str(ROOT / "hack" / "go-tool.sh"), name], capture_output=True, text=True, check=False, timeout=900
+        [str(ROOT / "hack" / "go-tool.sh"), name],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
     )
     if result.returncode != 0:
         raise RuntimeError(f"hack/go-tool.sh {name} failed:\n{result.stderr}")

@@ -37,7 +37,9 @@ def settings(**values: Any) -> Settings:
     return Settings(**values)
 
 
-def job(*, suspend: bool = False, conditions: list[dict] | None = None, failed: int = 0, **status: Any) -> dict:
+def job(
+    *, suspend: bool = False, conditions: list[dict] | None = None, failed: int = 0, **status: Any
+) -> dict:
     return {
         "metadata": {"name": "dolly", "namespace": "team-a", "uid": "job-uid"},
         "spec": {"suspend": suspend},
@@ -46,7 +48,13 @@ def job(*, suspend: bool = False, conditions: list[dict] | None = None, failed: 
 
 
 def condition(type_: str, reason: str = "", message: str = "", status: str = "True") -> dict:
-    return {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": "2026-01-01T00:10:00Z"}
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": "2026-01-01T00:10:00Z",
+    }
 
 
 def pod(

@@ -27,7 +27,9 @@ def leaves(values: object, prefix: str = "") -> set[str]:
 
 
 def test_readme_is_generated_from_the_current_values() -> None:
-    assert (CHART / "README.md").read_text() == generated_readme(), "stale chart README: run `make chart-docs`"
+    assert (CHART / "README.md").read_text() == generated_readme(), (
+        "stale chart README: run `make chart-docs`"
+    )
 
 
 def test_every_value_is_documented() -> None:
@@ -39,5 +41,9 @@ def test_every_value_is_documented() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     documented = {k for k, description in rows.items() if description}
     # A map documented as a whole (its `# --` comment on the map) covers its keys.
-    missing = {leaf for leaf in leaves(values) if not any(leaf == d or leaf.startswith(d + ".") for d in documented)}
+    missing = {
+        leaf
+        for leaf in leaves(values)
+        if not any(leaf == d or leaf.startswith(d + ".") for d in documented)
+    }
     assert missing == set(), "values without a `# --` comment in values.yaml"

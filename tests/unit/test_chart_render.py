@@ -59,7 +59,9 @@ def test_each_scenario_lints_strictly_and_renders(values: Path) -> None:
     rendered = render(values)
     assert rendered.deployment["metadata"]["namespace"] == NAMESPACE
     for obj in rendered.objects:
-        assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE, obj["metadata"]["name"]
+        assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE, obj["metadata"][
+            "name"
+        ]
 
 
 def test_chart_version_follows_the_package() -> None:
@@ -86,7 +88,9 @@ def restricted_violations(pod_spec: dict[str, Any]) -> list[str]:
         name = c["name"]
         if sc.get("allowPrivilegeEscalation") is not False:
             problems.append(f"{name}: allowPrivilegeEscalation must be false")
-        if sc.get("capabilities", {}).get("drop") != ["ALL"] or set(sc.get("capabilities", {}).get("add", [])) - {"NET_BIND_SERVICE"}:
+        if sc.get("capabilities", {}).get("drop") != ["ALL"] or set(
+            sc.get("capabilities", {}).get("add", [])
+        ) - {"NET_BIND_SERVICE"}:
             problems.append(f"{name}: capabilities must drop ALL")
         if not (sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))):
             problems.append(f"{name}: runAsNonRoot")
@@ -116,19 +120,28 @@ def test_operator_probes_resources_and_identity(default: Rendered) -> None:
     container = default.operator_container
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     env = default.operator_env
-    assert ports == {"metrics": int(env[ENV_PREFIX + "METRICS_PORT"]), "health": int(env[ENV_PREFIX + "HEALTH_PORT"])}
+    assert ports == {
+        "metrics": int(env[ENV_PREFIX + "METRICS_PORT"]),
+        "health": int(env[ENV_PREFIX + "HEALTH_PORT"]),
+    }
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     assert container["args"] == ["operator"]
     # The Lease names the leader by its pod (operator/main.py identity()).
-    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
+    assert {
+        "name": "POD_NAME",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+    } in container["env"]
     pod = default.deployment["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == FULLNAME
     assert default.one("ServiceAccount", FULLNAME, NAMESPACE)
     service = default.one("Service", f"{FULLNAME}-metrics")
     assert service["spec"]["ports"][0]["targetPort"] == "metrics"
-    assert service["spec"]["selector"].items() <= default.deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert (
+        service["spec"]["selector"].items()
+        <= default.deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
 
 
 def test_replicas_are_safe_only_with_leader_election() -> None:
@@ -141,7 +154,9 @@ def test_replicas_are_safe_only_with_leader_election() -> None:
     assert single.deployment["spec"]["strategy"] == {"type": "Recreate"}
     assert single.of_kind("PodDisruptionBudget") == []
 
-    refused = render_raw(values={"replicaCount": 2, "operator": {"leaderElection": {"enabled": False}}})
+    refused = render_raw(
+        values={"replicaCount": 2, "operator": {"leaderElection": {"enabled": False}}}
+    )
     assert refused.returncode != 0
     assert "replicaCount is 2 but operator.leaderElection.enabled is false" in refused.stderr
 
@@ -164,14 +179,23 @@ def test_every_operator_setting_is_reachable_from_values(monkeypatch: pytest.Mon
     rendered = render(ci("all-settings"))
     chart_names = {k for k in rendered.operator_env if k.startswith(ENV_PREFIX)}
     setting_names = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
-    assert chart_names - setting_names == set(), "the chart sets variables the operator does not know"
-    assert setting_names - chart_names == set(), "operator settings the chart cannot set (templates/_env.tpl)"
+    assert chart_names - setting_names == set(), (
+        "the chart sets variables the operator does not know"
+    )
+    assert setting_names - chart_names == set(), (
+        "operator settings the chart cannot set (templates/_env.tpl)"
+    )
 
-    defaults = {name: field.get_default(call_default_factory=True) for name, field in Settings.model_fields.items()}
+    defaults = {
+        name: field.get_default(call_default_factory=True)
+        for name, field in Settings.model_fields.items()
+    }
     settings = operator_settings(rendered, monkeypatch)
     # Every value in all-settings-values.yaml differs from the default, and arrives.
     changed = {name for name, default in defaults.items() if getattr(settings, name) != default}
-    assert set(Settings.model_fields) - changed == set(), "all-settings-values.yaml leaves these at their default"
+    assert set(Settings.model_fields) - changed == set(), (
+        "all-settings-values.yaml leaves these at their default"
+    )
     assert settings.namespaces == ["research"]
     assert settings.trainer_image == (
         "registry.example.com/kubetune-trainer@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
@@ -180,7 +204,13 @@ def test_every_operator_setting_is_reachable_from_values(monkeypatch: pytest.Mon
     assert settings.gpu_resource_name == "nvidia.com/mig-3g.40gb"
     assert settings.gpu_node_selector == {"nvidia.com/gpu.product": "A100-SXM4-80GB"}
     assert [t.model_dump(by_alias=True, exclude_none=True) for t in settings.gpu_tolerations] == [
-        {"key": "gpu", "operator": "Equal", "value": "true", "effect": "NoExecute", "tolerationSeconds": 60}
+        {
+            "key": "gpu",
+            "operator": "Equal",
+            "value": "true",
+            "effect": "NoExecute",
+            "tolerationSeconds": 60,
+        }
     ]
     assert (settings.run_as_user, settings.run_as_group, settings.fs_group) == (2000, 2001, 2002)
     assert settings.progress_interval_seconds == 5.5
@@ -191,7 +221,9 @@ def test_every_operator_setting_is_reachable_from_values(monkeypatch: pytest.Mon
 
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
-def test_each_scenario_gives_the_operator_valid_settings(values: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_scenario_gives_the_operator_valid_settings(
+    values: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rendered = render(values)
     settings = operator_settings(rendered, monkeypatch)
     # The chart's defaults are the operator's where the operator has one that fits a cluster.
@@ -204,7 +236,13 @@ def test_each_scenario_gives_the_operator_valid_settings(values: Path, monkeypat
 
 def test_unset_optional_settings_are_left_to_the_operator(default: Rendered) -> None:
     env = default.operator_env
-    for name in ("NAMESPACES", "S3_ENDPOINT", "S3_CREDENTIALS_SECRET", "TRAINER_IMAGE_PULL_POLICY", "IMAGE_PULL_SECRETS"):
+    for name in (
+        "NAMESPACES",
+        "S3_ENDPOINT",
+        "S3_CREDENTIALS_SECRET",
+        "TRAINER_IMAGE_PULL_POLICY",
+        "IMAGE_PULL_SECRETS",
+    ):
         assert ENV_PREFIX + name not in env
 
 
@@ -218,7 +256,11 @@ def operator_subject(rendered: Rendered) -> dict[str, str]:
 def test_cluster_wide_rbac(default: Rendered) -> None:
     role = default.one("ClusterRole", FULLNAME)
     binding = default.one("ClusterRoleBinding", FULLNAME)
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": FULLNAME}
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": FULLNAME,
+    }
     assert binding["subjects"] == [operator_subject(default)]
     # Nothing the operator does not do: no Secrets, no deletes, no wildcards.
     for rule in role["rules"]:
@@ -241,7 +283,9 @@ def test_namespaced_rbac_grants_nothing_cluster_wide() -> None:
     # The only ClusterRoles are the aggregated ones for people, bound to no one here.
     for role in rendered.of_kind("ClusterRole"):
         labels = role["metadata"]["labels"]
-        assert any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in labels), role["metadata"]["name"]
+        assert any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in labels), role[
+            "metadata"
+        ]["name"]
 
 
 def test_leader_election_may_touch_only_its_own_lease(default: Rendered) -> None:
@@ -250,7 +294,12 @@ def test_leader_election_may_touch_only_its_own_lease(default: Rendered) -> None
     assert default.operator_env[ENV_PREFIX + "LEASE_NAMESPACE"] == NAMESPACE
     assert role["rules"] == [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
-        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [lease], "verbs": ["get", "update"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [lease],
+            "verbs": ["get", "update"],
+        },
     ]
     binding = default.one("RoleBinding", f"{FULLNAME}-leader-election", NAMESPACE)
     assert binding["subjects"] == [operator_subject(default)]
@@ -260,7 +309,9 @@ def test_leader_election_may_touch_only_its_own_lease(default: Rendered) -> None
 def test_external_scenario_renders_only_the_operator() -> None:
     rendered = render(ci("external-crds"))
     assert {o["kind"] for o in rendered.objects} == {"Deployment", "Service"}
-    assert rendered.deployment["spec"]["template"]["spec"]["serviceAccountName"] == "kubetune-operator"
+    assert (
+        rendered.deployment["spec"]["template"]["spec"]["serviceAccountName"] == "kubetune-operator"
+    )
 
 
 def test_people_get_tuningjobs_through_the_default_roles(default: Rendered) -> None:
@@ -278,7 +329,9 @@ def test_people_get_tuningjobs_through_the_default_roles(default: Rendered) -> N
 def test_chart_crd_is_the_generated_one() -> None:
     """files/crds/ is a copy of crds/ (which `kubetune crd` generates): `make crds` writes both."""
     generated = (ROOT / "crds" / CRD_FILE).read_text()
-    assert (CHART / "files" / "crds" / CRD_FILE).read_text() == generated, "stale chart CRD: run `make crds`"
+    assert (CHART / "files" / "crds" / CRD_FILE).read_text() == generated, (
+        "stale chart CRD: run `make crds`"
+    )
 
 
 def test_crd_renders_unchanged_and_is_kept_on_uninstall(default: Rendered) -> None:
@@ -305,11 +358,16 @@ def test_pod_monitor_selects_the_pods_the_operator_creates() -> None:
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     assert endpoint["port"] == METRICS_PORT_NAME
     pod_label = re.sub(r"[^a-zA-Z0-9_]", "_", builders.TUNINGJOB_LABEL)
-    assert {"sourceLabels": [f"__meta_kubernetes_pod_label_{pod_label}"], "targetLabel": "tuningjob"} in endpoint["relabelings"]
+    assert {
+        "sourceLabels": [f"__meta_kubernetes_pod_label_{pod_label}"],
+        "targetLabel": "tuningjob",
+    } in endpoint["relabelings"]
     assert monitor["spec"]["namespaceSelector"] == {"any": True}
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
 
-    namespaced = render(ci("namespaced"), values={"podMonitor": {"enabled": True}}).one("PodMonitor")
+    namespaced = render(ci("namespaced"), values={"podMonitor": {"enabled": True}}).one(
+        "PodMonitor"
+    )
     assert namespaced["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
 
 
@@ -317,7 +375,9 @@ def test_service_monitor_scrapes_the_metrics_service() -> None:
     rendered = render(ci("ha-monitoring"))
     monitor = rendered.one("ServiceMonitor")
     service = rendered.one("Service")
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
     assert render().of_kind("ServiceMonitor") == render().of_kind("PodMonitor") == []
 
@@ -368,13 +428,19 @@ def test_network_policy_allows_what_the_operator_needs_and_no_more() -> None:
     rendered = render(ci("ha-monitoring"))
     policy = rendered.one("NetworkPolicy")
     spec = policy["spec"]
-    assert spec["podSelector"]["matchLabels"].items() <= rendered.deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert (
+        spec["podSelector"]["matchLabels"].items()
+        <= rendered.deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
     assert spec["policyTypes"] == ["Ingress", "Egress"]
     ingress_ports = {p["port"] for rule in spec["ingress"] for p in rule["ports"]}
     assert ingress_ports == {"metrics", "health"}
     egress = {p["port"]: rule.get("to") for rule in spec["egress"] for p in rule["ports"]}
     assert set(egress) == {53, 443, 6443, METRICS_PORT}
-    assert egress[443] == [{"ipBlock": {"cidr": "10.96.0.1/32"}}, {"ipBlock": {"cidr": "172.18.0.0/16"}}]
+    assert egress[443] == [
+        {"ipBlock": {"cidr": "10.96.0.1/32"}},
+        {"ipBlock": {"cidr": "172.18.0.0/16"}},
+    ]
     (trainers,) = egress[METRICS_PORT]
     assert trainers["podSelector"]["matchLabels"].items() <= builders.labels("x").items()
     assert render().of_kind("NetworkPolicy") == []
@@ -390,12 +456,21 @@ def test_network_policy_allows_what_the_operator_needs_and_no_more() -> None:
         ({"operator": {"s3": {"credentialsSecret": "S3_Creds"}}}, "/operator/s3/credentialsSecret"),
         ({"operator": {"s3": {"endpoint": "minio:9000"}}}, "/operator/s3/endpoint"),
         ({"operator": {"workers": 0}}, "/operator/workers': minimum: got 0, want 1"),
-        ({"operator": {"trainer": {"runAsUser": 0}}}, "/operator/trainer/runAsUser': minimum: got 0, want 1"),
+        (
+            {"operator": {"trainer": {"runAsUser": 0}}},
+            "/operator/trainer/runAsUser': minimum: got 0, want 1",
+        ),
         ({"operator": {"defaults": {"memory": "64 GB"}}}, "/operator/defaults/memory"),
-        ({"operator": {"logFormat": "xml"}}, "/operator/logFormat': value must be one of 'json', 'text'"),
+        (
+            {"operator": {"logFormat": "xml"}},
+            "/operator/logFormat': value must be one of 'json', 'text'",
+        ),
         ({"watchNamespaces": ["Team-A"]}, "/watchNamespaces/0"),
         ({"watchNamespaces": ["a", "a"]}, "/watchNamespaces': items at 0 and 1 are equal"),
-        ({"operator": {"gpu": {"tolerations": [{"operator": "Maybe"}]}}}, "value must be one of 'Exists', 'Equal'"),
+        (
+            {"operator": {"gpu": {"tolerations": [{"operator": "Maybe"}]}}},
+            "value must be one of 'Exists', 'Equal'",
+        ),
         ({"image": {"digest": "latest"}}, "/image/digest"),
     ],
     ids=lambda v: json.dumps(v)[:40] if isinstance(v, dict) else None,
@@ -411,13 +486,22 @@ def test_invalid_values_are_rejected_with_the_path(values: dict[str, Any], messa
     ("values", "message"),
     [
         (
-            {"operator": {"leaderElection": {"leaseDurationSeconds": 5, "renewDeadlineSeconds": 10}}},
+            {
+                "operator": {
+                    "leaderElection": {"leaseDurationSeconds": 5, "renewDeadlineSeconds": 10}
+                }
+            },
             "retryPeriodSeconds (2) < renewDeadlineSeconds (10) < leaseDurationSeconds (5) must hold",
         ),
-        ({"serviceAccount": {"create": False}}, "serviceAccount.name is required when serviceAccount.create is false"),
+        (
+            {"serviceAccount": {"create": False}},
+            "serviceAccount.name is required when serviceAccount.create is false",
+        ),
     ],
 )
-def test_inconsistent_values_are_refused_by_the_templates(values: dict[str, Any], message: str) -> None:
+def test_inconsistent_values_are_refused_by_the_templates(
+    values: dict[str, Any], message: str
+) -> None:
     result = render_raw(values=values)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr

@@ -60,7 +60,9 @@ def test_defaults_are_applied_by_the_api_server() -> None:
     spec = _schema()["properties"]["spec"]["properties"]
     assert spec["training"]["default"] == {}
     assert spec["training"]["properties"]["learningRate"]["default"] == 2.0e-4
-    assert spec["method"]["properties"]["lora"]["properties"]["targetModules"]["default"] == ["all-linear"]
+    assert spec["method"]["properties"]["lora"]["properties"]["targetModules"]["default"] == [
+        "all-linear"
+    ]
     validation = spec["dataset"]["properties"]["validation"]
     # null turns the split off, so null must survive defaulting
     assert validation["default"] == {"fraction": 0.05} and validation["nullable"] is True

@@ -89,7 +89,12 @@ def parse_dockerfile(path: Path) -> Dockerfile:
         keyword = keyword.upper()
         if keyword == "FROM":
             parts = rest.split()
-            stages.append(Stage(base=parts[0], name=parts[2] if len(parts) > 2 and parts[1].upper() == "AS" else None))
+            stages.append(
+                Stage(
+                    base=parts[0],
+                    name=parts[2] if len(parts) > 2 and parts[1].upper() == "AS" else None,
+                )
+            )
         elif stages:
             stages[-1].instructions.append((keyword, rest))
         if keyword == "ARG" and "=" in rest:
@@ -127,7 +132,9 @@ def test_hadolint_finds_nothing(dockerfile: Path) -> None:
 def test_hadolint_does_flag_a_bad_dockerfile() -> None:
     result = hadolint("-", text="FROM ubuntu\nRUN apt-get install gcc\nRUN cd /src && make\n")
     assert result.returncode != 0
-    assert {"DL3006", "DL3014", "DL3015", "DL3003"} <= set(re.findall(r"DL\d{4}", result.stdout)), result.stdout
+    assert {"DL3006", "DL3014", "DL3015", "DL3003"} <= set(re.findall(r"DL\d{4}", result.stdout)), (
+        result.stdout
+    )
 
 
 # --- The dependency set: uv.lock, frozen, one extra ------------------------------------------
@@ -152,7 +159,7 @@ def closure(extra: str) -> dict[str, str]:
         package = PACKAGES[name]
         seen[name] = package["version"]
         todo += [d["name"] for d in package.get("dependencies", [])]
-        for wanted in ({e for d in package.get("dependencies", []) for e in d.get("extra", [])}):
+        for wanted in {e for d in package.get("dependencies", []) for e in d.get("extra", [])}:
             todo += [d["name"] for d in package.get("optional-dependencies", {}).get(wanted, [])]
     return seen
 
@@ -168,11 +175,17 @@ def imported_distributions(*folders: str) -> set[str]:
                 elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                     modules.add(node.module.split(".")[0])
     mapping = importlib.metadata.packages_distributions()
-    distributions = {d for m in modules - set(sys.stdlib_module_names) - {"kubetune"} for d in mapping.get(m, [])}
+    distributions = {
+        d for m in modules - set(sys.stdlib_module_names) - {"kubetune"} for d in mapping.get(m, [])
+    }
     return {re.sub(r"[-_.]+", "-", d).lower() for d in distributions}
 
 
-@pytest.mark.parametrize(("dockerfile", "extra"), [(TRAINER, "trainer"), (OPERATOR, "operator")], ids=["trainer", "operator"])
+@pytest.mark.parametrize(
+    ("dockerfile", "extra"),
+    [(TRAINER, "trainer"), (OPERATOR, "operator")],
+    ids=["trainer", "operator"],
+)
 def test_image_installs_the_locked_set_and_one_extra(dockerfile: Path, extra: str) -> None:
     parsed = parse_dockerfile(dockerfile)
     builder = parsed.stage("builder")
@@ -190,11 +203,14 @@ def test_image_installs_the_locked_set_and_one_extra(dockerfile: Path, extra: st
     final = parsed.final
     assert not uv_syncs(final)
     assert not any("/uv" in c and "--from=uv" in c for c in final.all("COPY"))
-    assert not re.search(r"\b(gcc|g\+\+|build-essential|clang|cuda-nvcc|make)\b", " ".join(final.all("RUN")))
+    assert not re.search(
+        r"\b(gcc|g\+\+|build-essential|clang|cuda-nvcc|make)\b", " ".join(final.all("RUN"))
+    )
 
 
 @pytest.mark.parametrize(
-    ("extra", "folders"), [("operator", ["operator", "kubetune"]), ("trainer", ["trainer", "kubetune/api"])]
+    ("extra", "folders"),
+    [("operator", ["operator", "kubetune"]), ("trainer", ["trainer", "kubetune/api"])],
 )
 def test_the_locked_extra_holds_what_the_code_imports(extra: str, folders: list[str]) -> None:
     installed = closure(extra)
@@ -249,7 +265,9 @@ def test_images_use_cis_python() -> None:
     trainer = parse_dockerfile(TRAINER)
     assert trainer.args["PYTHON_VERSION"] == ci_python
     operator = parse_dockerfile(OPERATOR)
-    assert re.fullmatch(rf"python:{re.escape(ci_python)}-slim-\w+", operator.expand(operator.final.base))
+    assert re.fullmatch(
+        rf"python:{re.escape(ci_python)}-slim-\w+", operator.expand(operator.final.base)
+    )
 
 
 # --- What runs: user, entry point, ports -------------------------------------------------
@@ -277,10 +295,15 @@ def test_operator_image_runs_as_the_chart_runs_it() -> None:
     final = parse_dockerfile(OPERATOR).final
     rendered = render()
     pod = rendered.deployment["spec"]["template"]["spec"]
-    assert user_of(final) == (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"])
+    assert user_of(final) == (
+        pod["securityContext"]["runAsUser"],
+        pod["securityContext"]["runAsGroup"],
+    )
     container = rendered.operator_container
     # The chart gives arguments only: the image's entry point is the program.
     assert "command" not in container
     assert json.loads(final.last("ENTRYPOINT")) + container["args"] == ["kubetune", "operator"]
     assert json.loads(final.last("CMD")) == container["args"]
-    assert {int(p) for p in final.last("EXPOSE").split()} == {p["containerPort"] for p in container["ports"]}
+    assert {int(p) for p in final.last("EXPOSE").split()} == {
+        p["containerPort"] for p in container["ports"]
+    }

@@ -28,7 +28,13 @@ KIND_UP = ROOT / "hack" / "kind-up.sh"
 
 
 def kindconfig(*paths: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([go_tool("kindconfig"), *map(str, paths)], capture_output=True, text=True, check=False, timeout=60)
+    return subprocess.run(
+        [go_tool("kindconfig"), *map(str, paths)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
 
 
 def test_kind_config_decodes_strictly_into_kinds_api_types() -> None:
@@ -44,7 +50,10 @@ def test_kind_config_decodes_strictly_into_kinds_api_types() -> None:
         ("nodes:\n- role: control-plane\n  lables: {a: b}\n", 'unknown field "lables"'),
         ("nodes:\n- role: master\n", 'nodes[0].role "master"'),
         ("nodes:\n- role: worker\n", "no control-plane node"),
-        ("nodes:\n- role: control-plane\n  extraPortMappings: [{containerPort: 70000}]\n", "within 1-65535"),
+        (
+            "nodes:\n- role: control-plane\n  extraPortMappings: [{containerPort: 70000}]\n",
+            "within 1-65535",
+        ),
         ("networking: {podSubnet: [1]}\n", "cannot unmarshal array"),
     ],
 )
@@ -59,7 +68,9 @@ def test_the_kind_config_check_rejects_mistakes(tmp_path: Path, text: str, probl
 def test_kind_up_passes_shellcheck() -> None:
     shellcheck = Path(sys.executable).parent / "shellcheck"
     scripts = [KIND_UP, ROOT / "hack" / "go-tool.sh"]
-    result = subprocess.run([str(shellcheck), *map(str, scripts)], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [str(shellcheck), *map(str, scripts)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout
 
 
@@ -94,7 +105,9 @@ def test_kind_up_installs_the_chart_with_valid_values(monkeypatch: pytest.Monkey
     assert container["image"] == "kubetune-trainer:dev"
     assert "nvidia.com/gpu" not in container["resources"]["limits"]
     assert restricted_violations(pod) == []
-    secret_refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e}
+    secret_refs = {
+        e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e
+    }
     assert secret_refs == {"s3-credentials"}
 
 

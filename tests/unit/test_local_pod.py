@@ -48,18 +48,26 @@ def test_expand_follows_kubernetes_rules() -> None:
 
 
 def test_env_resolves_every_source_in_order() -> None:
-    refs = FakeReferences({
-        ("Secret", "creds"): {"AWS_ACCESS_KEY_ID": b"id", "AWS_SECRET_ACCESS_KEY": b"key"},
-        ("ConfigMap", "settings"): {"mode": b"fast", "MODE": b"from-configmap"},
-    })
+    refs = FakeReferences(
+        {
+            ("Secret", "creds"): {"AWS_ACCESS_KEY_ID": b"id", "AWS_SECRET_ACCESS_KEY": b"key"},
+            ("ConfigMap", "settings"): {"mode": b"fast", "MODE": b"from-configmap"},
+        }
+    )
     container = {
-        "envFrom": [{"secretRef": {"name": "creds"}}, {"configMapRef": {"name": "settings"}, "prefix": "CM_"}],
+        "envFrom": [
+            {"secretRef": {"name": "creds"}},
+            {"configMapRef": {"name": "settings"}, "prefix": "CM_"},
+        ],
         "env": [
             {"name": "CM_MODE", "value": "overridden by env"},
             {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
             {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
             {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}},
-            {"name": "MISSING_OK", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k", "optional": True}}},
+            {
+                "name": "MISSING_OK",
+                "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k", "optional": True}},
+            },
             {"name": "GREETING", "value": "$(APP) on $(NODE)"},
         ],
     }
@@ -79,9 +87,14 @@ def test_env_resolves_every_source_in_order() -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ([{"name": "X", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k"}}}], 'secret "absent" not found'),
-        ([{"name": "X", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "nope"}}}],
-         "couldn't find key nope in Secret ns/creds"),
+        (
+            [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k"}}}],
+            'secret "absent" not found',
+        ),
+        (
+            [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "nope"}}}],
+            "couldn't find key nope in Secret ns/creds",
+        ),
     ],
 )
 def test_missing_references_wait_like_a_kubelet(env: list[dict[str, Any]], message: str) -> None:
@@ -94,13 +107,23 @@ def test_resource_field_refs_divide_and_round_up() -> None:
     container = {
         "resources": {"limits": {"memory": "1Gi", "cpu": "500m"}},
         "env": [
-            {"name": "MEM_MI", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+            {
+                "name": "MEM_MI",
+                "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}},
+            },
             {"name": "CPUS", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
             # No limit: the node's allocatable, as on a kubelet.
-            {"name": "DISK_GI", "valueFrom": {"resourceFieldRef": {"resource": "limits.ephemeral-storage", "divisor": "1Gi"}}},
+            {
+                "name": "DISK_GI",
+                "valueFrom": {
+                    "resourceFieldRef": {"resource": "limits.ephemeral-storage", "divisor": "1Gi"}
+                },
+            },
         ],
     }
-    env = container_env(POD, container, FakeReferences({}), allocatable={"ephemeral-storage": "100Gi"})
+    env = container_env(
+        POD, container, FakeReferences({}), allocatable={"ephemeral-storage": "100Gi"}
+    )
     assert (env["MEM_MI"], env["CPUS"], env["DISK_GI"]) == ("1024", "1", "100")
 
 
@@ -111,16 +134,33 @@ def test_unknown_field_ref_fails_the_pod() -> None:
 
 
 def test_volumes_are_materialised(tmp_path: Path) -> None:
-    pod = {**POD, "spec": {**POD["spec"], "volumes": [
-        {"name": "scratch", "emptyDir": {}},
-        {"name": "config", "configMap": {"name": "settings", "items": [{"key": "mode", "path": "conf/mode.txt"}]}},
-        {"name": "kube-api-access-abcde", "projected": {"sources": []}},
-    ]}}
-    container = {"volumeMounts": [
-        {"name": "scratch", "mountPath": "/scratch"},
-        {"name": "config", "mountPath": "/etc/app", "readOnly": True},
-        {"name": "kube-api-access-abcde", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"},
-    ]}
+    pod = {
+        **POD,
+        "spec": {
+            **POD["spec"],
+            "volumes": [
+                {"name": "scratch", "emptyDir": {}},
+                {
+                    "name": "config",
+                    "configMap": {
+                        "name": "settings",
+                        "items": [{"key": "mode", "path": "conf/mode.txt"}],
+                    },
+                },
+                {"name": "kube-api-access-abcde", "projected": {"sources": []}},
+            ],
+        },
+    }
+    container = {
+        "volumeMounts": [
+            {"name": "scratch", "mountPath": "/scratch"},
+            {"name": "config", "mountPath": "/etc/app", "readOnly": True},
+            {
+                "name": "kube-api-access-abcde",
+                "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+            },
+        ]
+    }
     refs = FakeReferences({("ConfigMap", "settings"): {"mode": b"fast"}})
     mounts = prepare_mounts(pod, container, refs, tmp_path)
     assert [(m.target, m.read_only) for m in mounts] == [("/scratch", False), ("/etc/app", True)]
@@ -148,24 +188,60 @@ def test_mounts_bind_from_the_pod_folder_and_keep_hidden_folders_in_sight(tmp_pa
     # inside what is mounted by then; sources relative to the pod folder, the script's
     # working folder, so that mounting over an ancestor of it cannot hide them.
     assert ops == [
-        "mkdir", ".keep/0", "bind", venv, ".keep/0",
-        "mkdir", "/tmp", "bind", "volumes/tmp", "/tmp",
-        "mkdir", "/tmp/data", "bind", "volumes/data", "/tmp/data",
-        "mkdir", "/etc/app", "bind", "volumes/config", "/etc/app",
-        "mkdir", venv, "bind", ".keep/0", venv,
-        "mkdir", str(pod_folder), "bind", ".", str(pod_folder),
-        "readonly", "/etc/app",
+        "mkdir",
+        ".keep/0",
+        "bind",
+        venv,
+        ".keep/0",
+        "mkdir",
+        "/tmp",
+        "bind",
+        "volumes/tmp",
+        "/tmp",
+        "mkdir",
+        "/tmp/data",
+        "bind",
+        "volumes/data",
+        "/tmp/data",
+        "mkdir",
+        "/etc/app",
+        "bind",
+        "volumes/config",
+        "/etc/app",
+        "mkdir",
+        venv,
+        "bind",
+        ".keep/0",
+        venv,
+        "mkdir",
+        str(pod_folder),
+        "bind",
+        ".",
+        str(pod_folder),
+        "readonly",
+        "/etc/app",
     ]
     # Nothing covered: only the volumes.
     assert mount_operations(mounts[2:], pod_folder, [venv]) == [
-        "mkdir", "/etc/app", "bind", "volumes/config", "/etc/app", "readonly", "/etc/app",
+        "mkdir",
+        "/etc/app",
+        "bind",
+        "volumes/config",
+        "/etc/app",
+        "readonly",
+        "/etc/app",
     ]
 
 
 def test_unsupported_volumes_fail_the_pod(tmp_path: Path) -> None:
     pod = {**POD, "spec": {**POD["spec"], "volumes": [{"name": "host", "hostPath": {"path": "/"}}]}}
     with pytest.raises(UnsupportedPod, match="hostPath"):
-        prepare_mounts(pod, {"volumeMounts": [{"name": "host", "mountPath": "/host"}]}, FakeReferences({}), tmp_path)
+        prepare_mounts(
+            pod,
+            {"volumeMounts": [{"name": "host", "mountPath": "/host"}]},
+            FakeReferences({}),
+            tmp_path,
+        )
 
 
 def test_termination_message_prefers_the_file_then_falls_back_to_logs(tmp_path: Path) -> None:
@@ -173,9 +249,13 @@ def test_termination_message_prefers_the_file_then_falls_back_to_logs(tmp_path: 
     log.write_text("".join(f"line {i}\n" for i in range(100)))
     fallback = {"terminationMessagePolicy": "FallbackToLogsOnError"}
 
-    assert termination_message(fallback, message, log, exit_code=1).splitlines() == [f"line {i}" for i in range(20, 100)]
+    assert termination_message(fallback, message, log, exit_code=1).splitlines() == [
+        f"line {i}" for i in range(20, 100)
+    ]
     assert termination_message(fallback, message, log, exit_code=0) == "", "no fallback on success"
-    assert termination_message({}, message, log, exit_code=1) == "", "no fallback without the policy"
+    assert termination_message({}, message, log, exit_code=1) == "", (
+        "no fallback without the policy"
+    )
 
     message.write_text('{"reason":"BadData"}' + "x" * 5000)
     text = termination_message(fallback, message, log, exit_code=65)

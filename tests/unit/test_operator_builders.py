@@ -54,7 +54,10 @@ def test_child_names_fit_labels_and_hostnames(name: str, expected_prefix: str) -
 
 
 def test_pod_runs_the_contract_command_with_the_whole_spec() -> None:
-    tj = tuningjob(training={"epochs": 1, "learningRate": 1e-3}, dataset={"source": "s3://d/x.jsonl", "validation": None})
+    tj = tuningjob(
+        training={"epochs": 1, "learningRate": 1e-3},
+        dataset={"source": "s3://d/x.jsonl", "validation": None},
+    )
     job = build_job(tj, settings(s3_endpoint="http://seaweed:8333"))
     container = _container(job)
     assert container["command"] == ["kubetune", "train", "--from-env"]
@@ -62,11 +65,17 @@ def test_pod_runs_the_contract_command_with_the_whole_spec() -> None:
     document = parse_tuningjob_json(env[SPEC_ENV]["value"], "env")
     assert document.metadata.name == "dolly" and document.metadata.namespace == "team-a"
     assert document.spec.training.learning_rate == 1e-3
-    assert document.spec.dataset.validation is None, "an explicit null must not turn into the default split"
-    assert document.spec.s3.endpoint == "http://seaweed:8333", "the operator's default endpoint is filled in"
+    assert document.spec.dataset.validation is None, (
+        "an explicit null must not turn into the default split"
+    )
+    assert document.spec.s3.endpoint == "http://seaweed:8333", (
+        "the operator's default endpoint is filled in"
+    )
     assert env[SCRATCH_DIR_ENV]["value"] == "/scratch"
     assert {"name": "scratch", "mountPath": "/scratch"} in container["volumeMounts"]
-    assert container["ports"] == [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}
+    ]
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
 
 
@@ -89,10 +98,16 @@ def test_gpu_resources_and_gpu_pool_scheduling() -> None:
         resources={"gpus": 2, "memory": "80Gi", "cpu": "16"},
         scheduling={
             "nodeSelector": {"gpu-model": "h100"},
-            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+            "tolerations": [
+                {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}
+            ],
             "priorityClassName": "training",
             "runtimeClassName": "nvidia",
-            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}},
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}
+                }
+            },
         },
     )
     config = settings(
@@ -102,27 +117,50 @@ def test_gpu_resources_and_gpu_pool_scheduling() -> None:
     job = build_job(tj, config)
     pod = job["spec"]["template"]["spec"]
     resources = _container(job)["resources"]
-    assert resources["limits"]["nvidia.com/mig-3g.40gb"] == 2 and resources["requests"]["nvidia.com/mig-3g.40gb"] == 2
+    assert (
+        resources["limits"]["nvidia.com/mig-3g.40gb"] == 2
+        and resources["requests"]["nvidia.com/mig-3g.40gb"] == 2
+    )
     assert resources["limits"]["memory"] == "80Gi" and resources["requests"]["cpu"] == "16"
-    assert pod["nodeSelector"] == {"pool": "gpu", "gpu-model": "h100"}, "the spec wins over the operator default"
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
-    assert {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["nodeSelector"] == {"pool": "gpu", "gpu-model": "h100"}, (
+        "the spec wins over the operator default"
+    )
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
+    assert {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
     assert pod["priorityClassName"] == "training" and pod["runtimeClassName"] == "nvidia"
     assert "nodeAffinity" in pod["affinity"]
 
 
 def test_cpu_only_job_gets_no_gpu_or_gpu_pool_defaults() -> None:
-    job = build_job(tuningjob(resources={"gpus": 0, "cpu": "2", "memory": "8Gi"}), settings(gpu_node_selector={"pool": "gpu"}))
+    job = build_job(
+        tuningjob(resources={"gpus": 0, "cpu": "2", "memory": "8Gi"}),
+        settings(gpu_node_selector={"pool": "gpu"}),
+    )
     pod = job["spec"]["template"]["spec"]
     assert "nvidia.com/gpu" not in _container(job)["resources"]["limits"]
     assert "nodeSelector" not in pod and "tolerations" not in pod
 
 
 def test_operator_defaults_fill_unset_resources_and_volumes() -> None:
-    config = settings(default_cpu="4", default_memory="32Gi", default_ephemeral_storage="20Gi", default_scratch_size="30Gi", default_shm_size="2Gi")
+    config = settings(
+        default_cpu="4",
+        default_memory="32Gi",
+        default_ephemeral_storage="20Gi",
+        default_scratch_size="30Gi",
+        default_shm_size="2Gi",
+    )
     job = build_job(tuningjob(), config)
     resources = _container(job)["resources"]
-    assert resources["requests"] == {"cpu": "4", "memory": "32Gi", "ephemeral-storage": "20Gi", "nvidia.com/gpu": 1}
+    assert resources["requests"] == {
+        "cpu": "4",
+        "memory": "32Gi",
+        "ephemeral-storage": "20Gi",
+        "nvidia.com/gpu": 1,
+    }
     volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
     assert volumes["scratch"]["emptyDir"] == {"sizeLimit": "30Gi"}
     assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "2Gi"}
@@ -138,24 +176,54 @@ def test_pod_passes_the_restricted_pod_security_standard() -> None:
         assert context["allowPrivilegeEscalation"] is False
         assert context["capabilities"]["drop"] == ["ALL"]
         assert "add" not in context["capabilities"]
-    allowed = {"emptyDir", "persistentVolumeClaim", "secret", "configMap", "projected", "downwardAPI", "ephemeral", "csi"}
+    allowed = {
+        "emptyDir",
+        "persistentVolumeClaim",
+        "secret",
+        "configMap",
+        "projected",
+        "downwardAPI",
+        "ephemeral",
+        "csi",
+    }
     for volume in pod["volumes"]:
         assert set(volume) - {"name"} <= allowed, volume
     assert not any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC"))
 
 
 def test_failure_policy_fails_fast_on_permanent_codes_and_ignores_preemption() -> None:
-    job = build_job(tuningjob(runtime={"backoffLimit": 5, "activeDeadlineSeconds": 3600, "ttlSecondsAfterFinished": 600}), settings())
+    job = build_job(
+        tuningjob(
+            runtime={
+                "backoffLimit": 5,
+                "activeDeadlineSeconds": 3600,
+                "ttlSecondsAfterFinished": 600,
+            }
+        ),
+        settings(),
+    )
     spec = job["spec"]
-    assert spec["backoffLimit"] == 5 and spec["activeDeadlineSeconds"] == 3600 and spec["ttlSecondsAfterFinished"] == 600
+    assert (
+        spec["backoffLimit"] == 5
+        and spec["activeDeadlineSeconds"] == 3600
+        and spec["ttlSecondsAfterFinished"] == 600
+    )
     assert spec["template"]["spec"]["restartPolicy"] == "Never"
     assert spec["podReplacementPolicy"] == "Failed"
     fail, ignore_preempted, ignore_disruption = spec["podFailurePolicy"]["rules"]
     assert fail["action"] == "FailJob"
-    assert set(fail["onExitCodes"]["values"]) == {ExitCode.BAD_DATA, ExitCode.STORAGE_ACCESS, ExitCode.INVALID_CONFIG}
+    assert set(fail["onExitCodes"]["values"]) == {
+        ExitCode.BAD_DATA,
+        ExitCode.STORAGE_ACCESS,
+        ExitCode.INVALID_CONFIG,
+    }
     assert ignore_preempted == {
         "action": "Ignore",
-        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [ExitCode.PREEMPTED]},
+        "onExitCodes": {
+            "containerName": "trainer",
+            "operator": "In",
+            "values": [ExitCode.PREEMPTED],
+        },
     }
     assert ignore_disruption["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
 
@@ -172,17 +240,35 @@ def test_suspend_and_kueue_queue() -> None:
 def test_pvc_model_is_mounted_read_only_where_the_contract_says() -> None:
     job = build_job(tuningjob(model={"source": "pvc://models/llama-3.1-8b"}), settings())
     pod = job["spec"]["template"]["spec"]
-    assert {"name": "model", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}} in pod["volumes"]
-    assert {"name": "model", "mountPath": "/mnt/pvc/models", "readOnly": True} in _container(job)["volumeMounts"]
+    assert {
+        "name": "model",
+        "persistentVolumeClaim": {"claimName": "models", "readOnly": True},
+    } in pod["volumes"]
+    assert {"name": "model", "mountPath": "/mnt/pvc/models", "readOnly": True} in _container(job)[
+        "volumeMounts"
+    ]
 
 
 def test_image_and_pull_settings() -> None:
-    config = settings(trainer_image="registry.local/trainer:1", trainer_image_pull_policy="IfNotPresent", image_pull_secrets=["regcred"])
+    config = settings(
+        trainer_image="registry.local/trainer:1",
+        trainer_image_pull_policy="IfNotPresent",
+        image_pull_secrets=["regcred"],
+    )
     job = build_job(tuningjob(), config)
     assert _container(job)["image"] == "registry.local/trainer:1"
     assert _container(job)["imagePullPolicy"] == "IfNotPresent"
     assert job["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
-    own = build_job(tuningjob(runtime={"image": "mine:2", "imagePullPolicy": "Always", "serviceAccountName": "trainer"}), config)
+    own = build_job(
+        tuningjob(
+            runtime={
+                "image": "mine:2",
+                "imagePullPolicy": "Always",
+                "serviceAccountName": "trainer",
+            }
+        ),
+        config,
+    )
     assert _container(own)["image"] == "mine:2" and _container(own)["imagePullPolicy"] == "Always"
     assert own["spec"]["template"]["spec"]["serviceAccountName"] == "trainer"
 

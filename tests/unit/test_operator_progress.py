@@ -33,7 +33,12 @@ def test_progress_summary_and_eta_from_the_pace_since_the_first_sample() -> None
     first = MetricsSample(at=100.0, step=100, total_steps=600)
     latest = parse_metrics(_exposition(150, 600, 1.87341), at=160.0)
     progress = progress_from(latest, first, "2026-01-01T00:00:00Z")
-    assert (progress.summary, progress.percent, progress.loss, progress.epoch) == ("150/600 (25%)", 25, "1.8734", "1.25")
+    assert (progress.summary, progress.percent, progress.loss, progress.epoch) == (
+        "150/600 (25%)",
+        25,
+        "1.8734",
+        "1.25",
+    )
     assert progress.eta == "9m0s"  # 450 steps at 50 steps/minute
     assert progress.tokens_per_second == 1234
     assert progress_from(latest, None, "t").eta is None
@@ -58,25 +63,44 @@ def _loading_exposition(**values: float) -> str:
 
 def test_nothing_to_show_while_the_trainer_loads() -> None:
     progress = progress_from(parse_metrics(_loading_exposition(), at=1.0), None, "t")
-    assert progress.model_dump(exclude_none=True) == {"update_time": "t"}, "no '0' progress, no loss of 0"
+    assert progress.model_dump(exclude_none=True) == {"update_time": "t"}, (
+        "no '0' progress, no loss of 0"
+    )
 
 
 def test_before_the_first_step_progress_reads_zero_of_total_without_loss() -> None:
     # totalSteps known, no optimizer step yet; the baseline evaluation may have run.
     sample = parse_metrics(_loading_exposition(total_steps=30, eval_loss=2.5), at=1.0)
     progress = progress_from(sample, None, "t")
-    assert (progress.summary, progress.step, progress.total_steps, progress.percent) == ("0/30 (0%)", 0, 30, 0)
+    assert (progress.summary, progress.step, progress.total_steps, progress.percent) == (
+        "0/30 (0%)",
+        0,
+        30,
+        0,
+    )
     assert (progress.loss, progress.eval_loss, progress.tokens_per_second) == (None, None, None)
 
 
 def test_after_the_first_step_loss_and_throughput_appear() -> None:
-    sample = parse_metrics(_loading_exposition(step=1, total_steps=30, loss=2.25, tokens_per_second=812.4), at=1.0)
+    sample = parse_metrics(
+        _loading_exposition(step=1, total_steps=30, loss=2.25, tokens_per_second=812.4), at=1.0
+    )
     progress = progress_from(sample, None, "t")
-    assert (progress.summary, progress.loss, progress.tokens_per_second) == ("1/30 (3%)", "2.25", 812)
+    assert (progress.summary, progress.loss, progress.tokens_per_second) == (
+        "1/30 (3%)",
+        "2.25",
+        812,
+    )
     assert progress.eval_loss is None, "0 is the gauge before its first evaluation, not a loss"
 
 
 def test_a_resumed_trainer_shows_its_step_before_its_first_new_step() -> None:
     # A pod resuming from step 200: its gauges restart at 0, the step is the checkpoint's.
-    progress = progress_from(parse_metrics(_loading_exposition(step=200, total_steps=300), at=1.0), None, "t")
-    assert (progress.summary, progress.loss, progress.tokens_per_second) == ("200/300 (66%)", None, None)
+    progress = progress_from(
+        parse_metrics(_loading_exposition(step=200, total_steps=300), at=1.0), None, "t"
+    )
+    assert (progress.summary, progress.loss, progress.tokens_per_second) == (
+        "200/300 (66%)",
+        None,
+        None,
+    )

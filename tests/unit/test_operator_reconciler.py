@@ -26,7 +26,9 @@ class RecordingApi:
         self.requests: list[tuple[str, ...]] = []
         self.status_writes: list[dict[str, Any]] = []
 
-    async def patch_tuningjob_status(self, namespace: str, name: str, patch: dict, *, resource_version: str | None = None) -> dict:
+    async def patch_tuningjob_status(
+        self, namespace: str, name: str, patch: dict, *, resource_version: str | None = None
+    ) -> dict:
         self.requests.append(("PATCH", "tuningjobs/status", name))
         self.status_writes.append(patch)
         return {}
@@ -50,26 +52,43 @@ class Indices:
 
     def __init__(self) -> None:
         body = manifest()
-        body["metadata"] |= {"uid": "tj-uid", "generation": 1, "resourceVersion": "1", "creationTimestamp": "2026-01-01T00:00:00Z"}
+        body["metadata"] |= {
+            "uid": "tj-uid",
+            "generation": 1,
+            "resourceVersion": "1",
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+        }
         self.tuningjob: dict[str, Any] = body
         self.jobs: list[dict[str, Any]] = []
 
     def views(self) -> Views:
-        return Views(tuningjob=lambda key: self.tuningjob, jobs=lambda key: self.jobs, pods=lambda key: [])
+        return Views(
+            tuningjob=lambda key: self.tuningjob, jobs=lambda key: self.jobs, pods=lambda key: []
+        )
 
 
 def test_a_job_just_created_is_not_created_again_while_its_watch_event_is_on_the_way() -> None:
     async def scenario() -> list[tuple[str, ...]]:
         api, indices, now = RecordingApi(), Indices(), [1000.0]
-        reconciler = Reconciler(settings(), api, indices.views(), OperatorMetrics(), identity="t", clock=lambda: now[0])  # type: ignore[arg-type]
+        reconciler = Reconciler(
+            settings(), api, indices.views(), OperatorMetrics(), identity="t", clock=lambda: now[0]
+        )  # type: ignore[arg-type]
         await reconciler.reconcile(KEY)  # new: lock the spec, create the Job
         # Our own status write comes back through the TuningJob watch first...
         indices.tuningjob["status"] = {"jobName": "dolly", "phase": "Pending"}
         indices.tuningjob["metadata"]["resourceVersion"] = "2"
         assert await reconciler.reconcile(KEY) == INDEX_GRACE
         # ...then the Job's own event.
-        job = {"metadata": {"name": "dolly", "namespace": "team-a", "uid": "job-uid",
-                            "ownerReferences": [{"uid": "tj-uid", "controller": True}]}, "spec": {"suspend": False}, "status": {}}
+        job = {
+            "metadata": {
+                "name": "dolly",
+                "namespace": "team-a",
+                "uid": "job-uid",
+                "ownerReferences": [{"uid": "tj-uid", "controller": True}],
+            },
+            "spec": {"suspend": False},
+            "status": {},
+        }
         indices.jobs = [job]
         await reconciler.reconcile(KEY)
         await reconciler.close()
@@ -82,7 +101,9 @@ def test_a_job_just_created_is_not_created_again_while_its_watch_event_is_on_the
 def test_a_job_that_never_shows_up_is_created_again() -> None:
     async def scenario() -> list[tuple[str, ...]]:
         api, indices, now = RecordingApi(), Indices(), [1000.0]
-        reconciler = Reconciler(settings(), api, indices.views(), OperatorMetrics(), identity="t", clock=lambda: now[0])  # type: ignore[arg-type]
+        reconciler = Reconciler(
+            settings(), api, indices.views(), OperatorMetrics(), identity="t", clock=lambda: now[0]
+        )  # type: ignore[arg-type]
         await reconciler.reconcile(KEY)
         indices.tuningjob["status"] = {"jobName": "dolly", "phase": "Pending"}
         now[0] += INDEX_GRACE + 1  # deleted before the index ever saw it
@@ -110,7 +131,9 @@ class SlowEventsApi(RecordingApi):
 def test_events_are_posted_a_few_at_a_time_off_the_reconcile_path() -> None:
     async def scenario() -> SlowEventsApi:
         api, indices = SlowEventsApi(), Indices()
-        reconciler = Reconciler(settings(), api, indices.views(), OperatorMetrics(), identity="t", max_event_posts=4)  # type: ignore[arg-type]
+        reconciler = Reconciler(
+            settings(), api, indices.views(), OperatorMetrics(), identity="t", max_event_posts=4
+        )  # type: ignore[arg-type]
         for i in range(20):  # a burst of new TuningJobs: each posts its first Event
             await reconciler.reconcile(("team-a", f"dolly-{i}"))
         while reconciler._background:
@@ -119,4 +142,6 @@ def test_events_are_posted_a_few_at_a_time_off_the_reconcile_path() -> None:
 
     api = asyncio.run(scenario())
     assert sum(1 for r in api.requests if r[1] == "events") == 20
-    assert api.most_in_flight == 4, "a burst of Events waits its turn rather than crowding the API server"
+    assert api.most_in_flight == 4, (
+        "a burst of Events waits its turn rather than crowding the API server"
+    )

@@ -49,26 +49,66 @@ def test_add_after_keeps_the_earliest_visit() -> None:
 
 def test_merge_patch_sets_changes_and_nulls_removals() -> None:
     old = {"phase": "Running", "progress": {"step": 1, "eta": "1m0s"}, "conditions": [1]}
-    new = {"phase": "Running", "progress": {"step": 2}, "conditions": [1, 2], "output": {"adapter": "s3://a/"}}
-    assert merge_patch(old, new) == {"progress": {"step": 2, "eta": None}, "conditions": [1, 2], "output": {"adapter": "s3://a/"}}
+    new = {
+        "phase": "Running",
+        "progress": {"step": 2},
+        "conditions": [1, 2],
+        "output": {"adapter": "s3://a/"},
+    }
+    assert merge_patch(old, new) == {
+        "progress": {"step": 2, "eta": None},
+        "conditions": [1, 2],
+        "output": {"adapter": "s3://a/"},
+    }
     assert merge_patch(new, new) == {}
 
 
 def test_transition_events() -> None:
     tj = {"metadata": {"name": "dolly", "namespace": "team-a", "uid": "u1"}}
-    event = transition_event(tj, phase="Failed", reason="BadData", message="x" * 5000, now="t", instance="op-0", unique="17a")
-    assert event["type"] == "Warning" and event["reason"] == "BadData" and event["action"] == "Failed"
+    event = transition_event(
+        tj,
+        phase="Failed",
+        reason="BadData",
+        message="x" * 5000,
+        now="t",
+        instance="op-0",
+        unique="17a",
+    )
+    assert (
+        event["type"] == "Warning" and event["reason"] == "BadData" and event["action"] == "Failed"
+    )
     assert event["metadata"]["name"] == "dolly.17a" and len(event["note"].encode()) <= 1024
-    assert event["regarding"] == {"apiVersion": "kubetune.dev/v1alpha1", "kind": "TuningJob", "name": "dolly", "namespace": "team-a", "uid": "u1"}
-    normal = transition_event(tj, phase="Running", reason="Training", message="ok", now="t", instance="op-0", unique="1")
+    assert event["regarding"] == {
+        "apiVersion": "kubetune.dev/v1alpha1",
+        "kind": "TuningJob",
+        "name": "dolly",
+        "namespace": "team-a",
+        "uid": "u1",
+    }
+    normal = transition_event(
+        tj, phase="Running", reason="Training", message="ok", now="t", instance="op-0", unique="1"
+    )
     assert normal["type"] == "Normal"
-    assert transition_event(tj, phase="Pending", reason="Unschedulable", message="", now="t", instance="i", unique="2")["type"] == "Warning"
+    assert (
+        transition_event(
+            tj,
+            phase="Pending",
+            reason="Unschedulable",
+            message="",
+            now="t",
+            instance="i",
+            unique="2",
+        )["type"]
+        == "Warning"
+    )
 
 
 def test_a_series_of_child_changes_is_reconciled_once() -> None:
     async def scenario() -> list[object]:
         views = Views(tuningjob=lambda key: None, jobs=lambda key: [], pods=lambda key: [])
-        runtime = Runtime(settings(workers=2), api=None, metrics=OperatorMetrics(), views=views, identity="t")  # type: ignore[arg-type]
+        runtime = Runtime(
+            settings(workers=2), api=None, metrics=OperatorMetrics(), views=views, identity="t"
+        )  # type: ignore[arg-type]
         reconciled: list[object] = []
 
         async def reconcile(key: object) -> None:

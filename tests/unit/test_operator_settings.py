@@ -24,7 +24,9 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings().clusterwide
     monkeypatch.setenv("KUBETUNE_OPERATOR_NAMESPACES", "team-a, team-b")
-    monkeypatch.setenv("KUBETUNE_OPERATOR_GPU_TOLERATIONS", '[{"key": "gpu", "operator": "Exists"}]')
+    monkeypatch.setenv(
+        "KUBETUNE_OPERATOR_GPU_TOLERATIONS", '[{"key": "gpu", "operator": "Exists"}]'
+    )
     monkeypatch.setenv("KUBETUNE_OPERATOR_PROGRESS_INTERVAL_SECONDS", "2.5")
     config = load_settings()
     assert config.namespaces == ["team-a", "team-b"] and not config.clusterwide
@@ -34,14 +36,32 @@ def test_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("name", "value", "expected"),
     [
-        ("KUBETUNE_OPERATOR_DEFAULT_MEMORY", "64GB", "KUBETUNE_OPERATOR_DEFAULT_MEMORY: must be a positive Kubernetes quantity"),
-        ("KUBETUNE_OPERATOR_WORKERS", "0", "KUBETUNE_OPERATOR_WORKERS: Input should be greater than or equal to 1"),
-        ("KUBETUNE_OPERATOR_GPU_NODE_SELECTOR", "{pool: gpu}", "KUBETUNE_OPERATOR_GPU_NODE_SELECTOR: not valid JSON"),
-        ("KUBETUNE_OPERATOR_LEASE_DURATION_SECONDS", "5", "LEASE_RETRY_SECONDS < LEASE_RENEW_DEADLINE_SECONDS"),
+        (
+            "KUBETUNE_OPERATOR_DEFAULT_MEMORY",
+            "64GB",
+            "KUBETUNE_OPERATOR_DEFAULT_MEMORY: must be a positive Kubernetes quantity",
+        ),
+        (
+            "KUBETUNE_OPERATOR_WORKERS",
+            "0",
+            "KUBETUNE_OPERATOR_WORKERS: Input should be greater than or equal to 1",
+        ),
+        (
+            "KUBETUNE_OPERATOR_GPU_NODE_SELECTOR",
+            "{pool: gpu}",
+            "KUBETUNE_OPERATOR_GPU_NODE_SELECTOR: not valid JSON",
+        ),
+        (
+            "KUBETUNE_OPERATOR_LEASE_DURATION_SECONDS",
+            "5",
+            "LEASE_RETRY_SECONDS < LEASE_RENEW_DEADLINE_SECONDS",
+        ),
         ("KUBETUNE_OPERATOR_WORKER", "3", "unknown setting(s) KUBETUNE_OPERATOR_WORKER"),
     ],
 )
-def test_bad_settings_fail_fast_naming_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str) -> None:
+def test_bad_settings_fail_fast_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str
+) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError, match=re.escape(expected)):
         load_settings()

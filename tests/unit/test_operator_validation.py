@@ -20,7 +20,9 @@ def test_a_good_manifest_passes() -> None:
 
 
 def test_local_paths_do_not_work_in_a_cluster() -> None:
-    problems = _problems(manifest(model={"source": "/models/llama"}, output={"destination": "./out"}))
+    problems = _problems(
+        manifest(model={"source": "/models/llama"}, output={"destination": "./out"})
+    )
     assert problems == [
         "spec.model.source: use s3://, pvc:// or hf:// in a cluster; a local path works only with "
         "`kubetune train` on a workstation (got '/models/llama')",
@@ -36,13 +38,19 @@ def test_bad_uris_and_claims() -> None:
             dataset={"source": "s3://B/x.jsonl", "validation": {"source": "gs://bucket/val.jsonl"}},
         )
     )
-    assert [p.split(":")[0] for p in problems] == ["spec.model.source", "spec.dataset.source", "spec.dataset.validation.source"]
+    assert [p.split(":")[0] for p in problems] == [
+        "spec.model.source",
+        "spec.dataset.source",
+        "spec.dataset.validation.source",
+    ]
     assert "pvc://CLAIM/PATH" in problems[0] and "bucket name" in problems[1]
 
 
 def test_shm_must_fit_in_memory_including_operator_defaults() -> None:
     (problem,) = _problems(manifest(resources={"shmSize": "16Gi"}), default_memory="16Gi")
-    assert problem.startswith("spec.resources.shmSize: /dev/shm (16Gi) is memory and must fit inside the memory limit (16Gi)")
+    assert problem.startswith(
+        "spec.resources.shmSize: /dev/shm (16Gi) is memory and must fit inside the memory limit (16Gi)"
+    )
 
 
 def test_schema_errors_name_the_field_in_manifest_terms() -> None:
@@ -55,5 +63,13 @@ def test_a_job_ttl_under_a_minute_is_refused() -> None:
     # A Job gone before the operator read its verdict is created again: a TTL of 0 would
     # rerun a finished job forever.
     (problem,) = _problems(manifest(runtime={"ttlSecondsAfterFinished": 0}))
-    assert problem == "spec.runtime.ttlSecondsAfterFinished: input should be greater than or equal to 60 (got 0)"
-    assert validate(manifest(runtime={"ttlSecondsAfterFinished": 60}), settings(), "x").spec.runtime.ttl_seconds_after_finished == 60
+    assert (
+        problem
+        == "spec.runtime.ttlSecondsAfterFinished: input should be greater than or equal to 60 (got 0)"
+    )
+    assert (
+        validate(
+            manifest(runtime={"ttlSecondsAfterFinished": 60}), settings(), "x"
+        ).spec.runtime.ttl_seconds_after_finished
+        == 60
+    )

@@ -24,15 +24,24 @@ def test_render_prints_the_job(monkeypatch) -> None:
 def test_render_rejects_what_the_operator_would_reject(tmp_path: Path) -> None:
     text = (ROOT / "examples" / "dolly-qlora.yaml").read_text()
     bad = tmp_path / "bad.yaml"
-    bad.write_text(text.replace("destination: s3://adapters/dolly-llama-qlora/", "destination: ./adapters"))
+    bad.write_text(
+        text.replace("destination: s3://adapters/dolly-llama-qlora/", "destination: ./adapters")
+    )
     result = CliRunner().invoke(main, ["render", "-f", str(bad)])
     assert result.exit_code == 78
-    assert f"{bad}: spec.output.destination: use an s3://bucket/prefix URI in a cluster" in result.output
+    assert (
+        f"{bad}: spec.output.destination: use an s3://bucket/prefix URI in a cluster"
+        in result.output
+    )
 
 
 def test_render_reports_schema_errors_with_the_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text((ROOT / "examples" / "dolly-qlora.yaml").read_text().replace("learningRate: 2.0e-4", "learningRate: -3"))
+    bad.write_text(
+        (ROOT / "examples" / "dolly-qlora.yaml")
+        .read_text()
+        .replace("learningRate: 2.0e-4", "learningRate: -3")
+    )
     result = CliRunner().invoke(main, ["render", "-f", str(bad)])
     assert result.exit_code == 78
     line = next(i for i, t in enumerate(bad.read_text().splitlines(), 1) if "learningRate" in t)

@@ -57,11 +57,21 @@ def test_saving_writes_every_part_and_the_marker_listing_their_sizes(tmp_path: P
     assert uri == f"{folder}/"
     names = sorted(p.name for p in folder.iterdir())
     assert names == sorted(
-        ["COMPLETE", "adapter_config.json", "adapter_model.safetensors", "optimizer.pt", "rng-rank-00000.pt", "scheduler.pt", "trainer_state.json"]
+        [
+            "COMPLETE",
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "optimizer.pt",
+            "rng-rank-00000.pt",
+            "scheduler.pt",
+            "trainer_state.json",
+        ]
     )
     marker = json.loads((folder / MARKER).read_text())
     assert marker["step"] == 3
-    assert marker["files"] == {p.name: p.stat().st_size for p in folder.iterdir() if p.name != MARKER}
+    assert marker["files"] == {
+        p.name: p.stat().st_size for p in folder.iterdir() if p.name != MARKER
+    }
     assert not (tmp_path / "scratch" / "checkpoints" / "step-000003").exists()  # staging cleaned
 
 
@@ -80,7 +90,10 @@ def test_only_the_newest_k_complete_checkpoints_are_kept(tmp_path: Path) -> None
     for step in (1, 2, 3, 4):
         save(store, step)
     assert [f.step for f in store.list()] == [3, 4]
-    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == ["step-000003", "step-000004"]
+    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == [
+        "step-000003",
+        "step-000004",
+    ]
 
 
 def test_pruning_removes_partial_checkpoints_older_than_the_newest_complete(tmp_path: Path) -> None:
@@ -109,16 +122,32 @@ def test_loading_restores_adapters_optimizer_scheduler_rng_and_counters(tmp_path
     rng = capture_rng()
     expected_draw = torch.rand(3)
     progress = Progress(step=7, epoch=2, examples_into_epoch=4, tokens_total=900)
-    store.save(7, saved, progress, rng, rank=0, is_main=True, barrier=lambda: None, extra_state={"world_size": 1})
+    store.save(
+        7,
+        saved,
+        progress,
+        rng,
+        rank=0,
+        is_main=True,
+        barrier=lambda: None,
+        extra_state={"world_size": 1},
+    )
     folder = store.download(store.latest_complete())  # type: ignore[arg-type]
 
     fresh = objects(seed=1)  # different adapters, optimizer moments, scheduler position
     torch.manual_seed(999)
     loaded, extra = load_checkpoint(folder, fresh, rank=0, device=torch.device("cpu"))
 
-    assert (loaded.step, loaded.epoch, loaded.examples_into_epoch, loaded.tokens_total) == (7, 2, 4, 900)
+    assert (loaded.step, loaded.epoch, loaded.examples_into_epoch, loaded.tokens_total) == (
+        7,
+        2,
+        4,
+        900,
+    )
     assert extra["world_size"] == 1
-    for (name, a), (_, b) in zip(saved.model.named_parameters(), fresh.model.named_parameters(), strict=True):
+    for (name, a), (_, b) in zip(
+        saved.model.named_parameters(), fresh.model.named_parameters(), strict=True
+    ):
         if a.requires_grad:
             torch.testing.assert_close(b, a, msg=name)
     for a, b in zip(saved.optimizer.state.values(), fresh.optimizer.state.values(), strict=True):
@@ -135,7 +164,9 @@ def test_a_checkpoint_of_other_adapters_is_refused_with_a_way_out(tmp_path: Path
     folder = store.download(store.latest_complete())  # type: ignore[arg-type]
     other = objects()
     other.model = get_peft_model(Net(), LoraConfig(r=4, target_modules=["lin"]))
-    with pytest.raises(InvalidConfigError, match=r"made for different adapters .* delete its checkpoints/"):
+    with pytest.raises(
+        InvalidConfigError, match=r"made for different adapters .* delete its checkpoints/"
+    ):
         load_checkpoint(folder, other, rank=0, device=torch.device("cpu"))
 
 
@@ -161,7 +192,9 @@ def test_8bit_optimizer_state_survives_a_checkpoint(tmp_path: Path) -> None:
     parameter.grad = torch.randn(64, 64)
     optimizer.step()
     torch.save(optimizer.state_dict(), tmp_path / "optimizer.pt")
-    restored = bnb.optim.AdamW8bit([torch.nn.Parameter(parameter.detach().clone())], lr=0.01, min_8bit_size=16)
+    restored = bnb.optim.AdamW8bit(
+        [torch.nn.Parameter(parameter.detach().clone())], lr=0.01, min_8bit_size=16
+    )
     restored.load_state_dict(torch.load(tmp_path / "optimizer.pt", weights_only=True))
     state, again = optimizer.state[parameter], next(iter(restored.state.values()))
     assert state["state1"].dtype == torch.uint8

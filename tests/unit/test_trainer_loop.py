@@ -47,7 +47,11 @@ def test_count_tokens_counts_trained_targets_and_real_inputs() -> None:
         "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]]),
     }
     assert count_tokens(batch) == (3, 5)
-    packed = {"input_ids": torch.tensor([[1, 2, 3, 4]]), "labels": torch.tensor([[X, 2, X, 4]]), "position_ids": torch.tensor([[0, 1, 0, 1]])}
+    packed = {
+        "input_ids": torch.tensor([[1, 2, 3, 4]]),
+        "labels": torch.tensor([[X, 2, X, 4]]),
+        "position_ids": torch.tensor([[0, 1, 0, 1]]),
+    }
     assert count_tokens(packed) == (2, 4)
 
 
@@ -56,7 +60,12 @@ def rows_with_uneven_trained_counts() -> list[dict[str, list[int]]]:
     generator = torch.Generator().manual_seed(3)
     rows = []
     for examples in ([(10, 1)], [(30, 20), (20, 20)], [(6, 2)], [(40, 30), (16, 10)]):
-        row: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": [], "seq_lengths": []}
+        row: dict[str, list[int]] = {
+            "input_ids": [],
+            "labels": [],
+            "position_ids": [],
+            "seq_lengths": [],
+        }
         for length, trained in examples:
             ids = torch.randint(5, 300, (length,), generator=generator).tolist()
             labels = [X] * (length - trained) + ids[length - trained :]
@@ -68,7 +77,9 @@ def rows_with_uneven_trained_counts() -> list[dict[str, list[int]]]:
     return rows
 
 
-def one_step(model_folder: Path, rows: list[dict[str, list[int]]], batch_size: int, accumulation: int) -> tuple[dict[str, torch.Tensor], float]:
+def one_step(
+    model_folder: Path, rows: list[dict[str, list[int]]], batch_size: int, accumulation: int
+) -> tuple[dict[str, torch.Tensor], float]:
     job_spec = TuningJobSpec.model_validate(
         {
             "model": {"source": str(model_folder)},
@@ -76,7 +87,13 @@ def one_step(model_folder: Path, rows: list[dict[str, list[int]]], batch_size: i
             "output": {"destination": "unused/"},
             "resources": {"gpus": 0},
             "method": {"type": "qlora", "gradientCheckpointing": True},
-            "training": {"batchSize": batch_size, "gradientAccumulation": accumulation, "maxSteps": 1, "warmupRatio": 0.0, "seed": 1},
+            "training": {
+                "batchSize": batch_size,
+                "gradientAccumulation": accumulation,
+                "maxSteps": 1,
+                "warmupRatio": 0.0,
+                "seed": 1,
+            },
         }
     )
     plan = make_plan(job_spec, Hardware.probe())
@@ -108,7 +125,9 @@ def one_step(model_folder: Path, rows: list[dict[str, list[int]]], batch_size: i
     return weights, reports[0].loss
 
 
-def test_batch_1_times_accumulation_4_matches_batch_4_times_accumulation_1(tiny_model: Path) -> None:
+def test_batch_1_times_accumulation_4_matches_batch_4_times_accumulation_1(
+    tiny_model: Path,
+) -> None:
     rows = rows_with_uneven_trained_counts()
     accumulated, accumulated_loss = one_step(tiny_model, rows, batch_size=1, accumulation=4)
     batched, batched_loss = one_step(tiny_model, rows, batch_size=4, accumulation=1)
@@ -127,10 +146,17 @@ def test_batch_1_times_accumulation_4_matches_batch_4_times_accumulation_1(tiny_
 def test_a_stop_between_micro_batches_discards_the_partial_step(tiny_model: Path) -> None:
     rows = rows_with_uneven_trained_counts()
     job_spec = TuningJobSpec.model_validate(
-        {"model": {"source": "m"}, "dataset": {"source": "d"}, "output": {"destination": "o/"}, "resources": {"gpus": 0}}
+        {
+            "model": {"source": "m"},
+            "dataset": {"source": "d"},
+            "output": {"destination": "o/"},
+            "resources": {"gpus": 0},
+        }
     )
     plan = make_plan(job_spec, Hardware.probe())
-    model = load_model(tiny_model, "m", plan, LoraSpec(r=4, alpha=8, dropout=0.0), torch.device("cpu"), seed=1)
+    model = load_model(
+        tiny_model, "m", plan, LoraSpec(r=4, alpha=8, dropout=0.0), torch.device("cpu"), seed=1
+    )
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.1)
     stop = StopSignal()

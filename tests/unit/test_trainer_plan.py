@@ -29,7 +29,11 @@ def spec(**overrides: Any) -> TuningJobSpec:
 def test_qlora_on_a_bf16_gpu_uses_nf4_bf16_and_the_paged_8bit_optimizer() -> None:
     plan = make_plan(spec(), AMPERE_X4)
     assert (plan.device_type, plan.world_size, plan.backend) == ("cuda", 1, "nccl")
-    assert (plan.base_weights, plan.compute_dtype, plan.optimizer) == ("nf4", "bf16", "paged-adamw-8bit")
+    assert (plan.base_weights, plan.compute_dtype, plan.optimizer) == (
+        "nf4",
+        "bf16",
+        "paged-adamw-8bit",
+    )
     assert plan.gradient_checkpointing
 
 
@@ -46,13 +50,20 @@ def test_more_gpus_than_visible_is_a_retryable_node_problem_not_a_spec_error() -
 
 def test_older_gpus_compute_in_fp16_and_reject_bf16() -> None:
     assert make_plan(spec(), TURING).compute_dtype == "fp16"
-    with pytest.raises(InvalidConfigError, match=r"computeDtype: bf16 is not supported by this GPU \(T4\)"):
+    with pytest.raises(
+        InvalidConfigError, match=r"computeDtype: bf16 is not supported by this GPU \(T4\)"
+    ):
         make_plan(spec(method={"computeDtype": "bf16"}), TURING)
 
 
 def test_cpu_trains_in_fp32_with_adamw_and_says_why_when_gpus_were_asked_for() -> None:
     plan = make_plan(spec(), CPU)
-    assert (plan.device_type, plan.compute_dtype, plan.optimizer, plan.backend) == ("cpu", "fp32", "adamw", "gloo")
+    assert (plan.device_type, plan.compute_dtype, plan.optimizer, plan.backend) == (
+        "cpu",
+        "fp32",
+        "adamw",
+        "gloo",
+    )
     assert any("no CUDA device" in note for note in plan.notes)
 
 
@@ -90,10 +101,22 @@ def test_lora_auto_base_weights_follow_the_gpu_compute_dtype() -> None:
     ("overrides", "hardware", "message"),
     [
         ({"method": {"type": "qlora"}}, CPU_WITHOUT_BNB, r"method.type: qlora .* use type: lora"),
-        ({"method": {"type": "lora", "baseWeights": "int8"}}, CPU_WITHOUT_BNB, r"baseWeights: int8 needs bitsandbytes"),
-        ({"method": {"type": "lora", "baseWeights": "fp16"}}, CPU, r"baseWeights: fp16 needs a CUDA GPU"),
+        (
+            {"method": {"type": "lora", "baseWeights": "int8"}},
+            CPU_WITHOUT_BNB,
+            r"baseWeights: int8 needs bitsandbytes",
+        ),
+        (
+            {"method": {"type": "lora", "baseWeights": "fp16"}},
+            CPU,
+            r"baseWeights: fp16 needs a CUDA GPU",
+        ),
         ({"method": {"computeDtype": "fp16"}}, CPU, r"computeDtype: fp16 needs a CUDA GPU"),
-        ({"training": {"optimizer": "paged-adamw-8bit"}}, CPU, r"optimizer: paged-adamw-8bit .* needs a CUDA GPU"),
+        (
+            {"training": {"optimizer": "paged-adamw-8bit"}},
+            CPU,
+            r"optimizer: paged-adamw-8bit .* needs a CUDA GPU",
+        ),
         (
             {"method": {"type": "lora"}, "training": {"optimizer": "paged-adamw-8bit"}},
             Hardware(cuda_devices=1, cuda_bf16=True, bitsandbytes=False),
@@ -112,4 +135,6 @@ def test_the_probe_sees_this_machine() -> None:
     hardware = Hardware.probe()
     # CI has no GPU; a lent GPU machine has some. Either way the probe is consistent.
     assert hardware.cuda_devices >= 0
-    assert hardware.bitsandbytes, "bitsandbytes' native library should load here (CPU or CUDA build)"
+    assert hardware.bitsandbytes, (
+        "bitsandbytes' native library should load here (CPU or CUDA build)"
+    )

@@ -22,7 +22,9 @@ def test_the_hub_kernel_notice_becomes_a_debug_line(caplog: pytest.LogCaptureFix
     noisy = logging.getLogger("bitsandbytes.backends.cpu.ops")
     assert len(noisy.filters) == 1
     with caplog.at_level(logging.DEBUG):
-        noisy.warning("%s: %s. Please make sure ...", _HUB_KERNEL_NOTICE, "No module named 'kernels'")
+        noisy.warning(
+            "%s: %s. Please make sure ...", _HUB_KERNEL_NOTICE, "No module named 'kernels'"
+        )
         noisy.warning("something else")
     messages = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
     assert not any(name == noisy.name and _HUB_KERNEL_NOTICE in text for name, _, text in messages)
@@ -32,7 +34,9 @@ def test_the_hub_kernel_notice_becomes_a_debug_line(caplog: pytest.LogCaptureFix
 
 def test_importing_bitsandbytes_through_the_trainer_prints_no_hub_noise() -> None:
     code = "from kubetune.trainer.quantization import quiet_bitsandbytes_import; quiet_bitsandbytes_import(); import bitsandbytes"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert _HUB_KERNEL_NOTICE not in result.stderr
 
 
@@ -40,7 +44,11 @@ def gradients(model: torch.nn.Module, input_ids: torch.Tensor) -> dict[str, torc
     model.train()
     model.zero_grad()
     model(input_ids=input_ids, labels=input_ids).loss.backward()
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+    return {
+        n: p.grad.clone()
+        for n, p in model.named_parameters()
+        if p.requires_grad and p.grad is not None
+    }
 
 
 def test_an_evaluation_forward_leaves_4bit_training_gradients_unchanged(tiny_model: Path) -> None:
@@ -48,10 +56,17 @@ def test_an_evaluation_forward_leaves_4bit_training_gradients_unchanged(tiny_mod
     # trains through an op without autograd: gradients into earlier layers go wrong.
     # (On other CPUs and on GPUs that path does not exist and this passes trivially.)
     spec = TuningJobSpec.model_validate(
-        {"model": {"source": "m"}, "dataset": {"source": "d"}, "output": {"destination": "o/"}, "resources": {"gpus": 0}}
+        {
+            "model": {"source": "m"},
+            "dataset": {"source": "d"},
+            "output": {"destination": "o/"},
+            "resources": {"gpus": 0},
+        }
     )
     plan = make_plan(spec, Hardware.probe())
-    model = load_model(tiny_model, "m", plan, LoraSpec(r=4, alpha=8, dropout=0.0), torch.device("cpu"), seed=0)
+    model = load_model(
+        tiny_model, "m", plan, LoraSpec(r=4, alpha=8, dropout=0.0), torch.device("cpu"), seed=0
+    )
     with torch.no_grad():  # non-zero B, so gradients flow into every adapter
         for name, parameter in model.named_parameters():
             if "lora_B" in name:

@@ -37,7 +37,9 @@ def test_two_ranks_see_what_one_process_with_twice_the_accumulation_sees() -> No
     per_rank = [epoch_micro_batches(two, rank, 0, seed=5) for rank in range(2)]
     for step in range(one.steps_per_epoch):
         alone = {i for batch in single[step * 4 : step * 4 + 4] for i in batch}
-        together = {i for rank in per_rank for batch in rank[step * 2 : step * 2 + 2] for i in batch}
+        together = {
+            i for rank in per_rank for batch in rank[step * 2 : step * 2 + 2] for i in batch
+        }
         assert alone == together
 
 

@@ -73,7 +73,9 @@ def test_metrics_jsonl_is_truncated_to_the_resumed_step(tmp_path: Path) -> None:
     for step in (1, 2, 3, 4):
         telemetry.write_record({"kind": "train", "step": step, "loss": 1.0 / step})
     telemetry.truncate_records_after(2)
-    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    ]
     assert steps == [1, 2]
 
 

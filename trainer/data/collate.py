@@ -70,7 +70,11 @@ class PackedCollator:
         positions = [np.asarray(r["position_ids"], dtype=np.int64) for r in rows]
         examples = sum(len(r["seq_lengths"]) for r in rows)
         if self.flatten:
-            ids, labels, positions = [np.concatenate(ids)], [np.concatenate(labels)], [np.concatenate(positions)]
+            ids, labels, positions = (
+                [np.concatenate(ids)],
+                [np.concatenate(labels)],
+                [np.concatenate(positions)],
+            )
         width = max(len(x) for x in ids)
         input_ids = np.full((len(ids), width), self.pad_token_id, dtype=np.int64)
         label_rows = np.full((len(ids), width), IGNORE_INDEX, dtype=np.int64)
@@ -129,7 +133,14 @@ class LengthBucketedBatchSampler:
     shuffle the batches. Call `set_epoch(n)` before each epoch for a new order.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, drop_last: bool = False, bucket: int = 50):
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        seed: int,
+        drop_last: bool = False,
+        bucket: int = 50,
+    ):
         self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
         self.seed = seed
@@ -152,7 +163,9 @@ class LengthBucketedBatchSampler:
         for start in range(0, len(order), span):
             mega = order[start : start + span]
             mega = mega[np.argsort(-self.lengths[mega], kind="stable")]
-            batches += [mega[i : i + self.batch_size].tolist() for i in range(0, len(mega), self.batch_size)]
+            batches += [
+                mega[i : i + self.batch_size].tolist() for i in range(0, len(mega), self.batch_size)
+            ]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
         for k in rng.permutation(len(batches)):
@@ -168,5 +181,7 @@ def make_collator(
     """
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
-        raise InvalidConfigError("the model's tokenizer has neither a pad nor an EOS token to pad batches with")
+        raise InvalidConfigError(
+            "the model's tokenizer has neither a pad nor an EOS token to pad batches with"
+        )
     return PackedCollator(pad, flatten=flatten) if training.packing else PaddedCollator(pad)

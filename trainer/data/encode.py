@@ -87,7 +87,9 @@ class Encoder:
                 "save the tokenizer with tokenizer.json"
             )
         if tokenizer.eos_token_id is None:
-            raise InvalidConfigError("the model's tokenizer has no EOS token, so a tuned model could not learn to stop")
+            raise InvalidConfigError(
+                "the model's tokenizer has no EOS token, so a tuned model could not learn to stop"
+            )
         self.tokenizer = tokenizer
         self.template = template
         self.loss_on = loss_on
@@ -96,7 +98,9 @@ class Encoder:
         self.eos_id = int(tokenizer.eos_token_id)
         # Stop tokens: EOS and every special added token (end-of-turn markers such as <|im_end|>).
         self.stop_ids = {self.eos_id} | {
-            int(i) for i, t in tokenizer.added_tokens_decoder.items() if getattr(t, "special", False)
+            int(i)
+            for i, t in tokenizer.added_tokens_decoder.items()
+            if getattr(t, "special", False)
         }
         controls = sorted((t for t in tokenizer.added_tokens_encoder if t), key=len, reverse=True)
         self._control = re.compile("|".join(map(re.escape, controls))) if controls else None
@@ -117,7 +121,9 @@ class Encoder:
     def encode(self, examples: Sequence[Example]) -> Encoded:
         out = Encoded()
         texts: list[str] = []
-        spans: list[list[tuple[int, int]] | None] = []  # None: train every token (text format, lossOn all)
+        spans: list[
+            list[tuple[int, int]] | None
+        ] = []  # None: train every token (text format, lossOn all)
         kept: list[Example] = []
         for example in examples:
             try:
@@ -139,7 +145,9 @@ class Encoder:
             verbose=False,
         )
         offsets = batch["offset_mapping"] if not plain else [None] * len(texts)
-        for example, ids, offs, trained in zip(kept, batch["input_ids"], offsets, spans, strict=True):
+        for example, ids, offs, trained in zip(
+            kept, batch["input_ids"], offsets, spans, strict=True
+        ):
             self._finish(out, example, np.asarray(ids, dtype=np.int32), offs, trained)
         return out
 
@@ -194,7 +202,9 @@ class Encoder:
             if ids.size == 0 or ids[-1] != self.eos_id:
                 ids = np.append(ids, np.int32(self.eos_id))
                 labels = np.append(labels, np.int32(self.eos_id))
-                if example.messages is not None:  # lossOn: all on a template without a final stop token
+                if (
+                    example.messages is not None
+                ):  # lossOn: all on a template without a final stop token
                     out.eos_appended += 1
         else:
             ids, labels, appended = self._mask(ids, offsets, trained)
@@ -225,7 +235,9 @@ class Encoder:
         labels = np.full_like(ids, IGNORE_INDEX)
         inserts: list[int] = []  # positions after which EOS is appended
         for begin, end in trained:
-            inside = ((ends > begin) & (starts < end)) | ((ends == starts) & (starts >= begin) & (starts < end))
+            inside = ((ends > begin) & (starts < end)) | (
+                (ends == starts) & (starts >= begin) & (starts < end)
+            )
             where = np.flatnonzero(inside)
             if where.size == 0:
                 continue

@@ -37,7 +37,13 @@ _SIGNATURES: tuple[tuple[str, frozenset[str]], ...] = (
     ("text", frozenset({"text"})),
 )
 
-_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+_SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
 _ROLES = ("system", "user", "assistant")
 
 
@@ -92,7 +98,9 @@ class Formatter:
         record = self.rename(record)
         try:
             if self.format == "text":
-                return Example(where, None, text=self._string(record, "text"), group=self._group(record))
+                return Example(
+                    where, None, text=self._string(record, "text"), group=self._group(record)
+                )
             messages = getattr(self, "_" + self.format.replace("-", "_"))(record)
             if self.system_prompt and messages[0]["role"] != "system":
                 messages.insert(0, {"role": "system", "content": self.system_prompt})
@@ -104,29 +112,43 @@ class Formatter:
     # -- formats
 
     def _alpaca(self, record: dict[str, Any]) -> list[dict[str, str]]:
-        prompt = _join(self._string(record, "instruction"), self._string(record, "input", optional=True))
-        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": self._string(record, "output")}]
+        prompt = _join(
+            self._string(record, "instruction"), self._string(record, "input", optional=True)
+        )
+        return [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": self._string(record, "output")},
+        ]
 
     def _dolly(self, record: dict[str, Any]) -> list[dict[str, str]]:
-        prompt = _join(self._string(record, "instruction"), self._string(record, "context", optional=True))
-        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": self._string(record, "response")}]
+        prompt = _join(
+            self._string(record, "instruction"), self._string(record, "context", optional=True)
+        )
+        return [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": self._string(record, "response")},
+        ]
 
     def _prompt_completion(self, record: dict[str, Any]) -> list[dict[str, str]]:
         prompt, completion = record.get("prompt"), record.get("completion")
         if isinstance(prompt, list) or isinstance(completion, list):  # the conversational variant
-            return self._message_list(prompt, "prompt", "role", "content", _ROLE_IDENTITY) + self._message_list(
-                completion, "completion", "role", "content", _ROLE_IDENTITY
-            )
+            return self._message_list(
+                prompt, "prompt", "role", "content", _ROLE_IDENTITY
+            ) + self._message_list(completion, "completion", "role", "content", _ROLE_IDENTITY)
         return [
             {"role": "user", "content": self._string(record, "prompt")},
             {"role": "assistant", "content": self._string(record, "completion")},
         ]
 
     def _messages(self, record: dict[str, Any]) -> list[dict[str, str]]:
-        return self._message_list(record.get("messages"), "messages", "role", "content", _ROLE_IDENTITY)
+        return self._message_list(
+            record.get("messages"), "messages", "role", "content", _ROLE_IDENTITY
+        )
 
     def _sharegpt(self, record: dict[str, Any]) -> list[dict[str, str]]:
-        return self._message_list(record.get("conversations"), "conversations", "from", "value", _SHAREGPT_ROLES)
+        return self._message_list(
+            record.get("conversations"), "conversations", "from", "value", _SHAREGPT_ROLES
+        )
 
     # -- helpers
 
@@ -140,32 +162,50 @@ class Formatter:
         if value is None:
             if optional:
                 return ""
-            raise _Invalid("missing-field", f"field {self._field(name)} is missing or null (format {self.format})")
+            raise _Invalid(
+                "missing-field",
+                f"field {self._field(name)} is missing or null (format {self.format})",
+            )
         if not isinstance(value, str):
-            raise _Invalid("wrong-type", f"field {self._field(name)} must be a string, got {type(value).__name__}")
+            raise _Invalid(
+                "wrong-type",
+                f"field {self._field(name)} must be a string, got {type(value).__name__}",
+            )
         return value
 
     def _message_list(
         self, value: Any, name: str, role_key: str, content_key: str, roles: Mapping[str, str]
     ) -> list[dict[str, str]]:
         if value is None:
-            raise _Invalid("missing-field", f"field {self._field(name)} is missing or null (format {self.format})")
+            raise _Invalid(
+                "missing-field",
+                f"field {self._field(name)} is missing or null (format {self.format})",
+            )
         if isinstance(value, str):  # a JSON-encoded list, as CSV files carry them
             try:
                 value = json.loads(value)
             except ValueError:
-                raise _Invalid("wrong-type", f"field {self._field(name)} must be a list of messages, got a string") from None
+                raise _Invalid(
+                    "wrong-type",
+                    f"field {self._field(name)} must be a list of messages, got a string",
+                ) from None
         if not isinstance(value, list) or not value:
-            raise _Invalid("wrong-type", f"field {self._field(name)} must be a non-empty list of messages")
+            raise _Invalid(
+                "wrong-type", f"field {self._field(name)} must be a non-empty list of messages"
+            )
         messages = []
         for i, message in enumerate(value):
             at = f"{name}[{i}]"
             if not isinstance(message, Mapping):
-                raise _Invalid("wrong-type", f"{at} must be an object with {role_key!r} and {content_key!r}")
+                raise _Invalid(
+                    "wrong-type", f"{at} must be an object with {role_key!r} and {content_key!r}"
+                )
             role, content = message.get(role_key), message.get(content_key)
             if role not in roles:
                 known = ", ".join(sorted(roles))
-                raise _Invalid("unknown-role", f"{at}.{role_key} is {role!r}; expected one of {known}")
+                raise _Invalid(
+                    "unknown-role", f"{at}.{role_key} is {role!r}; expected one of {known}"
+                )
             if not isinstance(content, str):
                 kind = "missing" if content is None else f"a {type(content).__name__}"
                 raise _Invalid("wrong-type", f"{at}.{content_key} must be a string, got {kind}")
@@ -197,7 +237,10 @@ def _check_turns(messages: list[dict[str, str]]) -> None:
     if any(m["role"] == "system" for m in turns):
         raise _Invalid("bad-turns", "a system message may only come first")
     if not any(m["role"] == "assistant" for m in turns):
-        raise _Invalid("no-assistant-turn", "the conversation has no assistant turn, so nothing would be trained")
+        raise _Invalid(
+            "no-assistant-turn",
+            "the conversation has no assistant turn, so nothing would be trained",
+        )
     for i, message in enumerate(turns):
         expected = "user" if i % 2 == 0 else "assistant"
         if message["role"] != expected:

@@ -45,7 +45,9 @@ def lower_bound(lengths: Sequence[int], capacity: int) -> int:
 def plan_packs(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     """Indices of the examples in each pack (every length must be <= capacity)."""
     if any(n > capacity or n <= 0 for n in lengths):
-        raise ValueError("every example must have 1..capacity tokens; truncate or drop the others first")
+        raise ValueError(
+            "every example must have 1..capacity tokens; truncate or drop the others first"
+        )
     packs, loads = _best_fit_decreasing(lengths, capacity)
     bound = lower_bound(lengths, capacity)
     while len(packs) > bound and _empty_one_pack(packs, loads, lengths, capacity):
@@ -53,11 +55,15 @@ def plan_packs(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return packs
 
 
-def _best_fit_decreasing(lengths: Sequence[int], capacity: int) -> tuple[list[list[int]], list[int]]:
+def _best_fit_decreasing(
+    lengths: Sequence[int], capacity: int
+) -> tuple[list[list[int]], list[int]]:
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     packs: list[list[int]] = []
     loads: list[int] = []
-    free: list[tuple[int, int]] = []  # (room left, pack) sorted: the best fit is the first with room >= n
+    free: list[
+        tuple[int, int]
+    ] = []  # (room left, pack) sorted: the best fit is the first with room >= n
     for i in order:
         n = lengths[i]
         at = bisect.bisect_left(free, (n, -1))
@@ -74,7 +80,9 @@ def _best_fit_decreasing(lengths: Sequence[int], capacity: int) -> tuple[list[li
     return packs, loads
 
 
-def _empty_one_pack(packs: list[list[int]], loads: list[int], lengths: Sequence[int], capacity: int) -> bool:
+def _empty_one_pack(
+    packs: list[list[int]], loads: list[int], lengths: Sequence[int], capacity: int
+) -> bool:
     """Try to use one pack fewer; True if it worked (packs changed in place).
 
     The k least-filled packs (k = 1, 2, 3 in turn: more free examples give more ways to

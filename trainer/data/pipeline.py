@@ -129,10 +129,20 @@ def prepare(
         return _load(entry, from_cache=True)
 
     problems = ProblemLog(dataset.on_invalid)
-    report: dict[str, Any] = {"kubetuneVersion": __version__, "cacheKey": key, "files": [], "ignoredFiles": ignored}
-    with stages("read"), tempfile.TemporaryDirectory(prefix="downloads-", dir=_ensure(workdir)) as downloads:
+    report: dict[str, Any] = {
+        "kubetuneVersion": __version__,
+        "cacheKey": key,
+        "files": [],
+        "ignoredFiles": ignored,
+    }
+    with (
+        stages("read"),
+        tempfile.TemporaryDirectory(prefix="downloads-", dir=_ensure(workdir)) as downloads,
+    ):
         examples = {
-            split: _read_examples(_download(found, storage, Path(downloads)), dataset, problems, report, split)
+            split: _read_examples(
+                _download(found, storage, Path(downloads)), dataset, problems, report, split
+            )
             for split, found in files.items()
         }
     beyond_max = 0
@@ -148,7 +158,9 @@ def prepare(
             for split_examples in examples.values():
                 for example in split_examples:
                     _redact(example, redactor)
-    encoder = Encoder(tokenizer, template, training.loss_on, training.max_seq_length, training.overlong)
+    encoder = Encoder(
+        tokenizer, template, training.loss_on, training.max_seq_length, training.overlong
+    )
     encoded: dict[str, Encoded] = {}
     with stages("encode"):
         for split, split_examples in examples.items():
@@ -166,10 +178,14 @@ def prepare(
             if not enc.input_ids:
                 continue
             tables[split], split_reports[split] = _rows(enc, training, shuffle=split == "train")
-    if not any(e.messages is not None for split_examples in examples.values() for e in split_examples):
+    if not any(
+        e.messages is not None for split_examples in examples.values() for e in split_examples
+    ):
         template = None  # plain text throughout: no template was used
     report.update(
-        _summary(report, problems, encoded, split_reports, redactor, template, dataset, training, stages)
+        _summary(
+            report, problems, encoded, split_reports, redactor, template, dataset, training, stages
+        )
     )
     with stages("write"):
         _write(entry, tables, report, stages)
@@ -187,9 +203,15 @@ def _list_source(uri: str, storage: Storage) -> tuple[list[SourceFile], list[str
     data = [o for o in objects if file_kind(o.uri)]
     if not data:
         if len(objects) == 1 and objects[0].uri == uri:
-            raise BadDataError(f"{uri}: unknown file type; use .jsonl, .jsonl.gz, .json, .parquet or .csv")
-        raise BadDataError(f"{uri}: no data files under this prefix (.jsonl, .jsonl.gz, .json, .parquet, .csv)")
-    files = [SourceFile(uri=o.uri, path=None, size=o.size, fingerprint=f"etag:{o.etag}") for o in data]
+            raise BadDataError(
+                f"{uri}: unknown file type; use .jsonl, .jsonl.gz, .json, .parquet or .csv"
+            )
+        raise BadDataError(
+            f"{uri}: no data files under this prefix (.jsonl, .jsonl.gz, .json, .parquet, .csv)"
+        )
+    files = [
+        SourceFile(uri=o.uri, path=None, size=o.size, fingerprint=f"etag:{o.etag}") for o in data
+    ]
     return files, [o.uri for o in objects if not file_kind(o.uri)]
 
 
@@ -209,7 +231,11 @@ def _needs_template(dataset: DatasetSpec) -> bool:
 
 
 def _read_examples(
-    files: list[SourceFile], dataset: DatasetSpec, problems: ProblemLog, report: dict[str, Any], split: str
+    files: list[SourceFile],
+    dataset: DatasetSpec,
+    problems: ProblemLog,
+    report: dict[str, Any],
+    split: str,
 ) -> list[Example]:
     examples: list[Example] = []
     for file in files:
@@ -225,7 +251,9 @@ def _read_examples(
                 fmt = dataset.format
                 if fmt == "auto":
                     fmt = detect_format(Formatter("text", dataset.columns).rename(record), where)
-                formatter = Formatter(fmt, dataset.columns, dataset.system_prompt, dataset.stratify_by)
+                formatter = Formatter(
+                    fmt, dataset.columns, dataset.system_prompt, dataset.stratify_by
+                )
             result = formatter(where, record)
             if isinstance(result, Problem):
                 problems.add(result)
@@ -244,7 +272,9 @@ def _read_examples(
     return examples
 
 
-def _split(examples: dict[str, list[Example]], dataset: DatasetSpec, seed: int) -> dict[str, list[Example]]:
+def _split(
+    examples: dict[str, list[Example]], dataset: DatasetSpec, seed: int
+) -> dict[str, list[Example]]:
     fractions = {
         split: held.fraction
         for split in ("validation", "test")
@@ -256,7 +286,9 @@ def _split(examples: dict[str, list[Example]], dataset: DatasetSpec, seed: int) 
         if sum(fractions.values()) >= 1:
             from kubetune.trainer.errors import InvalidConfigError
 
-            raise InvalidConfigError("dataset.validation.fraction + dataset.test.fraction must be less than 1")
+            raise InvalidConfigError(
+                "dataset.validation.fraction + dataset.test.fraction must be less than 1"
+            )
         chosen = split_indices([e.group for e in train], fractions, seed)
         for split in fractions:
             out[split] = [train[i] for i in chosen[split]]
@@ -365,7 +397,9 @@ def _summary(
     }
 
 
-def _write(entry: Path, tables: dict[str, pa.Table], report: dict[str, Any], stages: _Stages) -> None:
+def _write(
+    entry: Path, tables: dict[str, pa.Table], report: dict[str, Any], stages: _Stages
+) -> None:
     import pyarrow.parquet as pq
 
     entry.parent.mkdir(parents=True, exist_ok=True)
@@ -391,7 +425,9 @@ def _load(entry: Path, from_cache: bool) -> PreparedData:
     splits: dict[str, datasets.Dataset | None] = {}
     for split in SPLITS:
         path = entry / f"{split}.parquet"
-        splits[split] = datasets.Dataset(pq.read_table(path, memory_map=True)) if path.exists() else None
+        splits[split] = (
+            datasets.Dataset(pq.read_table(path, memory_map=True)) if path.exists() else None
+        )
     report = json.loads((entry / REPORT_FILE).read_text())
     template = report.get("chatTemplate")
     assert splits["train"] is not None
@@ -434,7 +470,10 @@ def cache_key(
     digest = hashlib.sha256()
     parts = {
         "pipeline": PIPELINE_VERSION,
-        "files": {split: [(f.uri, f.size, f.fingerprint) for f in files] for split, files in sources.items()},
+        "files": {
+            split: [(f.uri, f.size, f.fingerprint) for f in files]
+            for split, files in sources.items()
+        },
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "template": template.source if template else None,
         "dataset": dataset.model_dump(mode="json"),
@@ -449,7 +488,9 @@ def cache_key(
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     digest = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    digest.update((backend.to_str() if backend is not None else repr(tokenizer.get_vocab())).encode())
+    digest.update(
+        (backend.to_str() if backend is not None else repr(tokenizer.get_vocab())).encode()
+    )
     digest.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
     digest.update(str(getattr(tokenizer, "chat_template", None)).encode())
     return digest.hexdigest()
@@ -472,7 +513,9 @@ def _stats(values: list[int]) -> dict[str, float]:
     }
 
 
-def _empty_message(source: str, report: dict[str, Any], problems: ProblemLog, train: Encoded) -> str:
+def _empty_message(
+    source: str, report: dict[str, Any], problems: ProblemLog, train: Encoded
+) -> str:
     records = sum(f["records"] for f in report["files"])
     why = {**problems.by_reason, **train.dropped}
     reasons = ", ".join(f"{k}: {v}" for k, v in sorted(why.items())) or "none"

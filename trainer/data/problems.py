@@ -51,10 +51,15 @@ class ProblemLog:
     def check(self) -> None:
         """Raise BadDataError if there were problems and the policy is to fail."""
         if self.on_invalid == "fail" and self.count:
-            raise BadDataError(self.summary() + "\nfix these records, or set dataset.onInvalid: skip to drop and count them")
+            raise BadDataError(
+                self.summary()
+                + "\nfix these records, or set dataset.onInvalid: skip to drop and count them"
+            )
 
     def summary(self) -> str:
-        lines = [f"{self.count} unusable record(s) ({', '.join(f'{k}: {v}' for k, v in sorted(self.by_reason.items()))}):"]
+        lines = [
+            f"{self.count} unusable record(s) ({', '.join(f'{k}: {v}' for k, v in sorted(self.by_reason.items()))}):"
+        ]
         lines += [f"  {p}" for p in self.first]
         if self.count > len(self.first):
             lines.append(f"  ... and {self.count - len(self.first)} more")

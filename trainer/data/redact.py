@@ -67,10 +67,17 @@ class _Kind:
 # In the order they are applied.
 KINDS: dict[str, _Kind] = {
     "url": _Kind("<URL>", re.compile(r"\b(?:https?://|www\.)[^\s<>\"']+[^\s<>\"'.,;:!?)\]}]")),
-    "email": _Kind("<EMAIL>", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")),
-    "iban": _Kind("<IBAN>", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"), _iban),
+    "email": _Kind(
+        "<EMAIL>",
+        re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
+    ),
+    "iban": _Kind(
+        "<IBAN>", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"), _iban
+    ),
     "credit-card": _Kind("<CREDIT_CARD>", re.compile(r"\b\d(?:[ -]?\d){12,18}\b"), _credit_card),
-    "us-ssn": _Kind("<US_SSN>", re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b")),
+    "us-ssn": _Kind(
+        "<US_SSN>", re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b")
+    ),
     "ipv6": _Kind(
         "<IPV6>",
         re.compile(
@@ -82,7 +89,9 @@ KINDS: dict[str, _Kind] = {
         "<PHONE>",
         # +CC, optional area code in parentheses, groups separated by space, dot or dash;
         # at least 7 digits, and a separator or a + so that plain numbers are left alone.
-        re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){1,4}(?![\w-])"),
+        re.compile(
+            r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){1,4}(?![\w-])"
+        ),
         _phone,
     ),
 }
@@ -95,7 +104,9 @@ class Redactor:
         chosen = set(kinds)
         unknown = chosen - set(KINDS)
         if unknown:
-            raise ValueError(f"unknown redaction kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
+            raise ValueError(
+                f"unknown redaction kinds {sorted(unknown)}; known: {', '.join(KINDS)}"
+            )
         self.kinds = [(name, kind) for name, kind in KINDS.items() if name in chosen]
         self.counts: Counter[str] = Counter()
 
@@ -104,7 +115,9 @@ class Redactor:
 
     def __call__(self, text: str) -> str:
         for name, kind in self.kinds:
-            text = kind.pattern.sub(lambda m, name=name, kind=kind: self._replace(m, name, kind), text)
+            text = kind.pattern.sub(
+                lambda m, name=name, kind=kind: self._replace(m, name, kind), text
+            )
         return text
 
     def _replace(self, match: re.Match[str], name: str, kind: _Kind) -> str:

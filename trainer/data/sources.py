@@ -27,7 +27,13 @@ from pathlib import Path
 from kubetune.trainer.data.problems import Problem
 from kubetune.trainer.errors import BadDataError, StorageAccessError
 
-DATA_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+DATA_SUFFIXES = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".csv": "csv",
+}
 
 # Parquet is read in batches of this many rows, to bound memory on big files.
 PARQUET_BATCH = 4096
@@ -74,7 +80,9 @@ def list_local(source: str) -> tuple[list[SourceFile], list[str]]:
         files = sorted(p for p in path.rglob("*") if p.is_file())
         data = [p for p in files if file_kind(p.name)]
         if not data:
-            raise BadDataError(f"{source}: no data files in this folder (.jsonl, .jsonl.gz, .json, .parquet, .csv)")
+            raise BadDataError(
+                f"{source}: no data files in this folder (.jsonl, .jsonl.gz, .json, .parquet, .csv)"
+            )
         return [_local_file(p) for p in data], [str(p) for p in files if not file_kind(p.name)]
     raise StorageAccessError(f"{source}: no such file or folder")
 
@@ -85,7 +93,9 @@ def _local_file(path: Path) -> SourceFile:
             digest = hashlib.file_digest(f, "sha256").hexdigest()
     except PermissionError:
         raise StorageAccessError(f"{path}: permission denied") from None
-    return SourceFile(uri=str(path), path=path, size=path.stat().st_size, fingerprint=f"sha256:{digest}")
+    return SourceFile(
+        uri=str(path), path=path, size=path.stat().st_size, fingerprint=f"sha256:{digest}"
+    )
 
 
 def read_records(file: SourceFile) -> Iterator[tuple[str, dict] | Problem]:
@@ -103,7 +113,9 @@ def read_records(file: SourceFile) -> Iterator[tuple[str, dict] | Problem]:
         return
     raw = _read_bytes(file)
     if not raw.strip():
-        raise BadDataError(f"{file.uri}: the file holds only whitespace; remove it or put records in it")
+        raise BadDataError(
+            f"{file.uri}: the file holds only whitespace; remove it or put records in it"
+        )
     if kind == "json" and raw.lstrip()[:1] == b"[":
         yield from _read_json_array(file, raw)
     elif kind in ("json", "jsonl"):
@@ -119,7 +131,9 @@ def _read_bytes(file: SourceFile) -> bytes:
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError) as e:
-            raise BadDataError(f"{file.uri}: not a valid gzip file ({e}); compress it with gzip or drop the .gz") from None
+            raise BadDataError(
+                f"{file.uri}: not a valid gzip file ({e}); compress it with gzip or drop the .gz"
+            ) from None
     if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark, as some editors write
         data = data[3:]
     return data
@@ -133,15 +147,23 @@ def _read_jsonl(file: SourceFile, raw: bytes) -> Iterator[tuple[str, dict] | Pro
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as e:
-            yield Problem(where, "not-utf8", f"bytes that are not UTF-8 at column {e.start + 1}; re-encode the file as UTF-8")
+            yield Problem(
+                where,
+                "not-utf8",
+                f"bytes that are not UTF-8 at column {e.start + 1}; re-encode the file as UTF-8",
+            )
             continue
         try:
             record = json.loads(text)
         except ValueError as e:
-            yield Problem(where, "invalid-json", f"invalid JSON ({e}); each line must be one JSON object")
+            yield Problem(
+                where, "invalid-json", f"invalid JSON ({e}); each line must be one JSON object"
+            )
             continue
         if not isinstance(record, dict):
-            yield Problem(where, "not-an-object", f"expected a JSON object, got {_json_type(record)}")
+            yield Problem(
+                where, "not-an-object", f"expected a JSON object, got {_json_type(record)}"
+            )
             continue
         yield where, record
 
@@ -153,16 +175,26 @@ def _read_json_array(file: SourceFile, raw: bytes) -> Iterator[tuple[str, dict] 
     except ValueError as e:
         line = getattr(e, "lineno", None)
         where = f"{file.uri}:{line}" if line else file.uri
-        raise BadDataError(f"{where}: invalid JSON ({e}); a .json file must hold one array of objects, or JSON Lines") from None
+        raise BadDataError(
+            f"{where}: invalid JSON ({e}); a .json file must hold one array of objects, or JSON Lines"
+        ) from None
     if not isinstance(records, list):
-        raise BadDataError(f"{file.uri}: expected a JSON array of objects, got {_json_type(records)}")
+        raise BadDataError(
+            f"{file.uri}: expected a JSON array of objects, got {_json_type(records)}"
+        )
     if not records:
-        raise BadDataError(f"{file.uri}: the JSON array is empty; remove the file or put records in it")
+        raise BadDataError(
+            f"{file.uri}: the JSON array is empty; remove the file or put records in it"
+        )
     for index, record in enumerate(records):
         if isinstance(record, dict):
             yield f"{file.uri} [{index}]", record
         else:
-            yield Problem(f"{file.uri} [{index}]", "not-an-object", f"expected a JSON object, got {_json_type(record)}")
+            yield Problem(
+                f"{file.uri} [{index}]",
+                "not-an-object",
+                f"expected a JSON object, got {_json_type(record)}",
+            )
 
 
 def _read_csv(file: SourceFile, raw: bytes) -> Iterator[tuple[str, dict] | Problem]:
@@ -206,7 +238,9 @@ def _read_parquet(file: SourceFile) -> Iterator[tuple[str, dict] | Problem]:
     except (pa.ArrowInvalid, OSError) as e:
         raise BadDataError(f"{file.uri}: not a readable Parquet file ({e})") from None
     if parquet.metadata.num_rows == 0:
-        raise BadDataError(f"{file.uri}: the Parquet file has no rows; remove it or put records in it")
+        raise BadDataError(
+            f"{file.uri}: the Parquet file has no rows; remove it or put records in it"
+        )
     row = 0
     for batch in parquet.iter_batches(batch_size=PARQUET_BATCH):
         for record in batch.to_pylist():
@@ -225,6 +259,10 @@ def _decode_whole(file: SourceFile, raw: bytes) -> str:
 
 
 def _json_type(value: object) -> str:
-    return {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(
-        type(value), "null" if value is None else type(value).__name__
-    )
+    return {
+        list: "an array",
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "a boolean",
+    }.get(type(value), "null" if value is None else type(value).__name__)

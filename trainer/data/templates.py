@@ -90,7 +90,9 @@ def resolve_template(setting: str, tokenizer: PreTrainedTokenizerBase) -> ChatTe
     """The template `dataset.template` names, checked by rendering a probe conversation."""
     own = _tokenizer_template(tokenizer)
     if setting == "auto":
-        template = ChatTemplate("tokenizer", own) if own else ChatTemplate("chatml", BUILTIN["chatml"])
+        template = (
+            ChatTemplate("tokenizer", own) if own else ChatTemplate("chatml", BUILTIN["chatml"])
+        )
     elif setting == "tokenizer":
         if not own:
             raise InvalidConfigError(
@@ -115,7 +117,9 @@ def resolve_template(setting: str, tokenizer: PreTrainedTokenizerBase) -> ChatTe
         try:
             renderer.render(_PROBE[1:])
         except Exception:
-            raise InvalidConfigError(f"dataset.template ({template.name}) cannot render a conversation: {e}") from None
+            raise InvalidConfigError(
+                f"dataset.template ({template.name}) cannot render a conversation: {e}"
+            ) from None
     return template
 
 

@@ -51,14 +51,18 @@ def load_tokenizer(model: ModelSpec, s3: S3Spec, cache_dir: Path) -> PreTrainedT
         prefix = source if source.endswith("/") else source + "/"
         wanted = [o for o in storage.list_objects(prefix) if o.relative in TOKENIZER_FILES]
         if not wanted:
-            raise InvalidConfigError(f"model.source: no tokenizer files under {prefix} (tokenizer.json, ...)")
+            raise InvalidConfigError(
+                f"model.source: no tokenizer files under {prefix} (tokenizer.json, ...)"
+            )
         folder = cache_dir / "tokenizers" / prefix.removeprefix("s3://").replace("/", "_")
         for info in wanted:
             storage.download_file(info.uri, folder / info.relative)
         return _load(str(folder))
     path = Path(source).expanduser()
     if not path.is_dir():
-        raise StorageAccessError(f"model.source: {source}: no such folder (a local model or tokenizer folder)")
+        raise StorageAccessError(
+            f"model.source: {source}: no such folder (a local model or tokenizer folder)"
+        )
     return _load(str(path))
 
 
@@ -68,4 +72,6 @@ def _load(name: str, revision: str | None = None) -> PreTrainedTokenizerBase:
     try:
         return AutoTokenizer.from_pretrained(name, revision=revision)
     except (OSError, ValueError) as e:
-        raise InvalidConfigError(f"model.source: cannot load a tokenizer from {name}: {e}") from None
+        raise InvalidConfigError(
+            f"model.source: cannot load a tokenizer from {name}: {e}"
+        ) from None

@@ -36,7 +36,9 @@ def sp_tokenizer():
 def make_job(tmp_path: Path) -> Callable[..., TuningJob]:
     """A TuningJob for `source`, with dataset/training overrides in camelCase."""
 
-    def make(source: str | Path, dataset: dict | None = None, training: dict | None = None, **spec: Any) -> TuningJob:
+    def make(
+        source: str | Path, dataset: dict | None = None, training: dict | None = None, **spec: Any
+    ) -> TuningJob:
         return parse_tuningjob(
             {
                 "apiVersion": "kubetune.dev/v1alpha1",

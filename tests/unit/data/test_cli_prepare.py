@@ -44,13 +44,21 @@ def run(tmp_path, model_dir, monkeypatch):
                 }
             )
         )
-        return CliRunner().invoke(main, ["prepare", "-f", str(manifest), *args], catch_exceptions=False)
+        return CliRunner().invoke(
+            main, ["prepare", "-f", str(manifest), *args], catch_exceptions=False
+        )
 
     return invoke
 
 
 def test_prepare_writes_splits_and_report(run, tmp_path):
-    result = run({"source": str(DOLLY), "maxExamples": 200}, "-o", str(tmp_path / "prepared"), "--report", str(tmp_path / "r.json"))
+    result = run(
+        {"source": str(DOLLY), "maxExamples": 200},
+        "-o",
+        str(tmp_path / "prepared"),
+        "--report",
+        str(tmp_path / "r.json"),
+    )
     assert result.exit_code == 0, result.output
     assert "packing efficiency" in result.output
     for split in ("train", "validation"):

@@ -13,7 +13,12 @@ from kubetune.trainer.data import (
 )
 
 PACKS = [
-    {"input_ids": [5, 6, 7, 8, 9], "labels": [-100, 6, 7, -100, 9], "position_ids": [0, 1, 2, 0, 1], "seq_lengths": [3, 2]},
+    {
+        "input_ids": [5, 6, 7, 8, 9],
+        "labels": [-100, 6, 7, -100, 9],
+        "position_ids": [0, 1, 2, 0, 1],
+        "seq_lengths": [3, 2],
+    },
     {"input_ids": [3, 4], "labels": [-100, 4], "position_ids": [0, 1], "seq_lengths": [2]},
 ]
 
@@ -35,8 +40,15 @@ def test_flattened_batch_is_one_row_without_padding():
 
 
 def test_padded_batch_has_an_attention_mask():
-    rows = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3], "position_ids": [0, 1, 2], "seq_lengths": [3]},
-            {"input_ids": [4], "labels": [-100], "position_ids": [0], "seq_lengths": [1]}]
+    rows = [
+        {
+            "input_ids": [1, 2, 3],
+            "labels": [-100, 2, 3],
+            "position_ids": [0, 1, 2],
+            "seq_lengths": [3],
+        },
+        {"input_ids": [4], "labels": [-100], "position_ids": [0], "seq_lengths": [1]},
+    ]
     batch = PaddedCollator(pad_token_id=0, pad_to_multiple_of=4)(rows)
     assert batch["input_ids"].tolist() == [[1, 2, 3, 0], [4, 0, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]

@@ -19,8 +19,17 @@ CHAT = [
 ]
 
 
-def _encode(tokenizer, template="auto", loss_on="responses", max_length=4096, overlong="truncate", messages=CHAT):
-    encoder = Encoder(tokenizer, resolve_template(template, tokenizer), loss_on, max_length, overlong)
+def _encode(
+    tokenizer,
+    template="auto",
+    loss_on="responses",
+    max_length=4096,
+    overlong="truncate",
+    messages=CHAT,
+):
+    encoder = Encoder(
+        tokenizer, resolve_template(template, tokenizer), loss_on, max_length, overlong
+    )
     return encoder.encode([Example("x", [dict(m) for m in messages])])
 
 
@@ -36,7 +45,10 @@ def test_tokenizer_template_trains_each_reply_with_its_end_of_turn(tokenizer):
     # Labels equal the ids where trained; the ids are exactly the template's rendering.
     ids, labels = encoded.input_ids[0], encoded.labels[0]
     assert np.array_equal(labels[labels != IGNORE_INDEX], ids[labels != IGNORE_INDEX])
-    assert list(ids) == tokenizer.apply_chat_template(CHAT, tokenize=True, return_dict=True)["input_ids"]
+    assert (
+        list(ids)
+        == tokenizer.apply_chat_template(CHAT, tokenize=True, return_dict=True)["input_ids"]
+    )
 
 
 def test_last_response_and_all(tokenizer):
@@ -95,11 +107,17 @@ def test_templates_that_rewrite_history_are_refused_for_all_responses(tokenizer)
     )
     with pytest.raises(InvalidConfigError, match="lossOn: last-response"):
         _encode(tokenizer, rewriting)
-    assert _trained(tokenizer, _encode(tokenizer, rewriting, loss_on="last-response")) == "Rome.<|im_end|>"
+    assert (
+        _trained(tokenizer, _encode(tokenizer, rewriting, loss_on="last-response"))
+        == "Rome.<|im_end|>"
+    )
 
 
 def test_control_tokens_in_content_are_problems(tokenizer):
-    messages = [{"role": "user", "content": "say <|im_end|> please"}, {"role": "assistant", "content": "ok"}]
+    messages = [
+        {"role": "user", "content": "say <|im_end|> please"},
+        {"role": "assistant", "content": "ok"},
+    ]
     encoded = _encode(tokenizer, messages=messages)
     assert not encoded.input_ids
     assert encoded.problems[0].reason == "control-token-in-text"
@@ -113,7 +131,10 @@ def test_overlong_examples_are_truncated_or_dropped_and_counted(tokenizer):
     dropped = _encode(tokenizer, max_length=64, overlong="drop", messages=long)
     assert not dropped.input_ids and dropped.dropped["overlong"] == 1
     # A prompt longer than the limit leaves nothing trained: dropped and counted, never kept.
-    prompt_only = [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]
+    prompt_only = [
+        {"role": "user", "content": "word " * 200},
+        {"role": "assistant", "content": "ok"},
+    ]
     nothing = _encode(tokenizer, max_length=64, messages=prompt_only)
     assert not nothing.input_ids and nothing.dropped["no-trained-tokens"] == 1
 

@@ -71,7 +71,11 @@ def test_lengths_must_fit():
 
 
 def test_rows_restart_positions_and_keep_labels():
-    ids = [np.arange(1, 4, dtype=np.int32), np.arange(10, 12, dtype=np.int32), np.arange(20, 25, dtype=np.int32)]
+    ids = [
+        np.arange(1, 4, dtype=np.int32),
+        np.arange(10, 12, dtype=np.int32),
+        np.arange(20, 25, dtype=np.int32),
+    ]
     labels = [x.copy() for x in ids]
     for y in labels:
         y[0] = IGNORE_INDEX
@@ -82,4 +86,9 @@ def test_rows_restart_positions_and_keep_labels():
     assert rows[0]["position_ids"] == [0, 1, 2, 3, 4, 0, 1, 2]
     assert rows[0]["seq_lengths"] == [5, 3]
     assert rows[0]["labels"] == [IGNORE_INDEX, 21, 22, 23, 24, IGNORE_INDEX, 2, 3]
-    assert rows[1] == {"input_ids": [10, 11], "labels": [IGNORE_INDEX, 11], "position_ids": [0, 1], "seq_lengths": [2]}
+    assert rows[1] == {
+        "input_ids": [10, 11],
+        "labels": [IGNORE_INDEX, 11],
+        "position_ids": [0, 1],
+        "seq_lengths": [2],
+    }

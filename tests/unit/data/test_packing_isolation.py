@@ -88,13 +88,19 @@ def test_packed_loss_equals_the_examples_losses(tokenizer, examples, attn):
     """Same loss terms: nothing is predicted across an example boundary."""
     ids, labels = examples
     model = build_model(tokenizer, "llama", attn_implementation=attn).eval()
-    batch = PackedCollator(tokenizer.pad_token_id, flatten=True)(build_packs(ids, labels, [[0, 1, 2, 3]]).to_pylist())
+    batch = PackedCollator(tokenizer.pad_token_id, flatten=True)(
+        build_packs(ids, labels, [[0, 1, 2, 3]]).to_pylist()
+    )
     with torch.no_grad():
         packed_loss = model(**_inputs(batch), labels=batch["labels"]).loss
         total, count = 0.0, 0
         for x, y in zip(ids, labels, strict=True):
             n = int((y[1:] != IGNORE_INDEX).sum())
-            out = model(input_ids=torch.as_tensor(x[None]).long(), labels=torch.as_tensor(y[None]).long(), use_cache=False)
+            out = model(
+                input_ids=torch.as_tensor(x[None]).long(),
+                labels=torch.as_tensor(y[None]).long(),
+                use_cache=False,
+            )
             total += out.loss.item() * n
             count += n
     assert batch["num_trained_tokens"] == count
@@ -124,10 +130,17 @@ def test_packed_logits_equal_on_cuda_sdpa(tokenizer, examples, dtype):
     ids, labels = examples
     model = build_model(tokenizer, "llama").to("cuda", dtype).eval()
     rows = build_packs(ids, labels, [[0, 1, 2, 3]]).to_pylist()
-    batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in PackedCollator(tokenizer.pad_token_id)(rows).items()}
-    tolerance = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    batch = {
+        k: v.cuda() if isinstance(v, torch.Tensor) else v
+        for k, v in PackedCollator(tokenizer.pad_token_id)(rows).items()
+    }
+    tolerance = (
+        {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    )
     with torch.no_grad():
         packed = model(**_inputs(batch)).logits[0]
         for example, where in zip(range(4), _slices(rows[0]["seq_lengths"]), strict=True):
-            alone = model(input_ids=torch.as_tensor(ids[example][None]).long().cuda(), use_cache=False).logits[0]
+            alone = model(
+                input_ids=torch.as_tensor(ids[example][None]).long().cuda(), use_cache=False
+            ).logits[0]
             torch.testing.assert_close(packed[where].float(), alone.float(), **tolerance)

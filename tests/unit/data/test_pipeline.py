@@ -18,7 +18,12 @@ from tests.support.data import DOLLY, write_jsonl
 def test_dolly_sample_end_to_end(make_job, sp_tokenizer, tmp_path):
     job = make_job(
         DOLLY,
-        dataset={"template": "mistral", "validation": {"fraction": 0.05}, "test": {"fraction": 0.02}, "redact": ["email", "url"]},
+        dataset={
+            "template": "mistral",
+            "validation": {"fraction": 0.05},
+            "test": {"fraction": 0.02},
+            "redact": ["email", "url"],
+        },
         training={"maxSeqLength": 2048},
     )
     prepared = prepare(job, tmp_path / "work", sp_tokenizer)
@@ -36,7 +41,9 @@ def test_dolly_sample_end_to_end(make_job, sp_tokenizer, tmp_path):
     # Stratified by Dolly's category: every category of the validation split is in train too.
     # Rows: positions restart per example, seq_lengths add up, labels are ids or -100.
     for row in prepared.train.select(range(5)):
-        ids, labels, positions, lengths = (np.asarray(row[k]) for k in ("input_ids", "labels", "position_ids", "seq_lengths"))
+        ids, labels, positions, lengths = (
+            np.asarray(row[k]) for k in ("input_ids", "labels", "position_ids", "seq_lengths")
+        )
         assert len(ids) <= 2048 and lengths.sum() == len(ids)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         assert (positions[starts] == 0).all() and (labels[starts] == IGNORE_INDEX).all()
@@ -45,7 +52,9 @@ def test_dolly_sample_end_to_end(make_job, sp_tokenizer, tmp_path):
     assert sum(len(r) for r in prepared.train["seq_lengths"]) == train["examples"]
 
 
-def test_a_second_run_loads_the_cache_without_tokenizing(make_job, tokenizer, tmp_path, monkeypatch):
+def test_a_second_run_loads_the_cache_without_tokenizing(
+    make_job, tokenizer, tmp_path, monkeypatch
+):
     job = make_job(DOLLY, dataset={"maxExamples": 100})
     first = prepare(job, tmp_path, tokenizer)
     assert not first.from_cache
@@ -59,7 +68,17 @@ def test_a_second_run_loads_the_cache_without_tokenizing(make_job, tokenizer, tm
     assert second.train["input_ids"] == first.train["input_ids"]
     # Another setting is another entry: tokenized again.
     with pytest.raises(AssertionError, match="tokenized again"):
-        prepare(job.model_copy(update={"spec": job.spec.model_copy(update={"training": job.spec.training.model_copy(update={"seed": 1})})}), tmp_path, tokenizer)
+        prepare(
+            job.model_copy(
+                update={
+                    "spec": job.spec.model_copy(
+                        update={"training": job.spec.training.model_copy(update={"seed": 1})}
+                    )
+                }
+            ),
+            tmp_path,
+            tokenizer,
+        )
 
 
 def test_an_interrupted_entry_is_not_taken_for_complete(make_job, tokenizer, tmp_path, monkeypatch):
@@ -100,26 +119,43 @@ def test_bad_records_fail_listing_where_and_what(make_job, tokenizer, tmp_path):
 
 
 def test_skip_drops_and_counts_bad_records(make_job, tokenizer, tmp_path):
-    prepared = prepare(make_job(_bad_file(tmp_path), dataset={"onInvalid": "skip"}), tmp_path / "work", tokenizer)
+    prepared = prepare(
+        make_job(_bad_file(tmp_path), dataset={"onInvalid": "skip"}), tmp_path / "work", tokenizer
+    )
     assert prepared.report["examples"]["invalid"] == {"missing-field": 1, "wrong-type": 1}
     assert prepared.report["examples"]["kept"] == 2
 
 
 def test_nothing_left_after_filtering_is_bad_data(make_job, tokenizer, tmp_path):
     path = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "p " * 300, "completion": "c"}])
-    with pytest.raises(BadDataError, match=r"no training example left after filtering \(1 records read; dropped: overlong: 1\)"):
-        prepare(make_job(path, training={"maxSeqLength": 64, "overlong": "drop"}), tmp_path / "work", tokenizer)
+    with pytest.raises(
+        BadDataError,
+        match=r"no training example left after filtering \(1 records read; dropped: overlong: 1\)",
+    ):
+        prepare(
+            make_job(path, training={"maxSeqLength": 64, "overlong": "drop"}),
+            tmp_path / "work",
+            tokenizer,
+        )
 
 
 def test_held_out_splits_from_their_own_sources_and_plain_text(make_job, tokenizer, tmp_path):
-    train = write_jsonl(tmp_path / "train.jsonl", [{"text": f"document number {i} about packing"} for i in range(20)])
+    train = write_jsonl(
+        tmp_path / "train.jsonl",
+        [{"text": f"document number {i} about packing"} for i in range(20)],
+    )
     held = write_jsonl(tmp_path / "val.jsonl", [{"text": "a held-out document"}])
-    job = make_job(train, dataset={"validation": {"source": str(held)}}, training={"packing": False})
+    job = make_job(
+        train, dataset={"validation": {"source": str(held)}}, training={"packing": False}
+    )
     prepared = prepare(job, tmp_path / "work", tokenizer)
     assert len(prepared.train) == 20 and len(prepared.validation) == 1 and prepared.test is None
     assert prepared.report["template"] is None
     row = prepared.validation[0]
-    assert row["seq_lengths"] == [len(row["input_ids"])] and row["input_ids"][-1] == tokenizer.eos_token_id
+    assert (
+        row["seq_lengths"] == [len(row["input_ids"])]
+        and row["input_ids"][-1] == tokenizer.eos_token_id
+    )
 
 
 def test_save_writes_parquet_and_the_report(make_job, tokenizer, tmp_path):
@@ -137,8 +173,12 @@ def test_cache_key_follows_the_inputs(make_job, tokenizer, plain_tokenizer, tmp_
     files, _ = pipeline.list_local(str(DOLLY))
     job = make_job(DOLLY)
     key = pipeline.cache_key({"train": files}, tokenizer, None, job.spec.dataset, job.spec.training)
-    assert key == pipeline.cache_key({"train": files}, tokenizer, None, job.spec.dataset, job.spec.training)
-    assert key != pipeline.cache_key({"train": files}, plain_tokenizer, None, job.spec.dataset, job.spec.training)
+    assert key == pipeline.cache_key(
+        {"train": files}, tokenizer, None, job.spec.dataset, job.spec.training
+    )
+    assert key != pipeline.cache_key(
+        {"train": files}, plain_tokenizer, None, job.spec.dataset, job.spec.training
+    )
     other = job.spec.training.model_copy(update={"max_seq_length": 1024})
     assert key != pipeline.cache_key({"train": files}, tokenizer, None, job.spec.dataset, other)
     unrelated = job.spec.training.model_copy(update={"learning_rate": 0.1})

@@ -52,7 +52,10 @@ def test_parquet_rows_are_numbered(tmp_path):
 
 
 def test_jsonl_problems_name_the_line(tmp_path):
-    path = _write(tmp_path / "d.jsonl", b'{"prompt": "a", "completion": "b"}\n{"prompt": \n[1, 2]\n{"text": "\xff"}\n')
+    path = _write(
+        tmp_path / "d.jsonl",
+        b'{"prompt": "a", "completion": "b"}\n{"prompt": \n[1, 2]\n{"text": "\xff"}\n',
+    )
     items = _read(path)
     problems = [i for i in items if isinstance(i, Problem)]
     assert [(p.where, p.reason) for p in problems] == [
@@ -63,10 +66,17 @@ def test_jsonl_problems_name_the_line(tmp_path):
 
 
 def test_ragged_csv_rows_are_problems_with_their_line(tmp_path):
-    path = _write(tmp_path / "d.csv", "prompt,completion\na,b\nc,d,e\n\"x\ny\",z\n")
+    path = _write(tmp_path / "d.csv", 'prompt,completion\na,b\nc,d,e\n"x\ny",z\n')
     items = _read(path)
-    assert isinstance(items[1], Problem) and items[1].where == f"{path}:3" and items[1].reason == "ragged-row"
-    assert items[2] == (f"{path}:4", {"prompt": "x\ny", "completion": "z"})  # a quoted newline is one record
+    assert (
+        isinstance(items[1], Problem)
+        and items[1].where == f"{path}:3"
+        and items[1].reason == "ragged-row"
+    )
+    assert items[2] == (
+        f"{path}:4",
+        {"prompt": "x\ny", "completion": "z"},
+    )  # a quoted newline is one record
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,11 @@ from kubetune.trainer.data.splits import split_indices
 def test_sizes_are_exact_and_strata_keep_their_share():
     groups = ["a"] * 600 + ["b"] * 300 + ["c"] * 100
     chosen = split_indices(groups, {"validation": 0.1, "test": 0.05}, seed=7)
-    assert len(chosen["validation"]) == 100 and len(chosen["test"]) == 50 and len(chosen["train"]) == 850
+    assert (
+        len(chosen["validation"]) == 100
+        and len(chosen["test"]) == 50
+        and len(chosen["train"]) == 850
+    )
     assert Counter(groups[i] for i in chosen["validation"]) == {"a": 60, "b": 30, "c": 10}
     assert sorted(i for s in chosen.values() for i in s) == list(range(1000))
 
