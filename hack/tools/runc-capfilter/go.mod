@@ -1,0 +1,3 @@
+module kubetune.dev/hack/runc-capfilter
+
+go 1.22
