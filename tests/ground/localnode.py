@@ -39,7 +39,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +102,8 @@ class LocalNodeAgent:
         capacity: Mapping[str, str],
         path_prepend: list[str],
         extra_env: Mapping[str, str],
-        keep_visible: list[str] = [],
-    ):  # noqa: B006
+        keep_visible: Sequence[str] = (),
+    ):
         self.api = api
         self.core = CoreV1Api(api)
         self.name = name
