@@ -6,8 +6,16 @@
 #   etcd                                                             (hack/tools/etcd)
 #   kwok (and its stage definitions), helm                          (go install pkg@version)
 #
-# Usage: hack/build-tools.sh            build what is missing, then print NAME=PATH lines
-#        hack/build-tools.sh --check    exit 1 (building nothing) if anything is missing
+# With --kind, also the parts of a kind node image (hack/kind/build-node-image.sh), each
+# from its Go module at the version kind v0.33 or kubeadm expects:
+#
+#   kubelet, kubeadm, kube-proxy                   (hack/tools/kubernetes, same version)
+#   kind, containerd + ctr + shim, crictl, the CNI plugins kind uses, CoreDNS,
+#   local-path-provisioner, kindnetd (hack/kind/kindnetd), etcd as kubeadm pins it
+#   (hack/tools/etcd-kubeadm), runc-capfilter
+#
+# Usage: hack/build-tools.sh [--kind]          build what is missing, then print NAME=PATH lines
+#        hack/build-tools.sh [--kind] --check  exit 1 (building nothing) if anything is missing
 #
 # The cache lives in $KUBETUNE_TOOLS_CACHE (default ~/.cache/kubetune/tools). Each
 # version's binaries sit in their own folder, completed by a `.complete` marker that
@@ -28,12 +36,32 @@ module_version() {
 }
 K8S_VERSION="$(module_version "$here/tools/kubernetes/go.mod" k8s.io/kubernetes)"
 ETCD_VERSION="$(module_version "$here/tools/etcd/go.mod" go.etcd.io/etcd/server/v3)"
-for v in K8S_VERSION ETCD_VERSION; do
+# The kind node image's parts (--kind). kind's own base image (kind v0.33.0,
+# images/base/Dockerfile) builds the same containerd, crictl and CNI plugin versions.
+# CoreDNS is the version kubeadm v1.36 deploys (constants.CoreDNSVersion);
+# local-path-provisioner v0.0.30 is the newest release the module proxy serves (kind
+# v0.33 builds v0.0.34); kindnetd is the vendored source in hack/kind/kindnetd.
+KIND_VERSION="v0.33.0"
+CONTAINERD_VERSION="v2.3.4"
+CRICTL_VERSION="v1.36.0"
+CNI_PLUGINS_VERSION="v1.9.1"
+COREDNS_VERSION="v1.14.2"
+LOCAL_PATH_VERSION="v0.0.30"
+KINDNETD_VERSION="v20250512-df8de77b"
+ETCD_KUBEADM_VERSION="$(module_version "$here/tools/etcd-kubeadm/go.mod" go.etcd.io/etcd/server/v3)"
+for v in K8S_VERSION ETCD_VERSION ETCD_KUBEADM_VERSION; do
   [[ -n "${!v}" ]] || { echo "build-tools: cannot read $v from hack/tools/*/go.mod" >&2; exit 1; }
 done
 
 check_only=false
-[[ "${1:-}" == "--check" ]] && check_only=true
+with_kind=false
+for arg in "$@"; do
+  case "$arg" in
+    --check) check_only=true ;;
+    --kind) with_kind=true ;;
+    *) echo "build-tools: unknown argument $arg (usage: build-tools.sh [--kind] [--check])" >&2; exit 2 ;;
+  esac
+done
 
 log() { echo "build-tools: $*" >&2; }
 
@@ -114,7 +142,17 @@ build_kubernetes() {
   cd "$here/tools/kubernetes"
   # The version is stamped in so that clients (kubectl, helm's kubeVersion checks)
   # see v1.x rather than an unversioned development build.
-  CGO_ENABLED=0 GOBIN="$out" go install -trimpath -ldflags "$(k8s_ldflags)" tool
+  CGO_ENABLED=0 GOBIN="$out" go install -trimpath -ldflags "$(k8s_ldflags)" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+}
+
+# The node's binaries, from the same module and version as the control plane the ground
+# runs; a group of their own so that the ground does not build them.
+build_kubernetes_node() {
+  cd "$here/tools/kubernetes"
+  CGO_ENABLED=0 GOBIN="$out" go install -trimpath -ldflags "$(k8s_ldflags)" \
+    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubeadm k8s.io/kubernetes/cmd/kube-proxy
 }
 
 build_etcd() {
@@ -152,10 +190,69 @@ build_helm() {
     "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
 }
 
+build_kind() {
+  CGO_ENABLED=0 GOBIN="$out" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kind@$KIND_VERSION"
+}
+
+build_containerd() {
+  # Static, without the snapshotters kind never selects (as kind's base image builds it).
+  local pkg=github.com/containerd/containerd/v2
+  CGO_ENABLED=0 GOBIN="$out" go install -trimpath -tags "no_aufs no_zfs no_btrfs no_devmapper" \
+    -ldflags "-s -w -X $pkg/version.Version=$CONTAINERD_VERSION" \
+    "$pkg/cmd/containerd@$CONTAINERD_VERSION" "$pkg/cmd/ctr@$CONTAINERD_VERSION" \
+    "$pkg/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION"
+}
+
+build_crictl() {
+  CGO_ENABLED=0 GOBIN="$out" go install -trimpath \
+    -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" \
+    "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
+}
+
+build_cni_plugins() {
+  local pkg=github.com/containernetworking/plugins/plugins
+  CGO_ENABLED=0 GOBIN="$out" go install -trimpath -ldflags "-s -w" \
+    "$pkg/ipam/host-local@$CNI_PLUGINS_VERSION" "$pkg/main/loopback@$CNI_PLUGINS_VERSION" \
+    "$pkg/main/ptp@$CNI_PLUGINS_VERSION" "$pkg/meta/portmap@$CNI_PLUGINS_VERSION"
+}
+
+build_coredns() {
+  CGO_ENABLED=0 GOBIN="$out" go install -trimpath \
+    -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" \
+    "github.com/coredns/coredns@$COREDNS_VERSION"
+}
+
+build_local_path() {
+  CGO_ENABLED=0 GOBIN="$out" go install -trimpath \
+    -ldflags "-s -w -X main.VERSION=$LOCAL_PATH_VERSION" \
+    "github.com/rancher/local-path-provisioner@$LOCAL_PATH_VERSION"
+}
+
+build_kindnetd() {
+  cd "$here/kind/kindnetd"
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$out/kindnetd" ./cmd/kindnetd
+}
+
+build_etcd_kubeadm() {
+  cd "$here/tools/etcd-kubeadm"
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$out/etcd" .
+}
+
 build_group kubernetes "$K8S_VERSION" kube-apiserver kube-controller-manager kube-scheduler kubectl -- build_kubernetes
 build_group etcd "$ETCD_VERSION" etcd -- build_etcd
 build_group kwok "$KWOK_VERSION" kwok stages.yaml -- build_kwok
 build_group helm "$HELM_VERSION" helm -- build_helm
+if $with_kind; then
+  build_group kubernetes-node "$K8S_VERSION" kubelet kubeadm kube-proxy -- build_kubernetes_node
+  build_group kind "$KIND_VERSION" kind -- build_kind
+  build_group containerd "$CONTAINERD_VERSION" containerd ctr containerd-shim-runc-v2 -- build_containerd
+  build_group crictl "$CRICTL_VERSION" crictl -- build_crictl
+  build_group cni-plugins "$CNI_PLUGINS_VERSION" host-local loopback ptp portmap -- build_cni_plugins
+  build_group coredns "$COREDNS_VERSION" coredns -- build_coredns
+  build_group local-path-provisioner "$LOCAL_PATH_VERSION" local-path-provisioner -- build_local_path
+  build_group kindnetd "$KINDNETD_VERSION" kindnetd -- build_kindnetd
+  build_group etcd "$ETCD_KUBEADM_VERSION" etcd -- build_etcd_kubeadm
+fi
 
 for bin in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
   echo "$bin=$cache/kubernetes-$K8S_VERSION/$bin"
@@ -164,3 +261,21 @@ echo "etcd=$cache/etcd-$ETCD_VERSION/etcd"
 echo "kwok=$cache/kwok-$KWOK_VERSION/kwok"
 echo "kwok-stages=$cache/kwok-$KWOK_VERSION/stages.yaml"
 echo "helm=$cache/helm-$HELM_VERSION/helm"
+if $with_kind; then
+  for bin in kubelet kubeadm kube-proxy; do
+    echo "$bin=$cache/kubernetes-node-$K8S_VERSION/$bin"
+  done
+  echo "kubernetes-version=$K8S_VERSION"
+  echo "kind=$cache/kind-$KIND_VERSION/kind"
+  echo "containerd-dir=$cache/containerd-$CONTAINERD_VERSION"
+  echo "crictl=$cache/crictl-$CRICTL_VERSION/crictl"
+  echo "cni-plugins-dir=$cache/cni-plugins-$CNI_PLUGINS_VERSION"
+  echo "coredns=$cache/coredns-$COREDNS_VERSION/coredns"
+  echo "coredns-version=$COREDNS_VERSION"
+  echo "local-path-provisioner=$cache/local-path-provisioner-$LOCAL_PATH_VERSION/local-path-provisioner"
+  echo "local-path-version=$LOCAL_PATH_VERSION"
+  echo "kindnetd=$cache/kindnetd-$KINDNETD_VERSION/kindnetd"
+  echo "kindnetd-version=$KINDNETD_VERSION"
+  echo "etcd-kubeadm=$cache/etcd-$ETCD_KUBEADM_VERSION/etcd"
+  echo "etcd-kubeadm-version=$ETCD_KUBEADM_VERSION"
+fi
