@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help demo deps tools test test-unit test-integration test-e2e lint cluster cluster-down cluster-status \
 	bench bench-smoke bench-data bench-s3 bench-train bench-first-step bench-operator bench-trainer \
-	crds chart-docs demo-cluster kind-up kind-down
+	crds chart-docs demo-cluster kind-up kind-down test-kind kind-node-image
 
 help: ## List the commands
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -46,6 +46,15 @@ test-integration: deps tools ## Run the integration tier (real control plane and
 
 test-e2e: deps tools ## Run the e2e tier (TuningJobs through the operator and the local node)
 	$(UV) run --frozen pytest -m e2e $(PYTEST_ARGS)
+
+# The kind tier needs a Docker engine: hack/docker-engine.sh uses the running one, or
+# installs (root on Debian/Ubuntu) and starts one, which the tier stops afterwards; where
+# it can do neither it fails and says what to install. It deletes its cluster at the end.
+test-kind: deps ## Run the kind tier: a kind cluster built offline, the real images, TuningJobs in real pods
+	$(UV) run --frozen pytest -m kind $(PYTEST_ARGS)
+
+kind-node-image: ## Build the kind node image offline (cached by version and recipe); print its tag
+	@hack/kind/build-node-image.sh
 
 cluster: deps tools ## Start the test ground and leave it running (control plane, GPU nodes, local node, S3)
 	$(UV) run --frozen python -m tests.ground up
@@ -97,11 +106,11 @@ crds: deps ## Regenerate crds/ from the spec model, and the Helm chart's copy of
 chart-docs: ## Regenerate charts/kubetune/README.md from the documented values (helm-docs)
 	cd charts/kubetune && "$$(../../hack/go-tool.sh helm-docs)" --chart-search-root . --template-files README.md.gotmpl --log-level warning
 
-kind-up: ## Try kubetune in a local kind cluster, end to end (needs Docker; see docs/install.md)
+kind-up: deps ## Try kubetune in a local kind cluster, end to end (needs Docker; see docs/install.md)
 	hack/kind-up.sh
 
 kind-down: ## Delete the kind cluster that kind-up made
-	kind delete cluster --name $${CLUSTER:-kubetune}
+	"$$(command -v kind || hack/build-tools.sh --kind | sed -n 's/^kind=//p')" delete cluster --name $${CLUSTER:-kubetune}
 
 bench-trainer: deps ## Trainer figures on CPU: base precision, loop vs transformers Trainer, 4-bit generation
 	$(UV) run --frozen python bench/trainer_cpu.py

@@ -15,8 +15,14 @@ import re
 import sys
 from pathlib import Path
 
-FILES = {"cni": ("const_cni.go", "defaultCNIManifest"), "storage": ("const_storage.go", "defaultStorageManifest")}
-CONST = re.compile(r"^const (\w+) = ((?:`[^`]*`|\"[^\"]*\"|\w+)(?:\s*\+\s*(?:`[^`]*`|\"[^\"]*\"|\w+))*)", re.M | re.S)
+FILES = {
+    "cni": ("const_cni.go", "defaultCNIManifest"),
+    "storage": ("const_storage.go", "defaultStorageManifest"),
+}
+CONST = re.compile(
+    r"^const (\w+) = ((?:`[^`]*`|\"[^\"]*\"|\w+)(?:\s*\+\s*(?:`[^`]*`|\"[^\"]*\"|\w+))*)",
+    re.M | re.S,
+)
 PART = re.compile(r"`([^`]*)`|\"([^\"]*)\"|(\w+)", re.S)
 
 
@@ -27,7 +33,9 @@ def constants(source: str) -> dict[str, str]:
         for raw, quoted, ident in PART.findall(expression):
             if ident:
                 if ident not in values:
-                    raise SystemExit(f"kind_manifests: {name} uses {ident}, not a constant defined before it")
+                    raise SystemExit(
+                        f"kind_manifests: {name} uses {ident}, not a constant defined before it"
+                    )
                 text += values[ident]
             else:
                 text += raw or quoted

