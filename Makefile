@@ -35,8 +35,8 @@ tools: ## Build (first time, minutes) or reuse the cached control-plane binaries
 	hack/go-tool.sh helm-docs >/dev/null
 	hack/go-tool.sh kindconfig >/dev/null
 
-test: deps tools ## Run every test tier: unit, integration, e2e
-	$(UV) run --frozen pytest $(PYTEST_ARGS)
+test: deps tools ## Run every test tier: unit, integration, e2e (the kind tier: make test-kind)
+	$(UV) run --frozen pytest -m "not kind" $(PYTEST_ARGS)
 
 test-unit: deps ## Run the unit tier only (no servers; seconds)
 	$(UV) run --frozen pytest -m unit $(PYTEST_ARGS)
