@@ -14,6 +14,7 @@ WARNING_REASONS = frozenset(
     {
         "Unschedulable",
         "ErrImagePull",
+        "ErrImageNeverPull",
         "ImagePullBackOff",
         "InvalidImageName",
         "CreateContainerConfigError",

@@ -89,18 +89,12 @@ def test_transition_events() -> None:
         tj, phase="Running", reason="Training", message="ok", now="t", instance="op-0", unique="1"
     )
     assert normal["type"] == "Normal"
-    assert (
-        transition_event(
-            tj,
-            phase="Pending",
-            reason="Unschedulable",
-            message="",
-            now="t",
-            instance="i",
-            unique="2",
-        )["type"]
-        == "Warning"
-    )
+    # Waiting reasons a person must act on, the image ones as a kubelet reports them.
+    for reason in ("Unschedulable", "ErrImagePull", "ErrImageNeverPull", "ImagePullBackOff"):
+        event = transition_event(
+            tj, phase="Pending", reason=reason, message="", now="t", instance="i", unique="2"
+        )
+        assert event["type"] == "Warning", reason
 
 
 def test_a_series_of_child_changes_is_reconciled_once() -> None:
