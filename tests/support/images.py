@@ -153,6 +153,7 @@ class OperatorContainer(OperatorProcess):
             docker, "run", "--rm", "--name", self.container, "--network", "host",
             "--user", "1000:1000", "--read-only", "--cap-drop", "ALL",
             "--security-opt", "no-new-privileges",
+            "--tmpfs", "/tmp",  # the chart's emptyDir at /tmp
             "--volume", f"{kubeconfig}:/etc/kubetune/kubeconfig:ro",
             "--env", "KUBECONFIG=/etc/kubetune/kubeconfig",
         ]  # fmt: skip
