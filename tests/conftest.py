@@ -18,11 +18,13 @@ import pytest
 
 TIERS = ("unit", "integration", "e2e", "kind")
 
-# Real servers as fixtures (tests/ground/); tiny models and runs for the trainer (tests/support/).
+# Real servers as fixtures (tests/ground/); tiny models and runs for the trainer, and
+# kubetune's built images (tests/support/).
 pytest_plugins = [
     "tests.ground.fixtures",
     "tests.ground.s3_fixtures",
     "tests.support.training_fixtures",
+    "tests.support.images",
 ]
 
 

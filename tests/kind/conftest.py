@@ -1,7 +1,8 @@
 """The kind tier's cluster: `make kind-up` itself, built offline, shared by the tier's tests.
 
-One session fixture runs hack/kind-up.sh with OFFLINE=1 and JOB=0: a Docker engine
-(started if none runs, and then stopped afterwards), the node image built here, a kind
+One session fixture runs hack/kind-up.sh with OFFLINE=1 and JOB=0, once the `docker`
+fixture (tests/support/images.py) has made sure an engine runs (one it started is stopped
+at the end; KIND=0 skips the tier, saying so): the node image built here, a kind
 cluster from kind-config.yaml, the operator and trainer images built from their
 Dockerfiles and loaded, SeaweedFS, the chart. The tests then drive TuningJobs through that
 operator into real pods. At the end the cluster is deleted.
@@ -41,14 +42,6 @@ def _tools() -> dict[str, str]:
     if out.returncode != 0:
         raise RuntimeError(f"hack/build-tools.sh --kind failed:\n{out.stderr[-3000:]}")
     return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
-
-
-def _docker_answers() -> bool:
-    docker = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
-    try:
-        return subprocess.run([docker, "info"], capture_output=True, check=False).returncode == 0
-    except FileNotFoundError:
-        return False
 
 
 @dataclass
@@ -130,8 +123,7 @@ class KindCluster:
 
 
 @pytest.fixture(scope="session")
-def kind_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KindCluster]:
-    started_engine = not _docker_answers()
+def kind_cluster(docker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KindCluster]:
     tools = _tools()
     env = {
         **os.environ,
@@ -140,6 +132,7 @@ def kind_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KindClust
         "JOB": "0",
         # The tier's own port, apart from a walkthrough someone runs by hand.
         "S3_PORT": "18334",
+        "DOCKER": docker,
         "PATH": os.pathsep.join(
             [str(Path(tools[t]).parent) for t in ("kind", "kubectl", "helm")]
             + [os.environ.get("PATH", "")]
@@ -177,8 +170,6 @@ def kind_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KindClust
                 capture_output=True,
                 check=False,
             )
-            if started_engine:
-                subprocess.run([str(ROOT / "hack" / "docker-engine.sh"), "--stop"], check=False)
 
 
 @pytest.fixture(scope="session")

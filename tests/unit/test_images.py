@@ -1,12 +1,14 @@
 """Dockerfile.trainer and Dockerfile.operator, checked without a Docker engine.
 
-No image is built here (there is no Docker engine on these machines), so this tests
-what can be tested from the files: hadolint finds nothing; the images install from
-uv.lock with --frozen (the dependency set CI tests) and the right extra only; that
-set holds what the code imports (and no torch in the operator); the trainer's CUDA
-base matches the locked torch build and bitsandbytes carries kernels for it; the
-Python is CI's; the user, entry point and ports are what the operator's Job builder
-and the Helm chart put in the pods.
+The built images are run by tests/kind/test_*_image.py; this tests what can be tested
+from the files: hadolint finds nothing; no `# syntax=` line (BuildKit would fetch a
+frontend image from a registry); the images install from uv.lock with --frozen (the
+dependency set CI tests) and the right extra only; that set holds what the code imports
+(and no torch in the operator); the trainer needs no CUDA base image because the locked
+torch brings the CUDA runtime as wheels; both images share one Python base, CI's Python;
+the local base images' script agrees with the Dockerfiles' build arguments; the user,
+entry point and ports are what the operator's Job builder and the Helm chart put in the
+pods.
 """
 
 from __future__ import annotations
@@ -103,14 +105,21 @@ def parse_dockerfile(path: Path) -> Dockerfile:
     return Dockerfile(args, stages)
 
 
-def uv_syncs(stage: Stage) -> list[list[str]]:
+def uv_commands(stage: Stage, *verb: str) -> list[list[str]]:
+    """The `uv <verb...>` commands the stage's RUN instructions run, as word lists."""
     commands = []
     for run in stage.all("RUN"):
         for part in re.split(r"&&|;", run):
             words = shlex.split(part)
-            if "uv" in words and "sync" in words:
-                commands.append(words[words.index("uv") :])
+            if "uv" in words:
+                command = words[words.index("uv") :]
+                if tuple(command[1 : 1 + len(verb)]) == verb:
+                    commands.append(command)
     return commands
+
+
+def uv_syncs(stage: Stage) -> list[list[str]]:
+    return uv_commands(stage, "sync")
 
 
 # --- Lint ---------------------------------------------------------------------------------
@@ -158,9 +167,12 @@ def closure(extra: str) -> dict[str, str]:
             continue
         package = PACKAGES[name]
         seen[name] = package["version"]
-        todo += [d["name"] for d in package.get("dependencies", [])]
-        for wanted in {e for d in package.get("dependencies", []) for e in d.get("extra", [])}:
-            todo += [d["name"] for d in package.get("optional-dependencies", {}).get(wanted, [])]
+        for dependency in package.get("dependencies", []):
+            todo.append(dependency["name"])
+            # `cuda-toolkit[cudart]`: the extras name the dependency's optional dependencies.
+            optional = PACKAGES[dependency["name"]].get("optional-dependencies", {})
+            for wanted in dependency.get("extra", []):
+                todo += [d["name"] for d in optional.get(wanted, [])]
     return seen
 
 
@@ -181,6 +193,13 @@ def imported_distributions(*folders: str) -> set[str]:
     return {re.sub(r"[-_.]+", "-", d).lower() for d in distributions}
 
 
+@pytest.mark.parametrize("dockerfile", [TRAINER, OPERATOR], ids=lambda p: p.name)
+def test_no_syntax_line_that_would_fetch_a_frontend(dockerfile: Path) -> None:
+    # `# syntax=docker/dockerfile:1` makes BuildKit pull a frontend image from Docker Hub,
+    # which fails without a registry; the built-in frontend has RUN --mount=type=cache.
+    assert not re.search(r"^#\s*syntax\s*=", dockerfile.read_text(), re.M | re.I)
+
+
 @pytest.mark.parametrize(
     ("dockerfile", "extra"),
     [(TRAINER, "trainer"), (OPERATOR, "operator")],
@@ -188,20 +207,36 @@ def imported_distributions(*folders: str) -> set[str]:
 )
 def test_image_installs_the_locked_set_and_one_extra(dockerfile: Path, extra: str) -> None:
     parsed = parse_dockerfile(dockerfile)
-    builder = parsed.stage("builder")
-    assert "pyproject.toml uv.lock ./" in builder.all("COPY")
-    syncs = uv_syncs(builder)
-    assert syncs, "the builder installs with uv sync"
-    for command in syncs:
+
+    def only_the_lock_and_one_extra(command: list[str]) -> None:
         assert "--frozen" in command, command  # the lock as CI tested it, never re-resolved
         assert "--no-dev" in command, command
         assert command[command.index("--extra") + 1] == extra, command
         assert command.count("--extra") == 1 and "--all-extras" not in command, command
+
+    # The dependency set, exported from the lock alone...
+    requirements = parsed.stage("requirements")
+    assert "pyproject.toml uv.lock ./" in requirements.all("COPY")
+    (export,) = uv_commands(requirements, "export")
+    only_the_lock_and_one_extra(export)
+    assert "--no-emit-project" in export
+    exported = export[export.index("--output-file") + 1]
+    # ...is what the environment gets, file by file checked against the lock's hashes...
+    dependencies = parsed.stage("dependencies")
+    assert f"--from=requirements {exported} {exported}" in dependencies.all("COPY")
+    (pip_sync,) = uv_commands(dependencies, "pip", "sync")
+    assert "--require-hashes" in pip_sync and pip_sync[-1] == exported, pip_sync
+    # ...and kubetune goes in with uv sync, which checks the environment against the lock.
+    builder = parsed.stage("builder")
+    assert builder.base == "dependencies"
+    (sync,) = uv_syncs(builder)
+    only_the_lock_and_one_extra(sync)
+    assert "--no-editable" in sync
     text = dockerfile.read_text()
     assert "pip install" not in text and "--upgrade" not in text
     # The final stage carries the environment, not the tools that made it.
     final = parsed.final
-    assert not uv_syncs(final)
+    assert not uv_commands(final)
     assert not any("/uv" in c and "--from=uv" in c for c in final.all("COPY"))
     assert not re.search(
         r"\b(gcc|g\+\+|build-essential|clang|cuda-nvcc|make)\b", " ".join(final.all("RUN"))
@@ -239,13 +274,33 @@ def locked_torch_cuda() -> str:
     return match.group(1)
 
 
-def test_trainer_base_is_a_cuda_runtime_matching_torch() -> None:
-    parsed = parse_dockerfile(TRAINER)
-    base = parsed.expand(parsed.final.base)
-    match = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.(\d+)-runtime-ubuntu[\d.]+", base)
-    assert match, f"{base}: not a pinned nvidia/cuda runtime tag"
-    assert f"{match.group(1)}.{match.group(2)}" == locked_torch_cuda()
-    assert parsed.expand(parsed.stage("builder").base) == base  # the venv is built where it runs
+def test_trainer_needs_no_cuda_base_because_torch_brings_the_cuda_runtime() -> None:
+    # The locked torch depends on the CUDA runtime, cuBLAS, cuDNN and NCCL as wheels...
+    torch = {d["name"] for d in PACKAGES["torch"]["dependencies"]}
+    assert {"cuda-toolkit", "nvidia-cudnn-cu13", "nvidia-nccl-cu13"} <= torch, torch
+    cudart = closure("trainer")
+    assert {"nvidia-cuda-runtime", "nvidia-cublas"} <= set(cudart)
+    # ...which install the libraries next to torch, where libtorch_cuda's RPATH
+    # ($ORIGIN/../../nvidia/...) finds them (tests/kind/test_trainer_image.py loads them).
+    spec = importlib.util.find_spec("torch")
+    assert spec and spec.origin
+    site = Path(spec.origin).parents[1]
+    major = locked_torch_cuda().split(".")[0]
+    for library in (f"cu{major}/lib/libcudart.so.{major}", f"cu{major}/lib/libcublas.so.{major}"):
+        assert (site / "nvidia" / library).is_file(), library
+    # So the trainer builds on the same plain Python base as the operator, no nvidia/cuda.
+    trainer, operator = parse_dockerfile(TRAINER), parse_dockerfile(OPERATOR)
+    base = trainer.expand(trainer.final.base)
+    assert "cuda" not in base and base == operator.expand(operator.final.base)
+    for stage in trainer.stages[:-1]:
+        if stage.name == "uv":
+            continue
+        # The environment is built on the base it runs on (or on a stage built on it).
+        assert trainer.expand(stage.base) in {base, *(s.name for s in trainer.stages)}, stage
+    # The container toolkit mounts the driver's libcuda only where `compute` is asked for.
+    env = " ".join(trainer.final.all("ENV"))
+    assert re.search(r"NVIDIA_DRIVER_CAPABILITIES=\S*compute", env), env
+    assert "NVIDIA_VISIBLE_DEVICES" not in env  # the device plugin sets it per pod
 
 
 def test_bitsandbytes_carries_kernels_for_torchs_cuda() -> None:
@@ -260,14 +315,53 @@ def test_bitsandbytes_carries_kernels_for_torchs_cuda() -> None:
     assert "sdist" not in PACKAGES["bitsandbytes"]
 
 
-def test_images_use_cis_python() -> None:
+@pytest.mark.parametrize("dockerfile", [TRAINER, OPERATOR], ids=lambda p: p.name)
+def test_images_use_cis_python(dockerfile: Path) -> None:
     ci_python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    trainer = parse_dockerfile(TRAINER)
-    assert trainer.args["PYTHON_VERSION"] == ci_python
-    operator = parse_dockerfile(OPERATOR)
-    assert re.fullmatch(
-        rf"python:{re.escape(ci_python)}-slim-\w+", operator.expand(operator.final.base)
+    parsed = parse_dockerfile(dockerfile)
+    assert parsed.args["PYTHON_VERSION"] == ci_python
+    assert re.fullmatch(rf"python:{re.escape(ci_python)}-slim-\w+", parsed.args["PYTHON_IMAGE"])
+    assert parsed.expand(parsed.final.base) == parsed.args["PYTHON_IMAGE"]
+
+
+# --- The local bases (hack/images/build-bases.sh) -----------------------------------------
+
+BASES = ROOT / "hack/images/build-bases.sh"
+
+
+def test_the_images_share_their_base_arguments() -> None:
+    trainer, operator = parse_dockerfile(TRAINER), parse_dockerfile(OPERATOR)
+    for name in ("PYTHON_VERSION", "PYTHON_IMAGE", "UV_IMAGE"):
+        assert trainer.args[name] == operator.args[name], name
+
+
+def test_local_bases_are_named_after_the_dockerfiles_pins() -> None:
+    result = subprocess.run(
+        [str(BASES), "--build-args"], capture_output=True, text=True, check=False, timeout=30
     )
+    assert result.returncode == 0, result.stderr
+    words = result.stdout.split()
+    args = dict(w.split("=", 1) for w in words if w != "--build-arg")
+    parsed = parse_dockerfile(OPERATOR)
+    version = parsed.args["UV_IMAGE"].rpartition(":")[2]
+    suite = parsed.args["PYTHON_IMAGE"].rpartition("-")[2]
+    assert args == {
+        "PYTHON_IMAGE": f"kubetune-python:{parsed.args['PYTHON_VERSION']}-{suite}",
+        "UV_IMAGE": f"kubetune-uv:{version}",
+    }
+    # Every argument it passes is one both Dockerfiles take.
+    for dockerfile in (TRAINER, OPERATOR):
+        assert set(args) <= set(parse_dockerfile(dockerfile).args), dockerfile
+
+
+def test_image_scripts_pass_shellcheck() -> None:
+    shellcheck = Path(sys.executable).parent / "shellcheck"
+    scripts = sorted((ROOT / "hack/images").glob("*.sh"))
+    assert len(scripts) >= 2
+    result = subprocess.run(
+        [str(shellcheck), *map(str, scripts)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --- What runs: user, entry point, ports -------------------------------------------------
