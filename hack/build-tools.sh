@@ -10,7 +10,7 @@
 # from its Go module at the version kind v0.33 or kubeadm expects:
 #
 #   kubelet, kubeadm, kube-proxy                   (hack/tools/kubernetes, same version)
-#   kind, containerd + ctr + shim, crictl, the CNI plugins kind uses, CoreDNS,
+#   kind, containerd + ctr + shim, runc, crictl, the CNI plugins kind uses, CoreDNS,
 #   local-path-provisioner, kindnetd (hack/kind/kindnetd), etcd as kubeadm pins it
 #   (hack/tools/etcd-kubeadm), runc-capfilter
 #
@@ -43,6 +43,12 @@ ETCD_VERSION="$(module_version "$here/tools/etcd/go.mod" go.etcd.io/etcd/server/
 # v0.33 builds v0.0.34); kindnetd is the vendored source in hack/kind/kindnetd.
 KIND_VERSION="v0.33.0"
 CONTAINERD_VERSION="v2.3.4"
+# runc as kind's base builds it: Debian bookworm's runc 1.1.5 fails to start any pod
+# sandbox on recent kernels ("can't get final child's PID from pipe: EOF", seen on 6.18).
+# It needs cgo, gcc and libseccomp (Debian: libseccomp-dev), for the seccomp profiles the
+# restricted Pod Security Standard requires; built here, it links the glibc of this
+# machine, so the node image's Debian (bookworm) must be as new (it is where CI runs).
+RUNC_VERSION="v1.4.3"
 CRICTL_VERSION="v1.36.0"
 CNI_PLUGINS_VERSION="v1.9.1"
 COREDNS_VERSION="v1.14.2"
@@ -203,6 +209,13 @@ build_containerd() {
     "$pkg/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION"
 }
 
+build_runc() {
+  pkg-config --exists libseccomp 2>/dev/null \
+    || { echo "runc needs libseccomp's headers: apt-get install libseccomp-dev (Debian/Ubuntu)"; return 1; }
+  CGO_ENABLED=1 GOBIN="$out" go install -trimpath -tags seccomp \
+    -ldflags "-s -w -X main.version=${RUNC_VERSION#v}" "github.com/opencontainers/runc@$RUNC_VERSION"
+}
+
 build_crictl() {
   CGO_ENABLED=0 GOBIN="$out" go install -trimpath \
     -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" \
@@ -246,6 +259,7 @@ if $with_kind; then
   build_group kubernetes-node "$K8S_VERSION" kubelet kubeadm kube-proxy -- build_kubernetes_node
   build_group kind "$KIND_VERSION" kind -- build_kind
   build_group containerd "$CONTAINERD_VERSION" containerd ctr containerd-shim-runc-v2 -- build_containerd
+  build_group runc "$RUNC_VERSION" runc -- build_runc
   build_group crictl "$CRICTL_VERSION" crictl -- build_crictl
   build_group cni-plugins "$CNI_PLUGINS_VERSION" host-local loopback ptp portmap -- build_cni_plugins
   build_group coredns "$COREDNS_VERSION" coredns -- build_coredns
@@ -268,6 +282,7 @@ if $with_kind; then
   echo "kubernetes-version=$K8S_VERSION"
   echo "kind=$cache/kind-$KIND_VERSION/kind"
   echo "containerd-dir=$cache/containerd-$CONTAINERD_VERSION"
+  echo "runc=$cache/runc-$RUNC_VERSION/runc"
   echo "crictl=$cache/crictl-$CRICTL_VERSION/crictl"
   echo "cni-plugins-dir=$cache/cni-plugins-$CNI_PLUGINS_VERSION"
   echo "coredns=$cache/coredns-$COREDNS_VERSION/coredns"

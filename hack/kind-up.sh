@@ -102,7 +102,12 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   DOCKER_BUILDKIT=1 "$DOCKER" build -q -t "$seaweedfs_image" "$weed_context" >/dev/null \
     || die "building $seaweedfs_image failed (above)"
   rm -rf "$weed_context"
-  "$KIND" load docker-image --name "$cluster" "$operator_image" "$trainer_image" "$seaweedfs_image"
+  # The trainer image (several GB: torch and its CUDA libraries) goes to the workers only:
+  # the control-plane node's taint keeps training pods off it.
+  workers="$("$KIND" get nodes --name "$cluster" | grep -v -- '-control-plane$' | paste -sd, -)"
+  [[ -n "$workers" ]] || die "cluster $cluster has no worker node (kind-config.yaml names one)"
+  "$KIND" load docker-image --name "$cluster" "$operator_image" "$seaweedfs_image"
+  "$KIND" load docker-image --name "$cluster" --nodes "$workers" "$trainer_image"
 fi
 
 say "4/8 SeaweedFS (S3) in namespace storage"

@@ -101,14 +101,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-log "1/3 base image (systemd, containerd ${tool[containerd-dir]##*-}, Debian's runc, kind's files)"
+log "1/3 base image (systemd, containerd ${tool[containerd-dir]##*-}, runc, kind's files)"
 ctx="$work/base"
-mkdir -p "$ctx/files/usr/local/bin" "$ctx/files/usr/local/sbin" "$ctx/files/opt/cni/bin"
+mkdir -p "$ctx/files/usr/local/bin" "$ctx/files/usr/local/sbin" "$ctx/files/usr/sbin" "$ctx/files/opt/cni/bin"
 cp -r "$kind_module/images/base/files/." "$ctx/files/"
 chmod -R u+w "$ctx/files"
 cp -r "$here/base/files/." "$ctx/files/"
 cp "$here/base/Dockerfile" "$ctx/"
 cp "${tool[containerd-dir]}"/{containerd,ctr,containerd-shim-runc-v2} "${tool[crictl]}" "$ctx/files/usr/local/bin/"
+cp "${tool[runc]}" "$ctx/files/usr/sbin/runc"
 cp "$("$root/hack/go-tool.sh" runc-capfilter)" "$ctx/files/usr/local/bin/runc-capfilter"
 cp "${tool[cni-plugins-dir]}"/{host-local,loopback,ptp,portmap} "$ctx/files/opt/cni/bin/"
 # containerd's sandbox (pause) image is the one kubeadm names, so one pause image serves both.
@@ -164,7 +165,7 @@ python3 "$here/kind_manifests.py" "$kind_module" storage \
   | in_node sh -c 'cat > /kind/manifests/default-storage.yaml'
 # Import the images as kind's builder does: containerd runs in the build container, the
 # images go in pinned (never garbage-collected) and not unpacked (unpacked on first use).
-in_node sh -c 'nohup containerd >/tmp/containerd.log 2>&1 &'
+in_node sh -c 'nohup containerd >/tmp/containerd.log 2>&1 & echo $! >/tmp/containerd.pid'
 for _ in $(seq 1 30); do in_node ctr info >/dev/null 2>&1 && break; sleep 1; done
 in_node ctr info >/dev/null || die "containerd did not start in the build container: $(in_node cat /tmp/containerd.log | tail -5)"
 docker save "${images[@]}" \
@@ -176,9 +177,17 @@ for tag in "${images[@]}"; do
   grep -qx "$(echo "$tag" | sed 's|^\([^/]*\)$|docker.io/library/\1|; s|^\([^./:]*/[^/]*\)$|docker.io/\1|')" <<<"$imported" \
     || die "$tag is not in the node's containerd after the import (it has: $imported)"
 done
+# Stop containerd so that its state is consistent when committed. `sleep` is PID 1 here
+# and reaps nothing: an exited containerd stays a zombie (state Z), which counts as stopped.
 # shellcheck disable=SC2016 # expanded in the build container
-in_node sh -c 'pkill containerd; for i in $(seq 1 20); do pgrep containerd >/dev/null || exit 0; sleep 0.5; done; exit 1' \
-  || die "containerd in the build container did not stop"
+in_node sh -c 'pid=$(cat /tmp/containerd.pid); kill "$pid"
+  for i in $(seq 1 40); do
+    state=$(awk "{print \$3}" "/proc/$pid/stat" 2>/dev/null || echo gone)
+    [ "$state" = Z ] || [ "$state" = gone ] && exit 0
+    sleep 0.5
+  done
+  exit 1' || die "containerd in the build container did not stop within 20 s"
+in_node rm -f /tmp/containerd.pid
 in_node rm -rf /tmp/containerd.log
 docker commit \
   --change 'ENTRYPOINT [ "/usr/local/bin/entrypoint", "/sbin/init" ]' \
