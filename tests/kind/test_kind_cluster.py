@@ -162,7 +162,7 @@ def test_an_image_that_cannot_be_found_shows_its_reason_in_the_status(
 def test_preemption_checkpoints_and_resumes_in_a_new_pod(kind_cluster: KindCluster) -> None:
     ns = kind_cluster.namespace("preempt")
     try:
-        kind_cluster.apply(ns, tuningjob("preempted", 400))
+        kind_cluster.apply(ns, tuningjob("preempted", 16))
         kind_cluster.wait_status(
             ns,
             "preempted",
