@@ -122,7 +122,7 @@ def _between_pods(pod: Body, common: dict[str, Any]) -> Observation:
     returns only with a new pod that waits for real.
     """
     phase = "Running" if _ran(pod) else "Pending"
-    if _get(pod, "status", "phase") == "Succeeded":
+    if _get(pod, "status", "phase") == "Succeeded" or _exit_code(pod) == 0:
         name = _get(pod, "metadata", "name")
         return Observation(
             phase,
@@ -167,6 +167,10 @@ def _pod_observation(pod: Body, common: dict[str, Any]) -> Observation:
             f"trainer pod {name} is stopping; the Job then starts a new one",
             **common,
         )
+    if "terminated" in state:
+        # A kubelet reports the container's end a moment before the pod's phase (seen in
+        # kind): the trainer ran and ended, as after the pod's own phase has followed.
+        return _between_pods(pod, common)
     scheduled = next(
         (c for c in _get(pod, "status", "conditions") or [] if c.get("type") == "PodScheduled"),
         None,

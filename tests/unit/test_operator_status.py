@@ -286,6 +286,18 @@ def test_pod_succeeded_before_the_job_is_complete_is_still_running() -> None:
     assert status.condition("Running").last_transition_time == NOW, "still running: no transition"
 
 
+def test_container_ended_before_the_pod_phase_follows_is_still_running() -> None:
+    """A real kubelet writes the container's termination before the pod's phase (kind showed
+    Running, then Pending, then Running again without this)."""
+    message = TerminationMessage(reason="Succeeded", adapter="s3://adapters/dolly/adapter/")
+    ended = pod(phase="Running", node="n", state=terminated(0, message.to_json()))
+    obs = observe(tuningjob(), job(), [ended])
+    assert (obs.phase, obs.reason) == ("Running", "Completing")
+    crashed = pod(phase="Running", node="n", state=terminated(1, "RuntimeError: boom"))
+    obs = observe(tuningjob(), job(), [crashed])
+    assert (obs.phase, obs.reason) == ("Running", "Restarting")
+
+
 def test_pod_failed_with_a_retryable_code_while_the_job_is_active_is_still_running() -> None:
     crashed = pod(
         phase="Failed", node="n", state=terminated(1, "Traceback...\nRuntimeError: CUDA error")
