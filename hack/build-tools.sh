@@ -11,7 +11,7 @@
 #
 #   kubelet, kubeadm, kube-proxy                   (hack/tools/kubernetes, same version)
 #   kind, containerd + ctr + shim, runc, crictl, the CNI plugins kind uses, CoreDNS,
-#   local-path-provisioner, kindnetd (hack/kind/kindnetd), etcd as kubeadm pins it
+#   local-path-provisioner, flanneld (the cluster's CNI), etcd as kubeadm pins it
 #   (hack/tools/etcd-kubeadm), runc-capfilter
 #
 # Usage: hack/build-tools.sh [--kind]          build what is missing, then print NAME=PATH lines
@@ -40,7 +40,8 @@ ETCD_VERSION="$(module_version "$here/tools/etcd/go.mod" go.etcd.io/etcd/server/
 # images/base/Dockerfile) builds the same containerd, crictl and CNI plugin versions.
 # CoreDNS is the version kubeadm v1.36 deploys (constants.CoreDNSVersion);
 # local-path-provisioner v0.0.30 is the newest release the module proxy serves (kind
-# v0.33 builds v0.0.34); kindnetd is the vendored source in hack/kind/kindnetd.
+# v0.33 builds v0.0.34). The cluster's CNI is flannel, not kind's kindnetd: the module
+# proxy does not serve kindnetd (nor flannel's CNI plugin), it does serve flannel.
 KIND_VERSION="v0.33.0"
 CONTAINERD_VERSION="v2.3.4"
 # runc as kind's base builds it: Debian bookworm's runc 1.1.5 fails to start any pod
@@ -53,7 +54,7 @@ CRICTL_VERSION="v1.36.0"
 CNI_PLUGINS_VERSION="v1.9.1"
 COREDNS_VERSION="v1.14.2"
 LOCAL_PATH_VERSION="v0.0.30"
-KINDNETD_VERSION="v20250512-df8de77b"
+FLANNEL_VERSION="v0.28.10"
 ETCD_KUBEADM_VERSION="$(module_version "$here/tools/etcd-kubeadm/go.mod" go.etcd.io/etcd/server/v3)"
 for v in K8S_VERSION ETCD_VERSION ETCD_KUBEADM_VERSION; do
   [[ -n "${!v}" ]] || { echo "build-tools: cannot read $v from hack/tools/*/go.mod" >&2; exit 1; }
@@ -241,9 +242,27 @@ build_local_path() {
     "github.com/rancher/local-path-provisioner@$LOCAL_PATH_VERSION"
 }
 
-build_kindnetd() {
-  cd "$here/kind/kindnetd"
-  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$out/kindnetd" ./cmd/kindnetd
+build_flanneld() {
+  # flanneld's main imports every backend, and two cannot build here: the tencentvpc
+  # backend needs a Tencent Cloud SDK module whose source the proxy refuses (403), and the
+  # udp backend needs cgo. The cluster uses host-gw only, so the module's source (from the
+  # proxy, checked against go.sum) is copied to a scratch folder and built without those
+  # two imports; nothing else changes.
+  local pkg=github.com/flannel-io/flannel src
+  src="$(go mod download -json "$pkg@$FLANNEL_VERSION" | awk -F'"' '$2 == "Dir" {print $4}')"
+  [[ -f "$src/main.go" ]] || { echo "go mod download $pkg@$FLANNEL_VERSION gave no source"; return 1; }
+  cp -r "$src" "$out/src"
+  chmod -R u+w "$out/src"
+  cd "$out/src"
+  for backend in tencentvpc udp; do
+    grep -q "\"$pkg/pkg/backend/$backend\"" main.go \
+      || { echo "flannel $FLANNEL_VERSION's main.go no longer imports the $backend backend: revisit build_flanneld"; return 1; }
+    sed -i "\\|\"$pkg/pkg/backend/$backend\"|d" main.go
+  done
+  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X $pkg/pkg/version.Version=$FLANNEL_VERSION" \
+    -o "$out/flanneld" .
+  cd "$out"
+  rm -rf "$out/src"
 }
 
 build_etcd_kubeadm() {
@@ -264,7 +283,7 @@ if $with_kind; then
   build_group cni-plugins "$CNI_PLUGINS_VERSION" host-local loopback ptp portmap -- build_cni_plugins
   build_group coredns "$COREDNS_VERSION" coredns -- build_coredns
   build_group local-path-provisioner "$LOCAL_PATH_VERSION" local-path-provisioner -- build_local_path
-  build_group kindnetd "$KINDNETD_VERSION" kindnetd -- build_kindnetd
+  build_group flannel "$FLANNEL_VERSION" flanneld -- build_flanneld
   build_group etcd "$ETCD_KUBEADM_VERSION" etcd -- build_etcd_kubeadm
 fi
 
@@ -289,8 +308,8 @@ if $with_kind; then
   echo "coredns-version=$COREDNS_VERSION"
   echo "local-path-provisioner=$cache/local-path-provisioner-$LOCAL_PATH_VERSION/local-path-provisioner"
   echo "local-path-version=$LOCAL_PATH_VERSION"
-  echo "kindnetd=$cache/kindnetd-$KINDNETD_VERSION/kindnetd"
-  echo "kindnetd-version=$KINDNETD_VERSION"
+  echo "flanneld=$cache/flannel-$FLANNEL_VERSION/flanneld"
+  echo "flannel-version=$FLANNEL_VERSION"
   echo "etcd-kubeadm=$cache/etcd-$ETCD_KUBEADM_VERSION/etcd"
   echo "etcd-kubeadm-version=$ETCD_KUBEADM_VERSION"
 fi

@@ -17,11 +17,12 @@
 # 1. a base image (hack/kind/base): kind's own files/ tree and units, containerd, runc,
 #    crictl, CNI plugins, and the runc-capfilter wrapper used where needed;
 # 2. the images kubeadm runs, tagged exactly as `kubeadm config images list` names them
-#    (registry.k8s.io/kube-apiserver:vX, etcd, CoreDNS, pause), and the CNI and storage
-#    images, tagged kubetune.local/...: their sources differ from the ones kind v0.33
-#    publishes (hack/build-tools.sh says why), so they do not take kind's names;
-# 3. the node image: kubeadm, kubelet and kubectl in /usr/bin, /kind/version, kind's
-#    default CNI and storage manifests naming the local images, and all the images
+#    (registry.k8s.io/kube-apiserver:vX, etcd, CoreDNS, pause), and the CNI (flannel) and
+#    storage images, tagged kubetune.local/...: their sources differ from the ones kind
+#    v0.33 publishes (hack/build-tools.sh says why), so they do not take kind's names;
+# 3. the node image: kubeadm, kubelet and kubectl in /usr/bin, /kind/version, the default
+#    CNI manifest (ours, hack/kind/flannel.yaml: kind's kindnetd is not served by the Go
+#    module proxy) and kind's storage manifest naming the local images, and all the images
 #    imported into the node's containerd (as kind does, pinned, not unpacked).
 #
 # The tag is kubetune.local/kind-node:<kubernetes version>-<hash of everything that goes
@@ -48,7 +49,7 @@ version="${tool[kubernetes-version]}"
 
 # The hash covers the recipe: these scripts and Dockerfiles, the versions build-tools
 # pins, and the Go modules the binaries come from.
-recipe_hash="$(cd "$root" && find hack/kind/base hack/kind/images hack/kind/kindnetd \
+recipe_hash="$(cd "$root" && find hack/kind/base hack/kind/images hack/kind/flannel.yaml \
     hack/kind/build-node-image.sh hack/kind/kind_manifests.py hack/build-tools.sh \
     hack/tools/kubernetes hack/tools/etcd-kubeadm hack/tools/runc-capfilter -type f -print0 \
   | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-10)"
@@ -89,7 +90,7 @@ pause_image="$(kubeadm_image pause)"
   || die "kubeadm runs $etcd_image but hack/tools/etcd-kubeadm pins etcd ${tool[etcd-kubeadm-version]}: update its go.mod"
 [[ "${coredns_image##*:}" == "${tool[coredns-version]}" ]] \
   || die "kubeadm runs $coredns_image but hack/build-tools.sh pins CoreDNS ${tool[coredns-version]}: update COREDNS_VERSION"
-kindnetd_image="kubetune.local/kindnetd:${tool[kindnetd-version]}"
+flannel_image="kubetune.local/flannel:${tool[flannel-version]}"
 provisioner_image="kubetune.local/local-path-provisioner:${tool[local-path-version]}"
 helper_image="kubetune.local/local-path-helper:$recipe_hash"
 
@@ -118,13 +119,13 @@ base_image="kubetune.local/kind-base:$recipe_hash"
 docker build -q --build-arg BASE_IMAGE="$base_layer" -t "$base_image" "$ctx" >/dev/null \
   || die "the base image build failed (above); it needs the Debian package mirror for apt-get"
 
-log "2/3 images: control plane $version, $etcd_image, $coredns_image, $pause_image, kindnetd, local-path"
+log "2/3 images: control plane $version, $etcd_image, $coredns_image, $pause_image, flannel, local-path"
 ctx="$work/images"
 mkdir -p "$ctx/bin"
 cp "$here/images/Dockerfile" "$here/images/iptables-select.sh" "$ctx/"
 for bin in kube-apiserver kube-controller-manager kube-scheduler kube-proxy; do cp "${tool[$bin]}" "$ctx/bin/"; done
 cp "${tool[etcd-kubeadm]}" "$ctx/bin/etcd"
-cp "${tool[coredns]}" "${tool[local-path-provisioner]}" "${tool[kindnetd]}" "$ctx/bin/"
+cp "${tool[coredns]}" "${tool[local-path-provisioner]}" "${tool[flanneld]}" "$ctx/bin/"
 cp "$(go env GOMODCACHE)/k8s.io/kubernetes@$version/build/pause/linux/pause.c" "$ctx/pause.c" \
   || die "cannot find Kubernetes' pause.c in the module cache (k8s.io/kubernetes@$version)"
 images=()
@@ -141,7 +142,7 @@ image "$(kubeadm_image kube-proxy)" kube-proxy
 image "$etcd_image" static BINARY=etcd
 image "$coredns_image" coredns
 image "$pause_image" pause "PAUSE_VERSION=${pause_image##*:}"
-image "$kindnetd_image" kindnetd
+image "$flannel_image" flannel
 image "$provisioner_image" static BINARY=local-path-provisioner
 image "$helper_image" local-path-helper
 
@@ -156,8 +157,8 @@ in_node() { "$docker_bin" exec -i "$build_container" "$@"; }
 in_node sh -c 'chown root:root /usr/bin/kubeadm /usr/bin/kubelet /usr/bin/kubectl && chmod 0755 /usr/bin/kubeadm /usr/bin/kubelet /usr/bin/kubectl'
 echo "$version" | in_node sh -c 'cat > /kind/version'
 in_node mkdir -p /kind/manifests
-python3 "$here/kind_manifests.py" "$kind_module" cni \
-    "$(sed -n 's/^const kindnetdImage = "\(.*\)"/\1/p' "$kind_module/pkg/build/nodeimage/const_cni.go")=$kindnetd_image" \
+# The default CNI is our flannel manifest, not kind's kindnetd (hack/kind/flannel.yaml).
+sed "s|FLANNEL_IMAGE|$flannel_image|g" "$here/flannel.yaml" \
   | in_node sh -c 'cat > /kind/manifests/default-cni.yaml'
 python3 "$here/kind_manifests.py" "$kind_module" storage \
     "$(sed -n 's/^const storageProvisionerImage = "\(.*\)"/\1/p' "$kind_module/pkg/build/nodeimage/const_storage.go")=$provisioner_image" \

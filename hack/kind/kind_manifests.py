@@ -1,12 +1,15 @@
-"""Print kind's default CNI or storage manifest, with its images replaced by local ones.
+"""Print kind's default storage manifest, with its images replaced by local ones.
 
-kind writes these manifests into the node image at build time (/kind/manifests/) and
-applies them when it creates a cluster. They live in kind's Go source as string constants
-(pkg/build/nodeimage/const_cni.go, const_storage.go), so this reads them from the kind
+kind writes its manifests into the node image at build time (/kind/manifests/) and
+applies them when it creates a cluster. The storage one lives in kind's Go source as a
+string constant (pkg/build/nodeimage/const_storage.go), so this reads it from the kind
 module that hack/build-tools.sh --kind downloaded: a string constant made of raw-string
 literals and other constants of the same file joined by `+`.
 
-    python3 kind_manifests.py KIND_MODULE_DIR cni|storage OLD=NEW...
+    python3 kind_manifests.py KIND_MODULE_DIR storage OLD=NEW...
+
+kind's default CNI manifest (kindnetd) is not used: the Go module proxy does not serve
+kindnetd, so the node image's default CNI is hack/kind/flannel.yaml.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import sys
 from pathlib import Path
 
 FILES = {
-    "cni": ("const_cni.go", "defaultCNIManifest"),
     "storage": ("const_storage.go", "defaultStorageManifest"),
 }
 CONST = re.compile(
@@ -45,6 +47,8 @@ def constants(source: str) -> dict[str, str]:
 
 def main() -> None:
     module, which, *replacements = sys.argv[1:]
+    if which not in FILES:
+        raise SystemExit(f"kind_manifests: unknown manifest {which!r} (known: {', '.join(FILES)})")
     filename, const = FILES[which]
     values = constants((Path(module) / "pkg/build/nodeimage" / filename).read_text())
     manifest = values[const]

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Runs before containerd starts (containerd.service.d/10-kubetune-runc.conf). A privileged
-# pod (kube-proxy, kindnetd) asks runc for every capability the kernel knows; where this
+# pod (kube-proxy, flanneld) asks runc for every capability the kernel knows; where this
 # node's capability bounding set lacks some (seen on sandboxed CI machines, whose Docker
 # engine runs the node through the same wrapper), runc fails with "unable to apply caps".
 # Only then is runc-capfilter put first on containerd's PATH as `runc`: it removes the
