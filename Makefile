@@ -35,8 +35,11 @@ tools: ## Build (first time, minutes) or reuse the cached control-plane binaries
 	hack/go-tool.sh helm-docs >/dev/null
 	hack/go-tool.sh kindconfig >/dev/null
 
-test: deps tools ## Run every test tier: unit, integration, e2e (the kind tier: make test-kind)
-	$(UV) run --frozen pytest -m "not kind" $(PYTEST_ARGS)
+# The kind cluster tests (tests/kind/test_kind_cluster.py, `make test-kind`) are not in
+# `make test` yet: they take about 20 minutes here and have passed once; the other kind-tier
+# tests (the built images) are.
+test: deps tools ## Run every test tier: unit, integration, e2e, the images (the kind cluster: make test-kind)
+	$(UV) run --frozen pytest --ignore=tests/kind/test_kind_cluster.py $(PYTEST_ARGS)
 
 test-unit: deps ## Run the unit tier only (no servers; seconds)
 	$(UV) run --frozen pytest -m unit $(PYTEST_ARGS)
@@ -50,7 +53,7 @@ test-e2e: deps tools ## Run the e2e tier (TuningJobs through the operator and th
 # The kind tier needs a Docker engine: hack/docker-engine.sh uses the running one, or
 # installs (root on Debian/Ubuntu) and starts one, which the tier stops afterwards; where
 # it can do neither it fails and says what to install. It deletes its cluster at the end.
-test-kind: deps ## Run the kind tier: a kind cluster built offline, the real images, TuningJobs in real pods
+test-kind: deps tools ## Run the kind tier: a kind cluster built offline, the real images, TuningJobs in real pods
 	$(UV) run --frozen pytest -m kind $(PYTEST_ARGS)
 
 kind-node-image: ## Build the kind node image offline (cached by version and recipe); print its tag

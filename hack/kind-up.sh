@@ -161,7 +161,9 @@ say "7/8 the dataset$([[ "$model" == tiny ]] && echo " and a tiny model")"
 dataset="${DATASET:-$root/tests/data/dolly-sample.jsonl}"
 [[ -f "$dataset" ]] || die "DATASET=$dataset is not a file"
 port="${S3_PORT:-18333}"
-kc -n storage port-forward service/seaweedfs "$port:8333" >/dev/null 2>&1 &
+# kubectl itself in the background (not through kc, whose subshell would be what $! names
+# and what the trap kills, leaving kubectl running and holding the caller's stdout).
+"$KUBECTL" --context "$context" -n storage port-forward service/seaweedfs "$port:8333" >/dev/null 2>&1 &
 forward=$!
 trap 'kill "$forward" 2>/dev/null || true' EXIT
 for _ in $(seq 1 30); do
@@ -236,7 +238,7 @@ case "${WAIT:-1}" in
 esac
 
 # Follow it to its end: every change of the row as `kubectl get tuningjobs -w` prints it.
-kc -n tuning get tuningjobs -w &
+"$KUBECTL" --context "$context" -n tuning get tuningjobs -w &
 watcher=$!
 trap 'kill "$forward" "$watcher" 2>/dev/null || true' EXIT
 deadline=$((SECONDS + ${TIMEOUT:-1800}))
