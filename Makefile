@@ -15,7 +15,7 @@ help: ## List the commands
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 demo: deps ## Train a tiny model end to end through S3 on this machine (a few minutes, no GPU)
-	$(UV) run --frozen python hack/demo.py
+	$(UV) run --frozen python -m hack.demo
 
 deps: ## Install uv if missing and sync the locked environment (.venv)
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
@@ -65,15 +65,15 @@ lint: deps ## Lint the Python code
 bench: bench-data bench-s3 bench-train bench-first-step bench-trainer bench-operator ## Run every benchmark (tens of minutes)
 
 bench-smoke: deps tools ## Run every benchmark in its smoke mode (small inputs, one round: checks they work, no figures)
-	$(UV) run --frozen python bench/data_pipeline.py --smoke
+	$(UV) run --frozen python -m bench.data_pipeline --smoke
 	$(UV) run --frozen python -m bench.s3_transfer --smoke
 	$(UV) run --frozen python -m bench.train_step --smoke
 	$(UV) run --frozen python -m bench.first_step --smoke
-	$(UV) run --frozen python bench/trainer_cpu.py --quick
+	$(UV) run --frozen python -m bench.trainer_cpu --quick
 	$(UV) run --frozen python -m bench.operator_latency --scales 1 --idle 1 --json out/operator-latency-smoke.json
 
 bench-data: deps ## Benchmark the data pipeline against TRL (figures for docs/benchmarks.md)
-	$(UV) run --frozen python bench/data_pipeline.py --repeat 3
+	$(UV) run --frozen python -m bench.data_pipeline --repeat 3
 
 bench-s3: deps ## Benchmark S3 transfers: kubetune's storage layer against boto3 configurations
 	$(UV) run --frozen python -m bench.s3_transfer
@@ -104,4 +104,4 @@ kind-down: ## Delete the kind cluster that kind-up made
 	kind delete cluster --name $${CLUSTER:-kubetune}
 
 bench-trainer: deps ## Trainer figures on CPU: base precision, loop vs transformers Trainer, 4-bit generation
-	$(UV) run --frozen python bench/trainer_cpu.py
+	$(UV) run --frozen python -m bench.trainer_cpu

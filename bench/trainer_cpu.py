@@ -11,7 +11,7 @@
    fused AVX512-BF16 kernel) against kubetune's setting (repacking off, see
    trainer/quantization.py): greedy tokens per second, what the correctness fix costs.
 
-    .venv/bin/python bench/trainer_cpu.py            # add --quick for a smoke run
+    .venv/bin/python -m bench.trainer_cpu            # add --quick for a smoke run
 """
 
 from __future__ import annotations
@@ -21,16 +21,12 @@ import contextlib
 import gc
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from kubetune.trainer.quantization import quiet_bitsandbytes_import  # noqa: E402
+from kubetune.trainer.quantization import quiet_bitsandbytes_import
 
 quiet_bitsandbytes_import()
 

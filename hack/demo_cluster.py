@@ -158,10 +158,10 @@ def upload_inputs(s3: dict[str, Any]) -> None:
     import boto3
     from botocore.config import Config
 
-    # A tiny random Llama and its tokenizer, built here; the Dolly sample of the tests.
-    sys.path.insert(0, str(ROOT))
-    from kubetune.trainer.tiny import save_tiny
     from tests.support.data import DOLLY
+
+    # A tiny random Llama and its tokenizer, built here; the Dolly sample of the tests.
+    from tests.support.tiny import save_tiny
 
     client = boto3.client(
         "s3",

@@ -162,8 +162,9 @@ async def require_tuningjobs(api: KubeApi, settings: Settings) -> None:
             ) from None
         except Forbidden as e:
             raise ClusterNotReady(
-                f"the operator may not list {PLURAL} in {where}: {e.message}. Grant it the rules of "
-                "kubetune/operator/rbac.py (the Helm chart does, for its watchNamespaces)"
+                f"the operator may not list {PLURAL} in {where}: {e.message}. Grant it the Helm chart's "
+                "RBAC (charts/kubetune/templates/rbac.yaml; the chart does, for every namespace in "
+                "watchNamespaces, and `helm template` prints the rules)"
             ) from None
         except ApiError as e:
             raise ClusterNotReady(

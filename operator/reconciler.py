@@ -68,6 +68,13 @@ class Views:
     pods: Callable[[Key], Sequence[Body]]
 
 
+@dataclass(frozen=True)
+class _Retry:
+    """The Job was not created: reconcile again after `after` seconds (None: on the next change)."""
+
+    after: float | None
+
+
 @dataclass
 class _Memory:
     """What this replica remembers about one TuningJob between reconciles."""
@@ -178,10 +185,10 @@ class Reconciler:
                 return None
 
         if job is None:
-            outcome = await self._start(key, body, memory, tuningjob)
-            if not isinstance(outcome, dict):
-                return outcome
-            job = outcome
+            started = await self._start(key, body, memory, tuningjob)
+            if isinstance(started, _Retry):
+                return started.after
+            job = started
         else:
             job = await self._sync_suspend(tuningjob, job)
 
@@ -204,7 +211,7 @@ class Reconciler:
 
     async def _start(
         self, key: Key, body: Body, memory: _Memory, tuningjob: TuningJob
-    ) -> Body | float | None:
+    ) -> Body | _Retry:
         """Lock the spec (status.jobName), then create the Job. Returns the Job, or when to retry."""
         metadata = body["metadata"]
         namespace, generation = metadata["namespace"], int(metadata.get("generation") or 1)
@@ -229,7 +236,7 @@ class Reconciler:
                 )
             except Conflict:
                 log.debug("%s changed since it was read; looking again", key)
-                return STALE_RETRY
+                return _Retry(STALE_RETRY)
         try:
             created = await self.api.create_job(job)
             memory.job_created_at = self.clock()
@@ -249,7 +256,7 @@ class Reconciler:
             await self._observe_and_write(
                 key, body, memory, Observation("Pending", "JobConflict", message), job_name=name
             )
-            return self.settings.resync_seconds
+            return _Retry(self.settings.resync_seconds)
         except (Invalid, BadRequest) as e:
             # The API server rejected the pod spec (e.g. a malformed affinity): the spec must change.
             await self._observe_and_write(
@@ -259,7 +266,7 @@ class Reconciler:
                 invalid_spec(f"the Job was rejected by the API server: {e.message}"),
                 job_name=None,
             )
-            return None
+            return _Retry(None)
         except Forbidden as e:
             # A ResourceQuota or an admission policy: it may pass later.
             await self._observe_and_write(
@@ -271,7 +278,7 @@ class Reconciler:
                 ),
                 job_name=name,
             )
-            return self.settings.resync_seconds
+            return _Retry(self.settings.resync_seconds)
 
     async def _sync_suspend(self, tuningjob: TuningJob, job: Body) -> Body:
         """spec.suspend drives the Job's suspend flag; with a queue, Kueue decides un-suspending."""

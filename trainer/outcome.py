@@ -28,6 +28,7 @@ from pathlib import Path
 
 from kubetune.api.contract import TERMINATION_LOG, TERMINATION_LOG_ENV, ExitCode, TerminationMessage
 from kubetune.api.manifest import SpecError
+from kubetune.trainer.errors import Preempted, TrainerError
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,9 @@ def outcome_of(error: BaseException) -> Outcome:
             ExitCode.INVALID_CONFIG,
             TerminationMessage(ExitCode.INVALID_CONFIG.reason, error.render()),
         )
-    code = getattr(error, "exit_code", None)
-    if isinstance(code, ExitCode):
-        checkpoint = getattr(error, "checkpoint", None)
+    if isinstance(error, TrainerError):
+        code = error.exit_code
+        checkpoint = error.checkpoint if isinstance(error, Preempted) else None
         return Outcome(code, TerminationMessage(code.reason, str(error), checkpoint=checkpoint))
     if isinstance(error, KeyboardInterrupt):
         return Outcome(ExitCode.FAILED, TerminationMessage(ExitCode.FAILED.reason, "interrupted"))

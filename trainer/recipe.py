@@ -340,12 +340,11 @@ class _Run:
             bar.close()
             if self.last_checkpoint_step != progress.step:
                 self._checkpoint(loop, objects, rng=loop.boundary_rng)
-            error = Preempted(
+            raise Preempted(
                 f"stopped by {self.stop.reason} at step {progress.step} of {loop.total_steps}; "
-                f"checkpoint saved to {self.last_checkpoint}; a new attempt resumes from it"
-            )
-            error.checkpoint = self.last_checkpoint  # type: ignore[attr-defined]
-            raise error from None
+                f"checkpoint saved to {self.last_checkpoint}; a new attempt resumes from it",
+                checkpoint=self.last_checkpoint,
+            ) from None
         finally:
             bar.close()
         # Always end on a checkpoint: a pod lost during export resumes here, not earlier.
