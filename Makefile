@@ -35,7 +35,7 @@ tools: ## Build (first time, minutes) or reuse the cached control-plane binaries
 	hack/go-tool.sh helm-docs >/dev/null
 	hack/go-tool.sh kindconfig >/dev/null
 
-test: deps tools ## Run every test tier: unit, integration, e2e
+test: deps lint tools ## Lint, then run every test tier: unit, integration, e2e
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 test-unit: deps ## Run the unit tier only (no servers; seconds)
@@ -56,8 +56,8 @@ cluster-status: ## Say whether the `make cluster` ground runs, and how to use it
 cluster-down: ## Stop everything `make cluster` started
 	$(UV) run --frozen python -m tests.ground down
 
-lint: deps ## Lint the Python code
-	$(UV) run --frozen ruff check .
+lint: deps ## The house's checks: ruff format, ruff check, mypy, import-linter contracts (seconds)
+	$(UV) run --frozen hack/lint.sh
 
 # Benchmarks (bench/, results in docs/benchmarks.md): each prints a table and writes
 # JSON (bench/results/, the operator's to out/). They take minutes and load the

@@ -151,7 +151,8 @@ async def require_tuningjobs(api: KubeApi, settings: Settings) -> None:
     says whether the resource is served (a 404 means no CRD) and readable.
     """
     crd = f"{PLURAL}.{GROUP}"
-    for namespace in settings.namespaces or [None]:
+    watched: list[str | None] = [*settings.namespaces] or [None]  # None: every namespace
+    for namespace in watched:
         where = f"namespace {namespace!r}" if namespace else "the cluster"
         try:
             await api.list_tuningjobs(namespace)

@@ -1,6 +1,6 @@
 """The operator's own Prometheus metrics, and the small HTTP servers for /metrics and probes.
 
-Names follow DESIGN.md: kubetune_operator_tuningjobs{phase} (a gauge computed at
+Names (documented in docs/operator.md): kubetune_operator_tuningjobs{phase} (a gauge computed at
 scrape time from what the operator sees), _reconcile_seconds (histogram),
 _start_latency_seconds (TuningJob created → Job created; creationTimestamp has a
 resolution of one second, so this histogram does too: bench/ measures finer), and
@@ -95,7 +95,7 @@ class HttpServers:
         self._runners.append(runner)
         log.info(
             "serving %s on port %s",
-            ", ".join(r.resource.canonical for r in app.router.routes()),
+            ", ".join(r.resource.canonical for r in app.router.routes() if r.resource),
             port,
         )
 

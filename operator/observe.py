@@ -12,10 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from kubetune.api.contract import ExitCode, OutputLayout, TerminationMessage
-from kubetune.api.status import MESSAGE, Condition, Output, Progress, TuningJobStatus
+from kubetune.api.status import (
+    MESSAGE,
+    Condition,
+    ConditionStatus,
+    ConditionType,
+    Output,
+    Phase,
+    Progress,
+    TuningJobStatus,
+)
 from kubetune.api.v1alpha1 import TuningJob
 from kubetune.operator.builders import CONTAINER
 from kubetune.operator.progress import decimal_string
@@ -27,7 +36,7 @@ Body = Mapping[str, Any]
 class Observation:
     """What the run is doing now, before it is folded into the status."""
 
-    phase: str
+    phase: Phase
     reason: str
     message: str
     start_time: str | None = None
@@ -37,6 +46,14 @@ class Observation:
     checkpoint: str | None = None
     final_metrics: Mapping[str, float] = field(default_factory=dict)
     running_pod: Body | None = None  # the pod whose metrics give progress
+
+
+class _Common(TypedDict):
+    """What every observation of a started Job carries."""
+
+    start_time: str | None
+    restarts: int
+    checkpoint: str | None
 
 
 def invalid_spec(message: str) -> Observation:
@@ -52,11 +69,11 @@ def observe(tuningjob: TuningJob, job: Body, pods: Sequence[Body]) -> Observatio
         c.get("type"): c for c in job_status.get("conditions") or [] if c.get("status") == "True"
     }
     failed_pods = [p for p in pods if _get(p, "status", "phase") == "Failed"]
-    common = {
-        "start_time": _first_start(pods),
-        "restarts": max(int(job_status.get("failed") or 0), len(failed_pods)),
-        "checkpoint": _latest_checkpoint(pods),
-    }
+    common = _Common(
+        start_time=_first_start(pods),
+        restarts=max(int(job_status.get("failed") or 0), len(failed_pods)),
+        checkpoint=_latest_checkpoint(pods),
+    )
 
     done = true_conditions.get("Complete") or true_conditions.get("SuccessCriteriaMet")
     if done:
@@ -113,7 +130,7 @@ def observe(tuningjob: TuningJob, job: Body, pods: Sequence[Body]) -> Observatio
     )
 
 
-def _between_pods(pod: Body, common: dict[str, Any]) -> Observation:
+def _between_pods(pod: Body, common: _Common) -> Observation:
     """The trainer pod has ended and the Job has not said what follows yet.
 
     The Job's verdict (Complete, Failed, or a new pod) comes a moment later, from the
@@ -121,7 +138,7 @@ def _between_pods(pod: Body, common: dict[str, Any]) -> Observation:
     Pending would say that it waits for resources, which it does not (yet). Pending
     returns only with a new pod that waits for real.
     """
-    phase = "Running" if _ran(pod) else "Pending"
+    phase: Phase = "Running" if _ran(pod) else "Pending"
     if _get(pod, "status", "phase") == "Succeeded":
         name = _get(pod, "metadata", "name")
         return Observation(
@@ -145,7 +162,7 @@ def _ran(pod: Body) -> bool:
     return _exit_code(pod) is not None or _get(pod, "status", "phase") == "Succeeded"
 
 
-def _pod_observation(pod: Body, common: dict[str, Any]) -> Observation:
+def _pod_observation(pod: Body, common: _Common) -> Observation:
     name = _get(pod, "metadata", "name")
     node = _get(pod, "spec", "nodeName")
     state = _container_state(pod)
@@ -160,7 +177,7 @@ def _pod_observation(pod: Body, common: dict[str, Any]) -> Observation:
     if _get(pod, "metadata", "deletionTimestamp"):
         # Preempted, evicted or drained: its trainer checkpoints and exits, then the Job
         # starts a new pod. A pod that never ran was only waiting.
-        phase = "Running" if _ran(pod) else "Pending"
+        phase: Phase = "Running" if _ran(pod) else "Pending"
         return Observation(
             phase,
             "Restarting",
@@ -254,7 +271,7 @@ def next_status(
     obs = observation
     message = _clip(obs.message)
 
-    wanted: dict[str, tuple[str, str, str]] = {
+    wanted: dict[ConditionType, tuple[ConditionStatus, str, str]] = {
         "Suspended": ("True", obs.reason, message)
         if obs.phase in ("Suspended", "Queued")
         else ("False", "NotSuspended", ""),
@@ -267,14 +284,17 @@ def next_status(
     conditions = []
     for type_, (status, reason, text) in wanted.items():
         previous = old.condition(type_)
-        moved = previous is None or previous.status != status
         conditions.append(
             Condition(
                 type=type_,
                 status=status,
                 reason=reason,
                 message=text,
-                last_transition_time=now if moved else previous.last_transition_time,
+                last_transition_time=(
+                    previous.last_transition_time
+                    if previous is not None and previous.status == status
+                    else now
+                ),
                 observed_generation=generation,
             )
         )

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def read_outcomes(folder: Path) -> dict[int, Outcome]:
     }
 
 
-def _finite(metrics: dict[str, float]) -> dict[str, float]:
+def _finite(metrics: Mapping[str, object]) -> dict[str, float]:
     # JSON has no NaN/Infinity; the operator parses this.
     import math
 

@@ -132,7 +132,7 @@ class TerminationMessage:
 
 
 class OutputLayout:
-    """Paths under spec.output.destination (see DESIGN.md)."""
+    """Paths under spec.output.destination (docs/trainer.md, "Outputs")."""
 
     ADAPTER = "adapter/"
     MERGED = "merged/"  # with spec.method.mergeAdapter: the base with the adapter merged in

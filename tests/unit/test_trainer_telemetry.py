@@ -9,7 +9,7 @@ from pathlib import Path
 from kubetune.api.metrics import TRAINER_PHASES
 from kubetune.trainer.telemetry import Telemetry
 
-# The contract with the operator (DESIGN.md): these exact names.
+# The contract with the operator (kubetune.api.metrics, docs/trainer.md): these exact names.
 CONTRACT_METRICS = [
     "kubetune_trainer_step",
     "kubetune_trainer_total_steps",

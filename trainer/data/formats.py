@@ -201,7 +201,7 @@ class Formatter:
                     "wrong-type", f"{at} must be an object with {role_key!r} and {content_key!r}"
                 )
             role, content = message.get(role_key), message.get(content_key)
-            if role not in roles:
+            if not isinstance(role, str) or role not in roles:
                 known = ", ".join(sorted(roles))
                 raise _Invalid(
                     "unknown-role", f"{at}.{role_key} is {role!r}; expected one of {known}"

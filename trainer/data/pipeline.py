@@ -249,7 +249,7 @@ def _read_examples(
                 continue
             where, record = item
             if formatter is None:
-                fmt = dataset.format
+                fmt: str = dataset.format
                 if fmt == "auto":
                     fmt = detect_format(Formatter("text", dataset.columns).rename(record), where)
                 formatter = Formatter(
@@ -282,7 +282,9 @@ def _split(
         if (held := getattr(dataset, split)) is not None and held.fraction is not None
     }
     train = examples["train"]
-    out = {split: examples[split] for split in ("validation", "test") if split in examples}
+    out: dict[str, list[Example]] = {
+        split: examples[split] for split in ("validation", "test") if split in examples
+    }
     if fractions:
         if sum(fractions.values()) >= 1:
             from kubetune.trainer.errors import InvalidConfigError
