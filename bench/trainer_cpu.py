@@ -39,7 +39,7 @@ from kubetune.trainer.loop import StopSignal, TrainLoop  # noqa: E402
 from kubetune.trainer.model import load_model  # noqa: E402
 from kubetune.trainer.plan import Hardware, make_plan  # noqa: E402
 from kubetune.trainer.sampling import Schedule  # noqa: E402
-from kubetune.trainer.state import Progress  # noqa: E402
+from kubetune.trainer.state import TrainState  # noqa: E402
 
 
 def build_base(folder: Path, hidden: int, layers: int, vocab: int) -> Path:
@@ -134,7 +134,7 @@ def time_our_loop(
         dist=Dist.single(),
         device=torch.device("cpu"),
         stop=StopSignal(),
-        progress=Progress(),
+        progress=TrainState(),
     )
     reports = list(loop.steps())
     del model, optimizer, loop

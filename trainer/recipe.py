@@ -59,7 +59,7 @@ from kubetune.trainer.plan import Hardware, TrainPlan, make_plan
 from kubetune.trainer.quantization import quiet_bitsandbytes_import
 from kubetune.trainer.sampling import Schedule
 from kubetune.trainer.scratch import scratch_folder
-from kubetune.trainer.state import Progress, seed_everything
+from kubetune.trainer.state import TrainState, seed_everything
 from kubetune.trainer.step_window import StepWindow, read_records
 from kubetune.trainer.storage import ByteCounter, Storage, join_uri
 from kubetune.trainer.telemetry import Telemetry
@@ -265,7 +265,7 @@ class _Run:
         scaler = torch.amp.GradScaler("cuda") if self.plan.compute_dtype == "fp16" else None
         return TrainingObjects(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
 
-    def _resume(self, objects: TrainingObjects) -> Progress:
+    def _resume(self, objects: TrainingObjects) -> TrainState:
         """Load the latest complete checkpoint at the destination, if any; else start fresh."""
         found = self.dist.broadcast_object(
             self.checkpoints.latest_complete() if self.dist.is_main else None
@@ -274,7 +274,7 @@ class _Run:
             if self.dist.is_main:
                 self.telemetry.metrics_file.unlink(missing_ok=True)  # type: ignore[union-attr]
                 self.checkpoints.prune()  # partial leftovers of an earlier attempt
-            return Progress()
+            return TrainState()
         folder = self._on_main_first(lambda: self.checkpoints.download(found))
         progress, extra = load_checkpoint(folder, objects, rank=self.dist.rank, device=self.device)
         self.last_checkpoint, self.last_checkpoint_step = found.uri, progress.step
@@ -511,7 +511,7 @@ class _Run:
 
     def _summary(
         self,
-        progress: Progress,
+        progress: TrainState,
         total_steps: int,
         schedule: Schedule,
         metrics: dict[str, float],

@@ -382,7 +382,7 @@ def test_service_monitor_scrapes_the_metrics_service() -> None:
     assert render().of_kind("ServiceMonitor") == render().of_kind("PodMonitor") == []
 
 
-# The trainer's metric names (kubetune.api.metrics; the trainer registers them).
+# The trainer's metric names (kubetune.api.trainer_metrics; the trainer registers them).
 TRAINER_METRICS = {
     "kubetune_trainer_step", "kubetune_trainer_total_steps", "kubetune_trainer_loss", "kubetune_trainer_eval_loss",
     "kubetune_trainer_learning_rate", "kubetune_trainer_grad_norm", "kubetune_trainer_tokens_total",

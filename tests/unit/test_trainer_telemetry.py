@@ -6,10 +6,10 @@ import json
 import urllib.request
 from pathlib import Path
 
-from kubetune.api.metrics import TRAINER_PHASES
+from kubetune.api.trainer_metrics import TRAINER_PHASES
 from kubetune.trainer.telemetry import Telemetry
 
-# The contract with the operator (kubetune.api.metrics, docs/trainer.md): these exact names.
+# The contract with the operator (kubetune.api.trainer_metrics, docs/trainer.md): these exact names.
 CONTRACT_METRICS = [
     "kubetune_trainer_step",
     "kubetune_trainer_total_steps",

@@ -42,7 +42,7 @@ from kubetune.trainer.batch import IGNORE_INDEX
 from kubetune.trainer.data.encode import Encoded, Encoder
 from kubetune.trainer.data.formats import Example, Formatter, detect_format
 from kubetune.trainer.data.packing import build_packs, lower_bound, plan_packs
-from kubetune.trainer.data.problems import Problem, ProblemLog
+from kubetune.trainer.data.problems import ProblemLog, RecordProblem
 from kubetune.trainer.data.redact import Redactor
 from kubetune.trainer.data.sources import SourceFile, file_kind, list_local, read_records
 from kubetune.trainer.data.splits import split_indices
@@ -244,7 +244,7 @@ def _read_examples(
         records = 0
         for item in read_records(file):
             records += 1
-            if isinstance(item, Problem):
+            if isinstance(item, RecordProblem):
                 problems.add(item)
                 continue
             where, record = item
@@ -256,7 +256,7 @@ def _read_examples(
                     fmt, dataset.columns, dataset.system_prompt, dataset.stratify_by
                 )
             result = formatter(where, record)
-            if isinstance(result, Problem):
+            if isinstance(result, RecordProblem):
                 problems.add(result)
             else:
                 examples.append(result)

@@ -12,7 +12,7 @@ from typing import Any
 from kubetune.api.v1alpha1 import S3Spec
 from kubetune.trainer.errors import StorageAccessError
 from kubetune.trainer.storage.backend import Backend, ByteCallback, ObjectInfo, TransferSummary
-from kubetune.trainer.storage.cache import CACHE_MANIFEST, DownloadCache
+from kubetune.trainer.storage.download_cache import CACHE_MANIFEST, DownloadCache
 from kubetune.trainer.storage.local import LocalBackend, local_errors
 from kubetune.trainer.storage.s3 import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENCY, S3Backend
 from kubetune.trainer.storage.uri import Location, S3Location, join_uri, parse_uri
