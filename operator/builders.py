@@ -64,10 +64,19 @@ def child_name(tuningjob_name: str) -> str:
 
 
 def labels(tuningjob_name: str) -> dict[str, str]:
+    """The Job's and its pods' labels: Kubernetes' recommended ones, and the TuningJob's.
+
+    No app.kubernetes.io/version: the image (spec.runtime.image) may be any, so the
+    operator cannot know the trainer's version.
+    """
+    name = child_name(tuningjob_name)
     return {
         "app.kubernetes.io/name": "kubetune-trainer",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": "trainer",
+        "app.kubernetes.io/part-of": "kubetune",
         "app.kubernetes.io/managed-by": MANAGED_BY,
-        TUNINGJOB_LABEL: child_name(tuningjob_name),
+        TUNINGJOB_LABEL: name,
     }
 
 

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from kubetune.api.contract import METRICS_PORT, SCRATCH_DIR_ENV, SPEC_ENV, ExitCode
-from kubetune.api.manifest import parse_tuningjob_json
+from kubetune.api.manifest import parse_tuningjob, parse_tuningjob_json
 from kubetune.operator.builders import build_job, child_name, pod_spec_document
-from tests.unit.operator_fixtures import settings, tuningjob
+from tests.unit.operator_fixtures import manifest, settings, tuningjob
 
 
 def _container(job: dict) -> dict:
@@ -51,6 +51,41 @@ def test_child_names_fit_labels_and_hostnames(name: str, expected_prefix: str) -
     assert child == child_name(name)
     if name != "dolly":
         assert child != child_name(name + "y")
+
+
+RECOMMENDED_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/managed-by",
+)
+
+
+@pytest.mark.parametrize("name", ["dolly", "team.dolly"])
+def test_job_and_pods_carry_the_recommended_labels_alike(name: str) -> None:
+    """app.kubernetes.io/instance tells one TuningJob's objects from another's."""
+    document = manifest(scheduling={"queueName": "gpu-queue"})
+    document["metadata"]["name"] = name
+    job = build_job(parse_tuningjob(document), settings())
+    job_labels = job["metadata"]["labels"]
+    pod_labels = job["spec"]["template"]["metadata"]["labels"]
+    for labels in (job_labels, pod_labels):
+        assert {k: labels.get(k) for k in RECOMMENDED_LABELS} == {
+            "app.kubernetes.io/name": "kubetune-trainer",
+            "app.kubernetes.io/instance": child_name(name),
+            "app.kubernetes.io/component": "trainer",
+            "app.kubernetes.io/part-of": "kubetune",
+            "app.kubernetes.io/managed-by": "kubetune-operator",
+        }
+        assert labels["kubetune.dev/tuningjob"] == child_name(name)
+    # The pods carry every label of the Job except Kueue's, which belongs to the Job.
+    assert job_labels == {**pod_labels, "kueue.x-k8s.io/queue-name": "gpu-queue"}
+    document["metadata"]["name"] = "other"
+    other = build_job(parse_tuningjob(document), settings())
+    assert other["metadata"]["labels"]["app.kubernetes.io/instance"] != job_labels[
+        "app.kubernetes.io/instance"
+    ]
 
 
 def test_pod_runs_the_contract_command_with_the_whole_spec() -> None:
