@@ -121,7 +121,7 @@ def pod_spec_document(tuningjob: TuningJob, settings: Settings) -> str:
 
 
 def credentials_secret(tuningjob: TuningJob, settings: Settings) -> str | None:
-    return tuningjob.spec.s3.credentials_secret or settings.s3_credentials_secret
+    return tuningjob.spec.s3.credentials_secret or settings.s3_auth_ref
 
 
 def build_job(
@@ -248,8 +248,8 @@ def pod_spec(tuningjob: TuningJob, settings: Settings) -> dict[str, Any]:
         pod["runtimeClassName"] = spec.scheduling.runtime_class_name
     if spec.runtime.service_account_name:
         pod["serviceAccountName"] = spec.runtime.service_account_name
-    if settings.image_pull_secrets:
-        pod["imagePullSecrets"] = [{"name": n} for n in settings.image_pull_secrets]
+    if settings.image_pull_auth_refs:
+        pod["imagePullSecrets"] = [{"name": n} for n in settings.image_pull_auth_refs]
     return pod
 
 
