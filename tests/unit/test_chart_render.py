@@ -23,6 +23,7 @@ from kubetune.api.contract import METRICS_PORT, METRICS_PORT_NAME
 from kubetune.operator import builders
 from kubetune.operator.metrics import OperatorMetrics
 from kubetune.operator.settings import ENV_PREFIX, Settings, load_settings
+from kubetune.trainer.telemetry import PHASES
 from tests.support.sensitive_names import flagged_by
 from tests.unit.chart_support import (
     CHART,
@@ -433,6 +434,28 @@ def test_dashboard_queries_only_metrics_that_exist() -> None:
     assert all('tuningjob=~"$tuningjob"' in e for e in exprs if "kubetune_trainer_" in e)
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def dashboard_file() -> dict[str, Any]:
+    return json.loads((CHART / "files" / "dashboards" / "kubetune.json").read_text())
+
+
+def test_dashboard_ranges_follow_the_scrape_interval() -> None:
+    """A fixed range such as [1m] goes blank when Prometheus scrapes every 30 s or more."""
+    exprs = [t["expr"] for p in dashboard_file()["panels"] for t in p.get("targets", [])]
+    ranges = {r for e in exprs for r in re.findall(r"\[([^\]]*)\]", e)}
+    assert ranges == {"$__rate_interval"}
+
+
+def test_every_dashboard_panel_is_described() -> None:
+    panels = [p for p in dashboard_file()["panels"] if p["type"] != "row"]
+    assert [p["title"] for p in panels if not p.get("description", "").strip()] == []
+
+
+def test_trainer_phase_panel_names_the_phases_the_trainer_has() -> None:
+    (panel,) = [p for p in dashboard_file()["panels"] if p["title"] == "Trainer phase"]
+    named = panel["description"].split("in order: ")[-1].rstrip(".").split(", ")
+    assert named == list(PHASES)
 
 
 # --- NetworkPolicy ----------------------------------------------------------------------
