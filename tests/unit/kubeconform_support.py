@@ -154,12 +154,14 @@ def kubeconform(files: Iterable[Path], k8s_version: str) -> list[dict[str, Any]]
     ]
     result = subprocess.run(args, capture_output=True, text=True, check=False, timeout=120)
     try:
-        return json.loads(result.stdout)["resources"]
+        resources = json.loads(result.stdout)["resources"]
     except (json.JSONDecodeError, KeyError):
         raise AssertionError(
             f"kubeconform gave no JSON report (exit {result.returncode}):\n"
             f"{result.stdout}\n{result.stderr}"
         ) from None
+    # An empty document (a template that renders only a comment) has no status at all.
+    return [r for r in resources if r["status"] or r["kind"]]
 
 
 def problems(results: list[dict[str, Any]]) -> list[str]:
