@@ -18,20 +18,27 @@ set -euo pipefail
 
 PACKAGE_VERSION="1.37.0"
 # The chart's minimum (Chart.yaml kubeVersion) and the newest the package has.
-KUBERNETES_VERSIONS="1.31.0 1.37.0"
+KUBERNETES_VERSIONS=(1.31.0 1.37.0)
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${KUBETUNE_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubetune/tools}"
 dest="$cache/kubernetes-json-schema-$PACKAGE_VERSION"
 
 if [[ ! -f "$dest/.complete" ]]; then
-  uv="$(command -v uv || true)"
-  [[ -n "$uv" ]] || { echo "k8s-schemas: needs uv on PATH (make deps installs it)" >&2; exit 1; }
+  # uv as the Makefile finds it: on PATH, else the one `make deps` installed for python3.
+  if command -v uv >/dev/null; then
+    uv=(uv)
+  elif python3 -m uv --version >/dev/null 2>&1; then
+    uv=(python3 -m uv)
+  else
+    echo "k8s-schemas: needs uv (make deps installs it)" >&2
+    exit 1
+  fi
   mkdir -p "$cache"
   out="$(mktemp -d "$cache/.building-kubernetes-json-schema-XXXXXX")"
-  echo "k8s-schemas: preparing kubernetes-validate $PACKAGE_VERSION schemas ($KUBERNETES_VERSIONS) in $dest" >&2
-  if ! (cd "$here" && "$uv" run --quiet --no-project --with "kubernetes-validate==$PACKAGE_VERSION" \
-      python - "$out" $KUBERNETES_VERSIONS) <<'EOF' >&2
+  echo "k8s-schemas: preparing kubernetes-validate $PACKAGE_VERSION schemas (${KUBERNETES_VERSIONS[*]}) in $dest" >&2
+  if ! (cd "$here" && "${uv[@]}" run --quiet --no-project --with "kubernetes-validate==$PACKAGE_VERSION" \
+      python - "$out" "${KUBERNETES_VERSIONS[@]}") <<'EOF' >&2
 import json
 import sys
 from pathlib import Path

@@ -131,3 +131,12 @@ def test_kubeconform_rejects_what_the_api_server_would(
     }
     messages = {Path(r["filename"]).stem: r["msg"] for r in results}
     assert "additional properties 'trainng' not allowed" in messages["tuningjob-unknown-field"]
+
+
+def test_the_tool_scripts_pass_shellcheck() -> None:
+    shellcheck = Path(sys.executable).parent / "shellcheck"
+    scripts = [ROOT / "hack" / "k8s-schemas.sh", ROOT / "hack" / "go-tool.sh"]
+    result = subprocess.run(
+        [str(shellcheck), *map(str, scripts)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
