@@ -10,8 +10,9 @@ The patterns are the tools' own defaults, copied from their sources:
   `sensitiveKeyNames`): a lower-cased name containing any of the words below, with a
   literal value.
 
-Neither tool is served by the Go module proxy here (kube-linter, polaris) or is a Go
-tool at all (kubescape's rules are Rego), so the tests apply these patterns instead.
+None of them can be built here: kube-linter's module host (golang.stackrox.io) is not
+on the Go module proxy's allowlist, polaris' module was not found on it, and
+kubescape's rules are Rego run by a large CLI. So the tests apply these patterns.
 """
 
 from __future__ import annotations
