@@ -94,12 +94,15 @@ def learned(
     patch.setattr(model_module, "load_model", spy)
     logged = LogLines()
     logger = logging.getLogger("kubetune")
-    patch.setattr(logger, "level", logging.INFO)
+    level = logger.level
+    # setLevel, not the attribute: it also clears the loggers' cached isEnabledFor answers.
+    logger.setLevel(logging.INFO)
     logger.addHandler(logged)
     try:
         result = train(the_job, root / "scratch")
     finally:
         logger.removeHandler(logged)
+        logger.setLevel(level)
         patch.undo()
     return {"result": result, "out": root / "out", "job": the_job, "log": logged.lines, **kept}
 
