@@ -26,7 +26,7 @@ deps: ## Install uv if missing and sync the locked environment (.venv)
 # With KUBETUNE_TEST_KUBECONFIG set, the tests run against that cluster: the
 # control-plane binaries are not needed, and kubectl, helm and kwok may come from PATH.
 # The Go tools of the unit tier's external checks (helm-docs, kindconfig, kubeconform,
-# promtool, dashboard-linter) and kubeconform's schemas are prepared either way.
+# promtool) and kubeconform's schemas are prepared either way.
 tools: ## Build (first time, minutes) or reuse the cached control-plane binaries and Go tools
 	@if [ -n "$$KUBETUNE_TEST_KUBECONFIG" ] && ! hack/build-tools.sh --check >/dev/null 2>&1; then \
 	  echo "KUBETUNE_TEST_KUBECONFIG is set: not building the control plane; kubectl, helm and kwok come from PATH"; \
@@ -37,7 +37,6 @@ tools: ## Build (first time, minutes) or reuse the cached control-plane binaries
 	hack/go-tool.sh kindconfig >/dev/null
 	hack/go-tool.sh kubeconform >/dev/null
 	hack/go-tool.sh promtool >/dev/null
-	hack/go-tool.sh dashboard-linter >/dev/null
 	hack/k8s-schemas.sh >/dev/null
 
 test: deps tools ## Run every test tier: unit, integration, e2e

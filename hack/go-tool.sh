@@ -6,7 +6,6 @@
 #   hack/go-tool.sh helm-docs         # writes the chart README from values.yaml
 #   hack/go-tool.sh kubeconform       # validates Kubernetes objects against JSON schemas
 #   hack/go-tool.sh promtool          # checks Prometheus metrics expositions
-#   hack/go-tool.sh dashboard-linter  # lints the Grafana dashboard
 #
 # The cache key is a hash of the module's Go files (in subfolders too), so a version
 # bump in go.mod (or a change to the tool's source) builds afresh; a finished build is marked `.complete`
