@@ -7,7 +7,7 @@ said "examples 975" where the training split had 781).
 from __future__ import annotations
 
 from kubetune.trainer.export import model_card
-from kubetune.trainer.run import prepare_data
+from kubetune.trainer.training_data import prepare_data
 from tests.support.data import write_jsonl
 
 
