@@ -68,13 +68,15 @@ def test_trainer_image_loads_the_cuda_libraries_from_the_wheels(
 def test_trainer_image_holds_exactly_the_installed_files(docker: str, trainer_image: str) -> None:
     # kubetune's files are copied into the image apart from its dependencies (one small
     # layer for a code change): every installed distribution's RECORD must be complete.
+    # uv was mounted for the install only: it is not in the image.
     check = (
         "import importlib.metadata as m, pathlib\n"
         "missing = [str(f) for d in m.distributions() for f in (d.files or [])"
         " if not pathlib.Path(d.locate_file(f)).exists() and '__pycache__' not in str(f)]\n"
         "print(len(list(m.distributions())), missing[:20])\n"
         "assert not missing\n"
-        "import kubetune.trainer.run, kubetune.operator.builders\n"
+        "import kubetune.trainer.run, kubetune.operator.builders, shutil\n"
+        "assert shutil.which('uv') is None, 'uv is in the image'\n"
         "print(m.version('kubetune'))"
     )
     result = run_in_image(docker, trainer_image, "-c", check, entrypoint="python")

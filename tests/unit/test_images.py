@@ -67,6 +67,18 @@ class Dockerfile:
         (stage,) = [s for s in self.stages if s.name == name]
         return stage
 
+    def lineage(self, stage: Stage) -> list[Stage]:
+        """The stage and the stages it is built FROM, nearest first: the image's layers."""
+        chain = [stage]
+        names = {s.name for s in self.stages if s.name}
+        while chain[-1].base in names:
+            chain.append(self.stage(chain[-1].base))
+        return chain
+
+    def base_image(self, stage: Stage) -> str:
+        """The image a stage is built on at the bottom of its lineage, ARGs expanded."""
+        return self.expand(self.lineage(stage)[-1].base)
+
     def expand(self, text: str) -> str:
         return re.sub(r"\$\{(\w+)\}", lambda m: self.args.get(m.group(1), m.group(0)), text)
 
@@ -222,24 +234,29 @@ def test_image_installs_the_locked_set_and_one_extra(dockerfile: Path, extra: st
     assert "--no-emit-project" in export
     exported = export[export.index("--output-file") + 1]
     # ...is what the environment gets, file by file checked against the lock's hashes...
-    dependencies = parsed.stage("dependencies")
-    assert f"--from=requirements {exported} {exported}" in dependencies.all("COPY")
-    (pip_sync,) = uv_commands(dependencies, "pip", "sync")
-    assert "--require-hashes" in pip_sync and pip_sync[-1] == exported, pip_sync
+    runtime = parsed.stage("runtime")
+    (install,) = [r for r in runtime.all("RUN") if "pip sync" in r]
+    mounted = re.search(r"--mount=type=bind,from=requirements,source=(\S+),target=(\S+)", install)
+    assert mounted and mounted.group(1) == exported, install
+    (pip_sync,) = uv_commands(runtime, "pip", "sync")
+    assert "--require-hashes" in pip_sync and pip_sync[-1] == mounted.group(2), pip_sync
     # ...and kubetune goes in with uv sync, which checks the environment against the lock.
     builder = parsed.stage("builder")
-    assert builder.base == "dependencies"
+    assert builder.base == "runtime"
     (sync,) = uv_syncs(builder)
     only_the_lock_and_one_extra(sync)
     assert "--no-editable" in sync
     text = dockerfile.read_text()
     assert "pip install" not in text and "--upgrade" not in text
-    # The final stage carries the environment, not the tools that made it.
-    final = parsed.final
-    assert not uv_commands(final)
-    assert not any("/uv" in c and "--from=uv" in c for c in final.all("COPY"))
+    # The image is the runtime stage plus kubetune's files: it carries the environment,
+    # not the tools that made it (uv is mounted for the install, never copied in).
+    layers = parsed.lineage(parsed.final)
+    assert [s.name for s in layers] == [None, "runtime"]
+    assert parsed.final.all("COPY") == ["--from=builder /project/ /"]
+    assert not any("--from=uv" in c for stage in layers for c in stage.all("COPY"))
     assert not re.search(
-        r"\b(gcc|g\+\+|build-essential|clang|cuda-nvcc|make)\b", " ".join(final.all("RUN"))
+        r"\b(gcc|g\+\+|build-essential|clang|cuda-nvcc|make)\b",
+        " ".join(r for stage in layers for r in stage.all("RUN")),
     )
 
 
@@ -290,13 +307,12 @@ def test_trainer_needs_no_cuda_base_because_torch_brings_the_cuda_runtime() -> N
         assert (site / "nvidia" / library).is_file(), library
     # So the trainer builds on the same plain Python base as the operator, no nvidia/cuda.
     trainer, operator = parse_dockerfile(TRAINER), parse_dockerfile(OPERATOR)
-    base = trainer.expand(trainer.final.base)
-    assert "cuda" not in base and base == operator.expand(operator.final.base)
-    for stage in trainer.stages[:-1]:
-        if stage.name == "uv":
-            continue
-        # The environment is built on the base it runs on (or on a stage built on it).
-        assert trainer.expand(stage.base) in {base, *(s.name for s in trainer.stages)}, stage
+    base = trainer.base_image(trainer.final)
+    assert "cuda" not in base and base == operator.base_image(operator.final)
+    # Every stage that runs Python is built on that same base.
+    for stage in trainer.stages:
+        if stage.name != "uv":
+            assert trainer.base_image(stage) == base, stage
     # The container toolkit mounts the driver's libcuda only where `compute` is asked for.
     env = " ".join(trainer.final.all("ENV"))
     assert re.search(r"NVIDIA_DRIVER_CAPABILITIES=\S*compute", env), env
@@ -321,7 +337,7 @@ def test_images_use_cis_python(dockerfile: Path) -> None:
     parsed = parse_dockerfile(dockerfile)
     assert parsed.args["PYTHON_VERSION"] == ci_python
     assert re.fullmatch(rf"python:{re.escape(ci_python)}-slim-\w+", parsed.args["PYTHON_IMAGE"])
-    assert parsed.expand(parsed.final.base) == parsed.args["PYTHON_IMAGE"]
+    assert parsed.base_image(parsed.final) == parsed.args["PYTHON_IMAGE"]
 
 
 # --- The local bases (hack/images/build-bases.sh) -----------------------------------------
