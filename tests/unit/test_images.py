@@ -17,6 +17,7 @@ import ast
 import importlib.metadata
 import importlib.util
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -417,3 +418,25 @@ def test_operator_image_runs_as_the_chart_runs_it() -> None:
     assert {int(p) for p in final.last("EXPOSE").split()} == {
         p["containerPort"] for p in container["ports"]
     }
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "said"),
+    [
+        (["nonsense"], {}, "unknown image 'nonsense': operator or trainer"),
+        ([], {"IMAGE_BASES": "bogus"}, "IMAGE_BASES=bogus: local or registry"),
+    ],
+)
+def test_image_build_refuses_bad_input_before_touching_docker(
+    args: list[str], env: dict[str, str], said: str
+) -> None:
+    result = subprocess.run(
+        [str(ROOT / "hack/images/build.sh"), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+        env={**os.environ, **env},
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"images: {said}"
