@@ -21,6 +21,8 @@ import secrets
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from kubetune.api.contract import TerminationMessage
 from kubetune.api.v1alpha1 import TuningJob
 from kubetune.operator import builders
@@ -29,6 +31,11 @@ from kubetune.trainer.tiny import save_tiny
 from tests.ground.s3 import S3Endpoint
 from tests.support.data import DOLLY
 from tests.support.images import pod_to_docker_run, remove_container, run_in_image
+
+# The first test here may build the trainer image from nothing (3 to 5 minutes on this
+# loaded 2-core machine, longer on a slow network): 30 minutes instead of the default 15
+# leave that room on top of the test itself.
+pytestmark = pytest.mark.timeout(1800)
 
 STEPS = 6
 
