@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help demo deps tools test test-unit test-integration test-e2e lint cluster cluster-down cluster-status \
 	bench bench-smoke bench-data bench-s3 bench-train bench-first-step bench-operator bench-trainer \
-	crds chart-docs demo-cluster kind-up kind-down
+	crds chart-docs demo-cluster kind-up kind-down images
 
 help: ## List the commands
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -100,6 +100,11 @@ crds: deps ## Regenerate crds/ from the spec model, and the Helm chart's copy of
 
 chart-docs: ## Regenerate charts/kubetune/README.md from the documented values (helm-docs)
 	cd charts/kubetune && "$$(../../hack/go-tool.sh helm-docs)" --chart-search-root . --template-files README.md.gotmpl --log-level warning
+
+# Without an image registry: the bases are made here (hack/images/build-bases.sh, Debian
+# and PyPI only); IMAGE_BASES=registry builds on the Dockerfiles' usual bases instead.
+images: ## Build kubetune-operator:dev and kubetune-trainer:dev with BuildKit (IMAGE_BASES=local|registry, TAG=dev)
+	hack/images/build.sh
 
 kind-up: ## Try kubetune in a local kind cluster, end to end (needs Docker; see docs/install.md)
 	hack/kind-up.sh
