@@ -82,7 +82,7 @@ def test_trainer_image_holds_exactly_the_installed_files(docker: str, trainer_im
         " if not pathlib.Path(d.locate_file(f)).exists() and '__pycache__' not in str(f)]\n"
         "print(len(list(m.distributions())), missing[:20])\n"
         "assert not missing\n"
-        "import kubetune.trainer.run, kubetune.operator.builders, shutil\n"
+        "import kubetune.trainer.command, kubetune.operator.builders, shutil\n"
         "assert shutil.which('uv') is None, 'uv is in the image'\n"
         "print(m.version('kubetune'))"
     )
