@@ -18,6 +18,10 @@ import re
 from typing import Any
 
 from kubetune.api.contract import (
+    CA_BUNDLE_DIR,
+    CA_BUNDLE_ENV,
+    CA_BUNDLE_FILE,
+    HF_TOKEN_KEY,
     METRICS_PORT,
     METRICS_PORT_NAME,
     PERMANENT_EXIT_CODES,
@@ -152,8 +156,8 @@ def build_job(
         "podFailurePolicy": pod_failure_policy(),
         "template": {
             "metadata": {
-                "labels": dict(job_labels),
-                "annotations": {"kubectl.kubernetes.io/default-container": CONTAINER},
+                "labels": pod_labels(tuningjob, settings),
+                "annotations": pod_annotations(tuningjob, settings),
             },
             "spec": pod_spec(tuningjob, settings),
         },
@@ -163,6 +167,29 @@ def build_job(
     if spec.runtime.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = spec.runtime.ttl_seconds_after_finished
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+
+
+def pod_labels(tuningjob: TuningJob, settings: Settings) -> dict[str, str]:
+    """The admin's default labels, then the TuningJob's, then the operator's own (which
+    the API forbids either to set: the operator finds its pods by them)."""
+    return {
+        **settings.default_pod_labels,
+        **tuningjob.spec.runtime.pod_labels,
+        **labels(tuningjob.metadata.name),
+    }
+
+
+def pod_annotations(tuningjob: TuningJob, settings: Settings) -> dict[str, str]:
+    annotations = {**settings.default_pod_annotations, **tuningjob.spec.runtime.pod_annotations}
+    if settings.pod_scrape_annotations:
+        # For Prometheus' annotation-based discovery (clusters without the Prometheus Operator).
+        annotations |= {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(METRICS_PORT),
+            "prometheus.io/path": "/metrics",
+        }
+    annotations["kubectl.kubernetes.io/default-container"] = CONTAINER
+    return annotations
 
 
 def pod_failure_policy() -> dict[str, Any]:
@@ -200,12 +227,13 @@ def pod_spec(tuningjob: TuningJob, settings: Settings) -> dict[str, Any]:
     spec = tuningjob.spec
     gpus = spec.resources.gpus
     node_selector = {
+        **settings.default_node_selector,
         **(settings.gpu_node_selector if gpus else {}),
         **spec.scheduling.node_selector,
     }
     tolerations = [
         t.model_dump(by_alias=True, exclude_none=True)
-        for t in (settings.gpu_tolerations if gpus else [])
+        for t in [*settings.default_tolerations, *(settings.gpu_tolerations if gpus else [])]
     ]
     tolerations += [
         t.model_dump(by_alias=True, exclude_none=True) for t in spec.scheduling.tolerations
@@ -277,6 +305,10 @@ def container(tuningjob: TuningJob, settings: Settings) -> dict[str, Any]:
         # A crash before the trainer could write its message still says something.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    if spec.runtime.env_from:
+        out["envFrom"] = [
+            source.model_dump(by_alias=True, exclude_none=True) for source in spec.runtime.env_from
+        ]
     pull_policy = spec.runtime.image_pull_policy or settings.trainer_image_pull_policy
     if pull_policy:
         out["imagePullPolicy"] = pull_policy
@@ -284,6 +316,7 @@ def container(tuningjob: TuningJob, settings: Settings) -> dict[str, Any]:
 
 
 def environment(tuningjob: TuningJob, settings: Settings) -> list[dict[str, Any]]:
+    spec = tuningjob.spec
     env: list[dict[str, Any]] = [
         {"name": SPEC_ENV, "value": pod_spec_document(tuningjob, settings)},
         {"name": SCRATCH_DIR_ENV, "value": SCRATCH_MOUNT},
@@ -305,6 +338,26 @@ def environment(tuningjob: TuningJob, settings: Settings) -> list[dict[str, Any]
             if optional:
                 ref["optional"] = True
             env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
+    if spec.model.access_secret:
+        # huggingface_hub reads HF_TOKEN: gated and private repositories, as a reference only.
+        env.append(
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {
+                    "secretKeyRef": {"name": spec.model.access_secret, "key": HF_TOKEN_KEY}
+                },
+            }
+        )
+    if spec.s3.ca_bundle:
+        env.append({"name": CA_BUNDLE_ENV, "value": f"{CA_BUNDLE_DIR}/{CA_BUNDLE_FILE}"})
+    # The admin's defaults, then the TuningJob's own; the API keeps both off the names above.
+    own = {var.name for var in spec.runtime.env}
+    env += [
+        var.model_dump(by_alias=True, exclude_none=True)
+        for var in settings.default_env
+        if var.name not in own
+    ]
+    env += [var.model_dump(by_alias=True, exclude_none=True) for var in spec.runtime.env]
     return env
 
 
@@ -329,6 +382,14 @@ def volumes(tuningjob: TuningJob, settings: Settings) -> list[dict[str, Any]]:
         out.append(
             {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
         )
+    ca = tuningjob.spec.s3.ca_bundle
+    if ca:
+        out.append(
+            {
+                "name": "s3-ca",
+                "configMap": {"name": ca.name, "items": [{"key": ca.key, "path": CA_BUNDLE_FILE}]},
+            }
+        )
     return out
 
 
@@ -340,4 +401,6 @@ def volume_mounts(tuningjob: TuningJob) -> list[dict[str, Any]]:
     claim = pvc_claim(tuningjob.spec.model.source)
     if claim:
         mounts.append({"name": "model", "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
+    if tuningjob.spec.s3.ca_bundle:
+        mounts.append({"name": "s3-ca", "mountPath": CA_BUNDLE_DIR, "readOnly": True})
     return mounts

@@ -164,9 +164,8 @@ class Reconciler:
             try:
                 tuningjob = validate(body, self.settings, source)
             except SpecError as e:
-                await self._observe_and_write(
-                    key, body, memory, invalid_spec(e.render()), job_name=None
-                )
+                refused = invalid_spec(e.render(), getattr(e, "reason", "InvalidSpec"))
+                await self._observe_and_write(key, body, memory, refused, job_name=None)
                 return None
         else:
             try:

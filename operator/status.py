@@ -39,8 +39,8 @@ class Observation:
     running_pod: Body | None = None  # the pod whose metrics give progress
 
 
-def invalid_spec(message: str) -> Observation:
-    return Observation("Failed", "InvalidSpec", message)
+def invalid_spec(message: str, reason: str = "InvalidSpec") -> Observation:
+    return Observation("Failed", reason, message)
 
 
 def observe(tuningjob: TuningJob, job: Body, pods: Sequence[Body]) -> Observation:

@@ -44,6 +44,16 @@ def pvc_local_path(uri: str) -> str:
     return f"{PVC_MOUNT_ROOT}/{claim}/{rest}".rstrip("/")
 
 
+# spec.s3.caBundle: the operator mounts the ConfigMap key here and points AWS_CA_BUNDLE
+# (which boto3 honours for every TLS connection it opens) at the file.
+CA_BUNDLE_DIR = "/etc/kubetune/s3-ca"
+CA_BUNDLE_FILE = "ca.crt"
+CA_BUNDLE_ENV = "AWS_CA_BUNDLE"
+
+# spec.model.accessSecret: the Secret key the operator passes as HF_TOKEN, the variable
+# huggingface_hub reads for gated and private repositories.
+HF_TOKEN_KEY = "HF_TOKEN"
+
 # The trainer's Prometheus endpoint: a container port with this name and number.
 METRICS_PORT_NAME = "metrics"
 METRICS_PORT = 9400
