@@ -123,6 +123,17 @@ class Reconciler:
     def known_phases(self) -> list[str | None]:
         return [m.status.phase for m in self._memory.values()]
 
+    def pending_since(self) -> list[float]:
+        """When each Pending TuningJob started waiting: the last move of its Running condition."""
+        since = []
+        for memory in self._memory.values():
+            if memory.status.phase != "Pending":
+                continue
+            running = memory.status.condition("Running")
+            if running is not None and running.last_transition_time:
+                since.append(_timestamp(running.last_transition_time))
+        return since
+
     async def reconcile(self, key: Key) -> float | None:
         """Bring one TuningJob's Job and status up to date; return seconds until the next look."""
         body = self.views.tuningjob(key)

@@ -644,7 +644,15 @@ class SchedulingSpec(ApiModel):
     )
     affinity: dict[str, Any] | None = Field(
         default=None,
-        description="A core/v1 Affinity for the training pod, passed through unchanged.",
+        description=(
+            "A core/v1 Affinity for the training pod, passed through unchanged (the API server "
+            "checks it when the operator creates the Job; `kubectl explain pod.spec.affinity` "
+            "describes its fields). nodeAffinity picks nodes by label more flexibly than "
+            "nodeSelector, e.g. requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms: "
+            "[{matchExpressions: [{key: nvidia.com/gpu.product, operator: In, values: "
+            "[NVIDIA-H100-80GB-HBM3]}]}]; podAffinity/podAntiAffinity place it near or away from "
+            "other pods. A malformed affinity fails the TuningJob (InvalidSpec) before it runs."
+        ),
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
     priority_class_name: str | None = Field(
