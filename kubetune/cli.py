@@ -57,14 +57,35 @@ def main(verbose: bool) -> None:
     )
 
 
+def _tuningjob_from_env():  # type: ignore[no-untyped-def]
+    """The TuningJob the operator put in the pod's environment (contract.SPEC_ENV)."""
+    import os
+
+    from kubetune.api.contract import SPEC_ENV
+    from kubetune.api.manifest import Problem, parse_tuningjob_json
+
+    text = os.environ.get(SPEC_ENV)
+    if not text:
+        raise SpecError(
+            f"${SPEC_ENV}",
+            [Problem("", "is empty or unset; the operator puts the TuningJob there")],
+        )
+    return parse_tuningjob_json(text, f"${SPEC_ENV}")
+
+
 @main.command()
 @click.option(
     "-f",
     "--filename",
     "manifest",
-    required=True,
     type=click.Path(dir_okay=False),
     help="A TuningJob manifest (YAML or JSON).",
+)
+@click.option(
+    "--from-env",
+    is_flag=True,
+    help="The operator's Validating step: read the TuningJob from $KUBETUNE_TUNINGJOB and "
+    "publish the prepared data to S3 for the trainer (no -o, no --report).",
 )
 @click.option(
     "-o",
@@ -77,7 +98,7 @@ def main(verbose: bool) -> None:
     type=click.Path(dir_okay=False),
     help="Write the JSON report here instead of OUTPUT/prepare-report.json.",
 )
-def prepare(manifest: str, output: str | None, report: str | None) -> None:
+def prepare(manifest: str | None, from_env: bool, output: str | None, report: str | None) -> None:
     """Build the packed, loss-masked dataset of a TuningJob, as the trainer would.
 
     Reads spec.dataset (local paths or s3://), formats, redacts, tokenizes with the
@@ -86,6 +107,12 @@ def prepare(manifest: str, output: str | None, report: str | None) -> None:
     and a JSON report. Results are cached by a hash of the inputs
     ($KUBETUNE_SCRATCH_DIR, else ~/.cache/kubetune).
     """
+    if bool(manifest) == from_env:
+        raise click.UsageError("give exactly one of -f FILE or --from-env")
+    if from_env:
+        from kubetune.trainer.validate import validate_command
+
+        sys.exit(run_guarded(lambda: validate_command(_tuningjob_from_env, json_logs=None)))
 
     def run() -> None:
         from pathlib import Path
@@ -95,7 +122,7 @@ def prepare(manifest: str, output: str | None, report: str | None) -> None:
         from kubetune.trainer.data.pipeline import prepare as run_prepare
         from kubetune.trainer.data.tokenizer import load_tokenizer
 
-        job = load_tuningjob(manifest)
+        job = load_tuningjob(manifest or "")
         workdir = default_workdir()
         tokenizer = load_tokenizer(job.spec.model, job.spec.s3, workdir)
         prepared = run_prepare(job, workdir, tokenizer)
@@ -165,20 +192,7 @@ def train(
             from kubetune.api.manifest import load_tuningjob
 
             return load_tuningjob(filename)
-        import os
-
-        from kubetune.api.contract import SPEC_ENV
-        from kubetune.api.manifest import parse_tuningjob_json
-
-        text = os.environ.get(SPEC_ENV)
-        if not text:
-            from kubetune.api.manifest import Problem
-
-            raise SpecError(
-                f"${SPEC_ENV}",
-                [Problem("", "is empty or unset; the operator puts the TuningJob there")],
-            )
-        return parse_tuningjob_json(text, f"${SPEC_ENV}")
+        return _tuningjob_from_env()
 
     from pathlib import Path
 

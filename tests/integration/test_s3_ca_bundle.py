@@ -5,6 +5,7 @@ certificate from a CA made for this test."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import socketserver
 import ssl
@@ -35,10 +36,8 @@ def _pipe(source: socket.socket, target: socket.socket) -> None:
         pass
     finally:
         for s in (source, target):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 @pytest.fixture

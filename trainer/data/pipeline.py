@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kubetune import __version__
-from kubetune.api.contract import SCRATCH_DIR_ENV
+from kubetune.api.contract import PREPARED_ENV, SCRATCH_DIR_ENV
 from kubetune.api.v1alpha1 import DatasetSpec, TrainingSpec, TuningJob
 from kubetune.trainer.data.encode import IGNORE_INDEX, Encoded, Encoder
 from kubetune.trainer.data.formats import Example, Formatter, detect_format
@@ -126,6 +126,9 @@ def prepare(
     entry = Path(workdir) / "prepared" / key[:32]
     if (entry / COMPLETE_MARKER).exists():
         log.info("prepared data found in the cache (%s): not tokenizing again", entry)
+        return _load(entry, from_cache=True)
+    published = os.environ.get(PREPARED_ENV)
+    if published and fetch_published(published, key, entry, storage):
         return _load(entry, from_cache=True)
 
     problems = ProblemLog(dataset.on_invalid)
@@ -440,6 +443,58 @@ def _load(entry: Path, from_cache: bool) -> PreparedData:
         directory=entry,
         from_cache=from_cache,
     )
+
+
+def published_uri(base: str, key: str) -> str:
+    """Where the Validating step publishes the prepared data for cache key `key`."""
+    return base.rstrip("/") + "/" + key[:32] + "/"
+
+
+def publish(prepared: PreparedData, base: str, storage: Storage) -> str:
+    """Upload a cache entry under `base` (the Validating step); the marker goes last, so a
+    reader never takes a half-written entry for complete. Returns its URI."""
+    uri = published_uri(base, prepared.report["cacheKey"])
+    with tempfile.TemporaryDirectory(prefix="publish-") as folder:
+        staging = Path(folder)
+        for split in SPLITS:
+            source = prepared.directory / f"{split}.parquet"
+            if source.exists():
+                shutil.copyfile(source, staging / source.name)
+        shutil.copyfile(prepared.directory / REPORT_FILE, staging / REPORT_FILE)
+        storage.upload_dir(staging, uri)
+    storage.write_bytes(uri + COMPLETE_MARKER, b"")
+    return uri
+
+
+def fetch_published(base: str, key: str, entry: Path, storage: Storage) -> bool:
+    """Take the Validating step's data for this cache key, if it published it complete.
+
+    The key covers the data files, the tokenizer, the template and every setting that
+    shapes the data, so data published for anything else is never taken (the trainer
+    then prepares it again, and says so).
+    """
+    uri = published_uri(base, key)
+    if not storage.exists(uri + COMPLETE_MARKER):
+        log.warning(
+            "no prepared data for this run's cache key at %s (the Validating step prepared "
+            "it with another tokenizer or data): preparing it here",
+            uri,
+        )
+        return False
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
+    try:
+        storage.download_prefix(uri, staging)
+        (staging / ".kubetune-cache.json").unlink(missing_ok=True)
+        (staging / COMPLETE_MARKER).write_text("")
+        if entry.exists():
+            shutil.rmtree(entry)
+        os.replace(staging, entry)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("prepared data from the Validating step: %s (not tokenizing again)", uri)
+    return True
 
 
 def default_workdir() -> Path:
