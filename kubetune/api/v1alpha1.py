@@ -887,12 +887,13 @@ _RESERVED_KEYS_RULE = {
 }
 
 PodLabels = Annotated[
-    dict[Annotated[str, Field(max_length=SHORT + 64)], Annotated[str, Field(max_length=63)]],
+    # (Key lengths are checked by metadata_key_problem: a CRD schema cannot bound map keys.)
+    dict[str, Annotated[str, Field(max_length=63)]],
     Field(max_length=64, json_schema_extra={"x-kubernetes-validations": [_RESERVED_KEYS_RULE]}),
     AfterValidator(_check_labels),
 ]
 PodAnnotations = Annotated[
-    dict[Annotated[str, Field(max_length=SHORT + 64)], Annotated[str, Field(max_length=TEMPLATE)]],
+    dict[str, Annotated[str, Field(max_length=TEMPLATE)]],
     Field(max_length=64, json_schema_extra={"x-kubernetes-validations": [_RESERVED_KEYS_RULE]}),
     AfterValidator(_check_annotations),
 ]

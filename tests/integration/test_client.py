@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable
 
 import pytest
@@ -74,25 +72,27 @@ def test_status_and_wait_follow_a_run_to_its_end(cluster: Cluster, ns: str) -> N
     assert timed_out.returncode == 4, timed_out
     assert "still Running after 2s" in timed_out.stdout
 
-    def finish() -> None:
-        time.sleep(2)
-        set_status(
-            cluster, ns, "followed",
-            {"phase": "Succeeded", "reason": "Succeeded", "output": {"adapter": "s3://adapters/followed/adapter/"}},
-        )  # fmt: skip
-
-    finisher = threading.Thread(target=finish)
-    finisher.start()
-    done = kubetune(cluster, "wait", "followed", "-n", ns, "--timeout", "60")
-    finisher.join()
-    assert done.returncode == 0, done
-    assert "the adapter is at s3://adapters/followed/adapter/" in done.stdout
-    assert "followed: Running Training 3/10 (30%)" in done.stderr
+    # Waiting: it prints where the run is, then how it ended, once the status says so.
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "kubetune", "wait", "followed", "-n", ns, "--timeout", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert waiting.stderr is not None
+    first = waiting.stderr.readline()
+    assert first == "followed: Running Training 3/10 (30%)\n", first
+    set_status(
+        cluster, ns, "followed",
+        {"phase": "Succeeded", "reason": "Succeeded", "output": {"adapter": "s3://adapters/followed/adapter/"}},
+    )  # fmt: skip
+    stdout, _ = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0, stdout
+    assert "the adapter is at s3://adapters/followed/adapter/" in stdout
 
     # kubectl's own wait works on the conditions the operator writes.
     set_status(
         cluster, ns, "followed",
-        {"conditions": [{"type": "Succeeded", "status": "True", "reason": "Succeeded", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]},
+        {"conditions": [{"type": "Succeeded", "status": "True", "reason": "Succeeded", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]},
     )  # fmt: skip
     cluster.kubectl("wait", "--for=condition=Succeeded", "-n", ns, "tj/followed", "--timeout=10s")
 

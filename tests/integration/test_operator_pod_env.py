@@ -147,6 +147,13 @@ def test_missing_secret_shows_in_the_status_and_no_secret_value_leaks(
         ns,
         {"metadata": {"name": "hf-token"}, "stringData": {"HF_TOKEN": SENTINEL}},
     )
+    cluster.core.create_namespaced_secret(
+        ns,
+        {
+            "metadata": {"name": "s3-credentials"},
+            "stringData": {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": SENTINEL},
+        },
+    )
     body = tuningjob(
         "missing-secret",
         model={"source": "hf://meta-llama/Llama-3.1-8B", "accessSecret": "hf-token"},
@@ -196,3 +203,4 @@ def test_missing_secret_shows_in_the_status_and_no_secret_value_leaks(
         "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "HF_TOKEN"}},
     } in container["env"]
     cluster.core.delete_namespaced_secret("hf-token", ns)
+    cluster.core.delete_namespaced_secret("s3-credentials", ns)
