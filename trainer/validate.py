@@ -42,19 +42,19 @@ def validate_command(load: Callable[[], TuningJob], *, json_logs: bool | None) -
 
 def validate_and_publish(job: TuningJob) -> str:
     from kubetune.trainer.data import pipeline
-    from kubetune.trainer.data.tokenizer import load_tokenizer
+    from kubetune.trainer.scratch import default_workdir
     from kubetune.trainer.storage import Storage, join_uri
+    from kubetune.trainer.tokenizer import fetch_tokenizer, needs_pad_token
 
     spec = job.spec
     base = os.environ.get(PREPARED_ENV) or join_uri(spec.output.destination, OutputLayout.PREPARED)
     storage = Storage(spec.s3)
-    workdir = pipeline.default_workdir()
-    tokenizer = load_tokenizer(spec.model, spec.s3, workdir)
-    # The trainer pads with EOS where it pads (kubetune.trainer.model.load_tokenizer); the
-    # same tokenizer here gives the same cache key, so the trainer takes this data.
-    needs_pad = not spec.training.packing or spec.training.eval_exact_match
-    if needs_pad and tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
+    workdir = default_workdir()
+    # Loaded as the trainer loads it (pad token included): the same cache key, so the
+    # trainer takes this data.
+    tokenizer = fetch_tokenizer(
+        spec.model, spec.s3, workdir, needs_pad=needs_pad_token(spec.training)
+    )
     prepared = pipeline.prepare(job, workdir, tokenizer, storage)
     uri = pipeline.publish(prepared, base, storage)
     storage.write_text(

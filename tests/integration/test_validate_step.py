@@ -16,9 +16,9 @@ from kubetune.api.contract import PREPARED_ENV, SPEC_ENV, TERMINATION_LOG_ENV
 from kubetune.api.manifest import parse_tuningjob
 from kubetune.cli import main
 from kubetune.trainer.data import pipeline
-from kubetune.trainer.model import load_tokenizer
-from kubetune.trainer.sources import fetch_model
+from kubetune.trainer.model_source import fetch_model
 from kubetune.trainer.storage import Storage
+from kubetune.trainer.tokenizer import load_tokenizer
 from kubetune.trainer.tiny import save_tiny
 from tests.ground.s3 import S3Endpoint
 from tests.support.data import DOLLY
