@@ -18,8 +18,8 @@ from kubetune.cli import main
 from kubetune.trainer.data import pipeline
 from kubetune.trainer.model_source import fetch_model
 from kubetune.trainer.storage import Storage
-from kubetune.trainer.tokenizer import load_tokenizer
 from kubetune.trainer.tiny import save_tiny
+from kubetune.trainer.tokenizer import load_tokenizer
 from tests.ground.s3 import S3Endpoint
 from tests.support.data import DOLLY
 
