@@ -25,11 +25,13 @@ from kubetune.api.contract import (
     METRICS_PORT,
     METRICS_PORT_NAME,
     PERMANENT_EXIT_CODES,
+    PREPARED_ENV,
     PVC_MOUNT_ROOT,
     SCRATCH_DIR_ENV,
     SPEC_ENV,
     TERMINATION_LOG,
     ExitCode,
+    OutputLayout,
 )
 from kubetune.api.locations import pvc_claim
 from kubetune.api.v1alpha1 import API_VERSION, KIND, TuningJob
@@ -37,6 +39,11 @@ from kubetune.operator.settings import Settings
 
 CONTAINER = "trainer"
 COMMAND = ["kubetune", "train", "--from-env"]
+# The Validating step (phase Validating): the same image and environment, on CPU.
+VALIDATE_COMMAND = ["kubetune", "prepare", "--from-env"]
+# On the Validating step's Job and pod; the GPU Job has none.
+STAGE_LABEL = "kubetune.dev/stage"
+VALIDATE_STAGE = "validate"
 
 # Labels on the Job and its pods. TUNINGJOB_LABEL carries the TuningJob's name (made
 # label-safe by `child_name`); the operator finds children by it.
@@ -65,6 +72,15 @@ def child_name(tuningjob_name: str) -> str:
     digest = hashlib.sha256(tuningjob_name.encode()).hexdigest()[:10]
     stem = re.sub(r"[^a-z0-9-]", "-", tuningjob_name.lower())[:52].strip("-")
     return f"{stem}-{digest}"
+
+
+def validate_job_name(tuningjob_name: str) -> str:
+    """The Validating step's Job: deterministic too, and distinct from the GPU Job's name."""
+    return child_name(f"{child_name(tuningjob_name)}-validate")
+
+
+def is_validate_job(job: Any) -> bool:
+    return ((job.get("metadata") or {}).get("labels") or {}).get(STAGE_LABEL) == VALIDATE_STAGE
 
 
 def labels(tuningjob_name: str) -> dict[str, str]:
@@ -167,6 +183,67 @@ def build_job(
     if spec.runtime.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = spec.runtime.ttl_seconds_after_finished
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+
+
+def build_validate_job(
+    tuningjob: TuningJob,
+    settings: Settings,
+    *,
+    owner_uid: str | None = None,
+    generation: int | None = None,
+) -> dict[str, Any]:
+    """The Validating step's Job: `kubetune prepare --from-env` on CPU, before any GPU.
+
+    Same image, identity and environment as the trainer (so it reads S3 and the model's
+    tokenizer as the trainer would); the admin's and the TuningJob's node selector and
+    tolerations, none of the GPU pool's, no GPU, no affinity (which usually targets GPU
+    nodes); small resources from the operator's settings; not queued (Kueue admits GPU
+    Jobs). It fails at once on a permanent exit code, like the trainer.
+    """
+    job = build_job(tuningjob, settings, owner_uid=owner_uid, generation=generation)
+    spec = tuningjob.spec
+    job["metadata"]["name"] = validate_job_name(tuningjob.metadata.name)
+    job["metadata"]["labels"][STAGE_LABEL] = VALIDATE_STAGE
+    job["metadata"]["labels"].pop(QUEUE_LABEL, None)
+    job_spec = job["spec"]
+    job_spec["suspend"] = spec.suspend
+    job_spec["backoffLimit"] = 1
+    job_spec["activeDeadlineSeconds"] = settings.validate_deadline_seconds
+    job_spec.pop("ttlSecondsAfterFinished", None)
+    template = job_spec["template"]
+    template["metadata"]["labels"][STAGE_LABEL] = VALIDATE_STAGE
+    for key in ("prometheus.io/scrape", "prometheus.io/port", "prometheus.io/path"):
+        template["metadata"]["annotations"].pop(key, None)
+    pod = template["spec"]
+    for key in ("affinity", "runtimeClassName", "nodeSelector", "tolerations"):
+        pod.pop(key, None)
+    node_selector = {**settings.default_node_selector, **spec.scheduling.node_selector}
+    tolerations = [
+        t.model_dump(by_alias=True, exclude_none=True)
+        for t in [*settings.default_tolerations, *spec.scheduling.tolerations]
+    ]
+    if node_selector:
+        pod["nodeSelector"] = node_selector
+    if tolerations:
+        pod["tolerations"] = tolerations
+    pod["volumes"] = [
+        {"name": "scratch", "emptyDir": {"sizeLimit": settings.validate_scratch_size}},
+        *(v for v in pod["volumes"] if v["name"] not in ("scratch", "dshm")),
+    ]
+    (container,) = pod["containers"]
+    container["command"] = list(VALIDATE_COMMAND)
+    container.pop("ports", None)
+    container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != "dshm"]
+    cpu, memory = settings.validate_cpu, settings.validate_memory
+    container["resources"] = {
+        "requests": {
+            "cpu": cpu,
+            "memory": memory,
+            "ephemeral-storage": settings.validate_scratch_size,
+        },
+        "limits": {"cpu": cpu, "memory": memory},
+    }
+    return job
 
 
 def pod_labels(tuningjob: TuningJob, settings: Settings) -> dict[str, str]:
@@ -350,6 +427,10 @@ def environment(tuningjob: TuningJob, settings: Settings) -> list[dict[str, Any]
         )
     if spec.s3.ca_bundle:
         env.append({"name": CA_BUNDLE_ENV, "value": f"{CA_BUNDLE_DIR}/{CA_BUNDLE_FILE}"})
+    if settings.validate_data:
+        # Where the Validating step publishes the prepared data, and the trainer takes it.
+        prepared = spec.output.destination.rstrip("/") + "/" + OutputLayout.PREPARED
+        env.append({"name": PREPARED_ENV, "value": prepared})
     # The admin's defaults, then the TuningJob's own; the API keeps both off the names above.
     own = {var.name for var in spec.runtime.env}
     env += [

@@ -138,6 +138,31 @@ class Settings(BaseSettings):
         description="Time a trainer gets after SIGTERM (suspend, preemption, drain) to save a checkpoint and exit.",
     )
 
+    # --- The Validating step ----------------------------------------------------------
+    validate_data: bool = Field(
+        default=True,
+        description=(
+            "Before each GPU Job, run `kubetune prepare` in a small CPU pod (phase Validating): a bad "
+            "dataset fails the TuningJob without a GPU ever being requested, and the GPU pod reads "
+            "the prepared data instead of preparing it again."
+        ),
+    )
+    validate_cpu: Quantity = Field(
+        default="2", description="CPU request and limit of the Validating step's pod."
+    )
+    validate_memory: Quantity = Field(
+        default="8Gi", description="Memory request and limit of the Validating step's pod."
+    )
+    validate_scratch_size: Quantity = Field(
+        default="20Gi",
+        description="Scratch volume (dataset download and the prepared data) of the Validating step's pod.",
+    )
+    validate_deadline_seconds: int = Field(
+        default=3600,
+        ge=60,
+        description="The Validating step fails the TuningJob when it takes longer than this.",
+    )
+
     # --- What TuningJobs may ask for ---------------------------------------------------
     allowed_trainer_images: CommaList = Field(
         default_factory=list,

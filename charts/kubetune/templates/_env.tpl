@@ -19,6 +19,11 @@
 {{- with $trainer.nodeSelector }}{{ $_ := set $env "DEFAULT_NODE_SELECTOR" (toJson .) }}{{ end }}
 {{- with $trainer.tolerations }}{{ $_ := set $env "DEFAULT_TOLERATIONS" (toJson .) }}{{ end }}
 {{- if $trainer.scrapeAnnotations }}{{ $_ := set $env "POD_SCRAPE_ANNOTATIONS" "true" }}{{ end }}
+{{- $_ := set $env "VALIDATE_DATA" $op.validation.enabled }}
+{{- $_ := set $env "VALIDATE_CPU" $op.validation.cpu }}
+{{- $_ := set $env "VALIDATE_MEMORY" $op.validation.memory }}
+{{- $_ := set $env "VALIDATE_SCRATCH_SIZE" $op.validation.scratchSize }}
+{{- $_ := set $env "VALIDATE_DEADLINE_SECONDS" $op.validation.deadlineSeconds }}
 {{- with $op.allowedTrainerImages }}{{ $_ := set $env "ALLOWED_TRAINER_IMAGES" (join "," .) }}{{ end }}
 {{- with $op.allowedServiceAccounts }}{{ $_ := set $env "ALLOWED_SERVICE_ACCOUNTS" (join "," .) }}{{ end }}
 {{- $_ := set $env "RUN_AS_USER" $trainer.runAsUser }}
