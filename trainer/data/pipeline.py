@@ -49,6 +49,7 @@ from kubetune.trainer.data.sources import SourceFile, file_kind, list_local, rea
 from kubetune.trainer.data.splits import split_indices
 from kubetune.trainer.data.templates import ChatTemplate, resolve_template
 from kubetune.trainer.errors import BadDataError
+from kubetune.trainer.logs import terminal_progress
 from kubetune.trainer.storage import Storage
 
 if TYPE_CHECKING:
@@ -169,7 +170,7 @@ def prepare(
     encoded: dict[str, Encoded] = {}
     with stages("encode"):
         for split, split_examples in examples.items():
-            encoded[split] = _encode(encoder, split_examples)
+            encoded[split] = _encode(encoder, split_examples, split)
             for problem in encoded[split].problems:
                 problems.add(problem)
     problems.check()
@@ -309,15 +310,17 @@ def _redact(example: Example, redactor: Redactor) -> None:
             message["content"] = redactor(message["content"])
 
 
-def _encode(encoder: Encoder, examples: list[Example]) -> Encoded:
+def _encode(encoder: Encoder, examples: list[Example], split: str = "train") -> Encoded:
     out = Encoded()
-    for start in range(0, len(examples), ENCODE_CHUNK):
-        chunk = examples[start : start + ENCODE_CHUNK]
-        # Plain texts and conversations tokenize differently; a chunk holds one kind.
-        for plain in (True, False):
-            part = [e for e in chunk if (e.messages is None) == plain]
-            if part:
-                out.extend(encoder.encode(part))
+    with terminal_progress(len(examples), desc=f"tokenizing {split}", unit="ex") as bar:
+        for start in range(0, len(examples), ENCODE_CHUNK):
+            chunk = examples[start : start + ENCODE_CHUNK]
+            # Plain texts and conversations tokenize differently; a chunk holds one kind.
+            for plain in (True, False):
+                part = [e for e in chunk if (e.messages is None) == plain]
+                if part:
+                    out.extend(encoder.encode(part))
+            bar.update(len(chunk))
     return out
 
 
