@@ -18,6 +18,7 @@ import pytest
 
 from kubetune.api.contract import CA_BUNDLE_ENV
 from kubetune.api.v1alpha1 import S3Spec
+from kubetune.trainer.errors import StorageAccessError
 from kubetune.trainer.storage import Storage
 from tests.ground.pki import CertificateAuthority
 from tests.ground.s3 import S3Endpoint
@@ -80,7 +81,7 @@ def test_private_ca_bundle_is_trusted_only_when_given(
     s3_env.client().put_object(Bucket=s3_bucket, Key="data/x.jsonl", Body=b'{"a": 1}\n')
     spec = S3Spec(endpoint=url, region=s3_env.region, addressing_style="path")
 
-    with pytest.raises(Exception, match="SSLError"):
+    with pytest.raises(StorageAccessError, match=r"spec\.s3\.caBundle"):
         Storage(spec, max_attempts=1).read_bytes(f"s3://{s3_bucket}/data/x.jsonl")
 
     monkeypatch.setenv(CA_BUNDLE_ENV, str(ca_bundle))
