@@ -220,7 +220,12 @@ def train(
 @click.option(
     "-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True
 )
-def render(filename: str, output: str) -> None:
+@click.option(
+    "--validating-step",
+    is_flag=True,
+    help="Print the Validating step's Job (the CPU pod that checks the data first) instead.",
+)
+def render(filename: str, output: str, validating_step: bool) -> None:
     """Print the Job the operator would create for a TuningJob; no cluster needed.
 
     Uses the operator settings from the environment (KUBETUNE_OPERATOR_*), such as the
@@ -230,7 +235,7 @@ def render(filename: str, output: str) -> None:
     def action() -> None:
         from kubetune.operator.render import render as render_job
 
-        click.echo(render_job(filename, output), nl=False)
+        click.echo(render_job(filename, output, validating_step=validating_step), nl=False)
 
     run_guarded(action)
 

@@ -186,3 +186,21 @@ def test_bad_data_fails_the_tuningjob_without_a_gpu_job() -> None:
     assert [j["metadata"]["name"] for j in api.created] == ["dolly-validate"]
     assert status["phase"] == "Failed" and status["reason"] == "BadData"
     assert report in status["message"] and "no GPU was requested" in status["message"]
+
+
+def test_render_shows_the_validating_steps_job_and_refuses_what_the_operator_refuses(
+    tmp_path: Any,
+) -> None:
+    import yaml
+
+    from kubetune.operator.render import render
+    from kubetune.operator.validation import PolicyError
+    from tests.unit.operator_fixtures import manifest
+
+    path = tmp_path / "tj.yaml"
+    path.write_text(yaml.safe_dump(manifest(runtime={"image": "other/image:1"})))
+    job = yaml.safe_load(render(path, settings=settings(validate_data=True), validating_step=True))
+    assert job["metadata"]["name"] == "dolly-validate"
+    assert _container(job)["command"] == ["kubetune", "prepare", "--from-env"]
+    with pytest.raises(PolicyError, match="ALLOWED_TRAINER_IMAGES"):
+        render(path, settings=settings(allowed_trainer_images=["registry.corp/*"]))
