@@ -21,10 +21,10 @@ import yaml
 from kubetune import __version__
 from kubetune.api.contract import METRICS_PORT, METRICS_PORT_NAME
 from kubetune.api.manifest import parse_tuningjob
+from kubetune.api.metrics import TRAINER_PHASES as PHASES
 from kubetune.operator import builders
 from kubetune.operator.metrics import OperatorMetrics
 from kubetune.operator.settings import ENV_PREFIX, Settings, load_settings
-from kubetune.trainer.telemetry import PHASES
 from tests.support.sensitive_names import flagged_by
 from tests.unit.chart_support import (
     CHART,
