@@ -200,6 +200,10 @@ def start_operator(env: dict[str, str], s3_url: str) -> None:
         "TRAINER_IMAGE": "kubetune/trainer:demo",  # the local node runs the command, not an image
         "METRICS_PORT": "0",
         "HEALTH_PORT": "0",
+        # The Validating step's pod, sized for the local node.
+        "VALIDATE_CPU": "1",
+        "VALIDATE_MEMORY": "2Gi",
+        "VALIDATE_SCRATCH_SIZE": "1Gi",
     }
     operator_env = {
         **env,

@@ -75,7 +75,10 @@ async def serve(settings: Settings) -> int:
         raise
     state: dict[str, Any] = {"runtime": None, "leading": None}
     metrics = OperatorMetrics(
-        phases=lambda: state["runtime"].reconciler.known_phases() if state["runtime"] else ()
+        phases=lambda: state["runtime"].reconciler.known_phases() if state["runtime"] else (),
+        pending_since=lambda: (
+            state["runtime"].reconciler.pending_since() if state["runtime"] else ()
+        ),
     )
     servers = HttpServers(metrics, health=lambda: health_report(state["runtime"], state["leading"]))
     await servers.start(settings.metrics_port, settings.health_port)

@@ -56,8 +56,38 @@ class _Common(TypedDict):
     checkpoint: str | None
 
 
-def invalid_spec(message: str) -> Observation:
-    return Observation("Failed", "InvalidSpec", message)
+def validating(observation: Observation) -> Observation:
+    """The phase of a TuningJob whose Validating step runs (`observe` of that step's Job).
+
+    Succeeded passes through (the GPU Job comes next); a failure fails the TuningJob
+    with the step's own reason and message (BadData with file, line and field); a
+    suspended step stays Suspended; anything else is phase Validating, with the pod's
+    own reason while it waits (Unschedulable, CreateContainerConfigError, ...).
+    """
+    obs = observation
+    if obs.phase == "Succeeded":
+        return obs
+    if obs.phase == "Failed":
+        return Observation(
+            "Failed",
+            obs.reason,
+            f"the Validating step (no GPU was requested): {obs.message}",
+            completion_time=obs.completion_time,
+        )
+    if obs.phase in ("Suspended", "Queued"):
+        return Observation(obs.phase, obs.reason, obs.message)
+    if obs.phase == "Running" and obs.reason == "Training":
+        pod = _get(obs.running_pod, "metadata", "name")
+        return Observation(
+            "Validating",
+            "PreparingData",
+            f"pod {pod} checks and prepares the dataset on CPU; no GPU is requested until it succeeds",
+        )
+    return Observation("Validating", obs.reason, obs.message.replace("trainer pod", "pod"))
+
+
+def invalid_spec(message: str, reason: str = "InvalidSpec") -> Observation:
+    return Observation("Failed", reason, message)
 
 
 def observe(tuningjob: TuningJob, job: Body, pods: Sequence[Body]) -> Observation:

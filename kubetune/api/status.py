@@ -17,7 +17,7 @@ from pydantic.config import JsonDict
 
 from kubetune.api.v1alpha1 import SHORT, URI
 
-Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Suspended"]
+Phase = Literal["Pending", "Validating", "Queued", "Running", "Succeeded", "Failed", "Suspended"]
 TERMINAL_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed"})
 
 ConditionType = Literal["Suspended", "Running", "Succeeded", "Failed"]
