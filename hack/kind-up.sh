@@ -189,7 +189,7 @@ except ClientError as e:
 s3.upload_file(path, "kubetune", "datasets/dolly-sample.jsonl")
 print(f"uploaded {path} to s3://kubetune/datasets/dolly-sample.jsonl", file=sys.stderr)
 if model == "tiny":
-    from kubetune.trainer.tiny import save_tiny
+    from tests.support.tiny import save_tiny
 
     with tempfile.TemporaryDirectory() as tmp:
         # A tokenizer trained on the dataset's own texts: answers encode into few tokens.

@@ -16,8 +16,9 @@ import json
 import logging
 import os
 import sys
-import time
 from typing import Any, TextIO
+
+from kubetune.api.timestamps import rfc3339
 
 NOISY_LIBRARIES = (
     "transformers",
@@ -39,8 +40,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         body: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": rfc3339(record.created, digits=3),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -92,6 +92,37 @@ def configure_logging(
     except ImportError:
         pass
     return json_logs
+
+
+class _NoBar:
+    """What terminal_progress gives where no bar is shown: updates go nowhere."""
+
+    def update(self, n: float = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+
+def terminal_progress(
+    total: float, *, desc: str, unit: str = "it", unit_scale: bool = False, enabled: bool = True
+) -> Any:
+    """A tqdm bar for a long step (model download, data preparation, evaluation), shown
+    only on a terminal and where `enabled` (rank 0): a pod's log gets log lines, not bars.
+    Usable as a context manager; update(n) is safe from several threads."""
+    if not (enabled and on_terminal()):
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, desc=desc, unit=unit, unit_scale=unit_scale, dynamic_ncols=True, leave=False
+    )
 
 
 class ProgressBar:

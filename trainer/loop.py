@@ -43,20 +43,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kubetune.api.v1alpha1 import TrainingSpec
+from kubetune.trainer.batch import IGNORE_INDEX, MODEL_INPUTS, Batch
 from kubetune.trainer.distributed import Dist
 from kubetune.trainer.plan import TrainPlan
 from kubetune.trainer.sampling import Schedule, epoch_micro_batches
-from kubetune.trainer.state import Progress, capture_rng
+from kubetune.trainer.state import TrainState, capture_rng
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
-MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask")
-
-Batch = dict[str, Any]  # tensors from the data pipeline's collator
 Collate = Callable[[list[dict[str, Any]]], Batch]
 
 
@@ -172,7 +169,7 @@ class TrainLoop:
         dist: Dist,
         device: torch.device,
         stop: StopSignal,
-        progress: Progress,
+        progress: TrainState,
         lengths: Sequence[int] | None = None,
     ) -> None:
         self.model = model

@@ -10,6 +10,7 @@
 #   DOCKER                the client (default Debian's /usr/bin/docker: BuildKit built in)
 #   NO_CACHE=1            a cold build: no layer cache (the uv cache mount stays; clear it
 #                         with `docker builder prune --filter type=exec.cachemount`)
+#   BUILD_ARGS            more `docker build` options, e.g. "--build-arg HTTPS_PROXY=..."
 #
 # Docker's layer cache makes a rebuild after a code change redo the last layers only (the
 # locked dependencies are installed in a layer of their own), and the uv cache (RUN
@@ -32,6 +33,11 @@ for image in "${images[@]}"; do
   [[ "$image" == operator || "$image" == trainer ]] || die "unknown image '$image': operator or trainer"
 done
 
+case "$IMAGE_BASES" in
+  local | registry) ;;
+  *) die "IMAGE_BASES=$IMAGE_BASES: local or registry" ;;
+esac
+
 engine="$("$here/../docker-engine.sh")" \
   || die "no Docker engine: hack/docker-engine.sh could not start one (its reason is above). Building the images needs one; see docs/install.md"
 DOCKER="${DOCKER:-${engine#DOCKER=}}"
@@ -45,8 +51,9 @@ case "$IMAGE_BASES" in
       || die "the local base images could not be made (hack/images/build-bases.sh said why above)"
     ;;
   registry) log "bases from the registry: the Dockerfiles' defaults" ;;
-  *) die "IMAGE_BASES=$IMAGE_BASES: local or registry" ;;
 esac
+# shellcheck disable=SC2206  # BUILD_ARGS is split into words as a command line would be
+extra_args=(${BUILD_ARGS:-})
 
 explain() {  # explain LOG: what a failed build's log says, in words, with what to try
   if grep -qE "pull access denied|failed to resolve source metadata|failed to authorize|failed to do request|not found: manifest unknown" "$1"; then
@@ -76,15 +83,22 @@ for image in "${images[@]}"; do
   no_cache=()
   [[ "${NO_CACHE:-}" == 1 ]] && no_cache=(--no-cache)
   log "building $name from $dockerfile (log: $build_log)"
+  previous="$("$DOCKER" image inspect --format '{{.Id}}' "$name" 2>/dev/null || true)"
   start=$SECONDS
   # On a terminal the build's steps show as they run; otherwise they go to the log only.
   out=/dev/null
   [[ -t 2 ]] && out=/dev/stderr
-  if ! DOCKER_BUILDKIT=1 "$DOCKER" build --progress=plain "${no_cache[@]}" "${base_args[@]}" "${secret_args[@]}" \
+  if ! DOCKER_BUILDKIT=1 "$DOCKER" build --progress=plain "${no_cache[@]}" "${base_args[@]}" "${secret_args[@]}" "${extra_args[@]}" \
       --file "$root/$dockerfile" --tag "$name" "$root" 2>&1 | tee "$build_log" >"$out"; then
     tail -n 40 "$build_log" >&2
     die "building $name ($dockerfile) failed: $(explain "$build_log"). Full log: $build_log"
   fi
   size="$("$DOCKER" image inspect --format '{{.Size}}' "$name")"
   log "$name built in $((SECONDS - start)) s, $((size / 1000000)) MB"
+  # The image this tag named before is left without a name: remove it (its layers that
+  # the new one shares stay). Kept where a container or another tag still uses it.
+  current="$("$DOCKER" image inspect --format '{{.Id}}' "$name")"
+  if [[ -n "$previous" && "$previous" != "$current" ]]; then
+    "$DOCKER" rmi "$previous" >/dev/null 2>&1 || true
+  fi
 done

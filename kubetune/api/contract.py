@@ -18,31 +18,33 @@ from typing import Any
 # it; those come from a Secret through the AWS_* variables.
 SPEC_ENV = "KUBETUNE_TUNINGJOB"
 
+# The Validating step: the operator first runs `kubetune prepare --from-env` in a small
+# CPU pod, which checks, formats, masks and packs the dataset and publishes the result
+# under this URI (PREPARED_DIR of spec.output.destination), one folder per cache key of
+# the pipeline. The GPU pod gets the same variable: its trainer takes the published
+# data for its cache key instead of preparing again. Unset (`kubetune train -f`): the
+# trainer prepares the data itself.
+PREPARED_ENV = "KUBETUNE_PREPARED"
+
 # The pod's scratch volume (an emptyDir): downloaded model, data cache, local
 # checkpoints. Unset when running `kubetune train` on a workstation: a cache folder is used.
 SCRATCH_DIR_ENV = "KUBETUNE_SCRATCH_DIR"
 
-# A model at pvc://CLAIM/PATH: the operator mounts the PersistentVolumeClaim CLAIM
-# read-only at PVC_MOUNT_ROOT/CLAIM, so the trainer reads PVC_MOUNT_ROOT/CLAIM/PATH.
-PVC_SCHEME = "pvc://"
+# A model at pvc://CLAIM/PATH (kubetune.api.locations): the operator mounts the
+# PersistentVolumeClaim CLAIM read-only at PVC_MOUNT_ROOT/CLAIM, so the trainer reads
+# PVC_MOUNT_ROOT/CLAIM/PATH.
 PVC_MOUNT_ROOT = "/mnt/pvc"
 
 
-def pvc_claim(uri: str) -> str | None:
-    """The claim name in a pvc://CLAIM/PATH URI; None for any other URI."""
-    if not uri.startswith(PVC_SCHEME):
-        return None
-    return uri[len(PVC_SCHEME) :].split("/", 1)[0] or None
+# spec.s3.caBundle: the operator mounts the ConfigMap key here and points AWS_CA_BUNDLE
+# (which boto3 honours for every TLS connection it opens) at the file.
+CA_BUNDLE_DIR = "/etc/kubetune/s3-ca"
+CA_BUNDLE_FILE = "ca.crt"
+CA_BUNDLE_ENV = "AWS_CA_BUNDLE"
 
-
-def pvc_local_path(uri: str) -> str:
-    """Where the pod sees pvc://CLAIM/PATH."""
-    claim = pvc_claim(uri)
-    if claim is None:
-        raise ValueError(f"not a pvc://CLAIM/PATH URI: {uri!r}")
-    rest = uri[len(PVC_SCHEME) + len(claim) :].lstrip("/")
-    return f"{PVC_MOUNT_ROOT}/{claim}/{rest}".rstrip("/")
-
+# spec.model.accessSecret: the Secret key the operator passes as HF_TOKEN, the variable
+# huggingface_hub reads for gated and private repositories.
+HF_TOKEN_KEY = "HF_TOKEN"
 
 # The trainer's Prometheus endpoint: a container port with this name and number.
 METRICS_PORT_NAME = "metrics"
@@ -148,7 +150,7 @@ class TerminationMessage:
 
 
 class OutputLayout:
-    """Paths under spec.output.destination (see DESIGN.md)."""
+    """Paths under spec.output.destination (docs/trainer.md, "Outputs")."""
 
     ADAPTER = "adapter/"
     MERGED = "merged/"  # with spec.method.mergeAdapter: the base with the adapter merged in
@@ -156,6 +158,7 @@ class OutputLayout:
     CHECKPOINT_MARKER = "COMPLETE"  # written last: a checkpoint without it is partial
     METRICS = "metrics.jsonl"
     PREPARE_REPORT = "prepare-report.json"
+    PREPARED = "prepared/"  # the Validating step's packed splits, by cache key
     TRAINING_SUMMARY = "training-summary.json"
 
     @staticmethod

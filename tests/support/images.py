@@ -204,6 +204,7 @@ def pod_to_docker_run(
     folder: Path,
     secret_values: Mapping[str, Mapping[str, str]],
     network: str = "host",
+    extra_env: Mapping[str, str] | None = None,
 ) -> DockerRun:
     """The `docker run` for the pod's single container, as a kubelet would start it."""
     spec = dict(pod)
@@ -300,6 +301,12 @@ def pod_to_docker_run(
                 raise AssertionError(f"env {key}: Secret {ref['name']} has no key {ref['key']}")
         run.env[key] = value
         argv += ["--env", key]  # the value travels in the client's environment only
+
+    for key, value in (extra_env or {}).items():
+        if key in run.env:
+            raise AssertionError(f"extra_env {key} would override the pod's own")
+        run.env[key] = value
+        argv += ["--env", key]
 
     command = container.get("command")
     if command:

@@ -17,6 +17,7 @@ import ast
 import importlib.metadata
 import importlib.util
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -66,6 +67,18 @@ class Dockerfile:
     def stage(self, name: str) -> Stage:
         (stage,) = [s for s in self.stages if s.name == name]
         return stage
+
+    def lineage(self, stage: Stage) -> list[Stage]:
+        """The stage and the stages it is built FROM, nearest first: the image's layers."""
+        chain = [stage]
+        names = {s.name for s in self.stages if s.name}
+        while chain[-1].base in names:
+            chain.append(self.stage(chain[-1].base))
+        return chain
+
+    def base_image(self, stage: Stage) -> str:
+        """The image a stage is built on at the bottom of its lineage, ARGs expanded."""
+        return self.expand(self.lineage(stage)[-1].base)
 
     def expand(self, text: str) -> str:
         return re.sub(r"\$\{(\w+)\}", lambda m: self.args.get(m.group(1), m.group(0)), text)
@@ -176,11 +189,18 @@ def closure(extra: str) -> dict[str, str]:
     return seen
 
 
-def imported_distributions(*folders: str) -> set[str]:
+# kubetune/client is the people's client (`kubetune status/logs/wait/plot`): neither
+# image runs it; it has extras of its own (client, plot), checked below.
+CLIENT = "kubetune/client"
+
+
+def imported_distributions(*folders: str, exclude: tuple[str, ...] = ()) -> set[str]:
     """The installed distributions that the code in `folders` imports at top level."""
     modules: set[str] = set()
     for folder in folders:
         for path in (ROOT / folder).rglob("*.py"):
+            if any(path.is_relative_to(ROOT / skipped) for skipped in exclude):
+                continue
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Import):
                     modules |= {a.name.split(".")[0] for a in node.names}
@@ -222,35 +242,47 @@ def test_image_installs_the_locked_set_and_one_extra(dockerfile: Path, extra: st
     assert "--no-emit-project" in export
     exported = export[export.index("--output-file") + 1]
     # ...is what the environment gets, file by file checked against the lock's hashes...
-    dependencies = parsed.stage("dependencies")
-    assert f"--from=requirements {exported} {exported}" in dependencies.all("COPY")
-    (pip_sync,) = uv_commands(dependencies, "pip", "sync")
-    assert "--require-hashes" in pip_sync and pip_sync[-1] == exported, pip_sync
+    runtime = parsed.stage("runtime")
+    (install,) = [r for r in runtime.all("RUN") if "pip sync" in r]
+    mounted = re.search(r"--mount=type=bind,from=requirements,source=(\S+),target=(\S+)", install)
+    assert mounted and mounted.group(1) == exported, install
+    (pip_sync,) = uv_commands(runtime, "pip", "sync")
+    assert "--require-hashes" in pip_sync and pip_sync[-1] == mounted.group(2), pip_sync
     # ...and kubetune goes in with uv sync, which checks the environment against the lock.
     builder = parsed.stage("builder")
-    assert builder.base == "dependencies"
+    assert builder.base == "runtime"
     (sync,) = uv_syncs(builder)
     only_the_lock_and_one_extra(sync)
     assert "--no-editable" in sync
     text = dockerfile.read_text()
     assert "pip install" not in text and "--upgrade" not in text
-    # The final stage carries the environment, not the tools that made it.
-    final = parsed.final
-    assert not uv_commands(final)
-    assert not any("/uv" in c and "--from=uv" in c for c in final.all("COPY"))
+    # The image is the runtime stage plus kubetune's files: it carries the environment,
+    # not the tools that made it (uv is mounted for the install, never copied in).
+    layers = parsed.lineage(parsed.final)
+    assert [s.name for s in layers] == [None, "runtime"]
+    assert parsed.final.all("COPY") == ["--from=builder /project/ /"]
+    assert not any("--from=uv" in c for stage in layers for c in stage.all("COPY"))
     assert not re.search(
-        r"\b(gcc|g\+\+|build-essential|clang|cuda-nvcc|make)\b", " ".join(final.all("RUN"))
+        r"\b(gcc|g\+\+|build-essential|clang|cuda-nvcc|make)\b",
+        " ".join(r for stage in layers for r in stage.all("RUN")),
     )
 
 
 @pytest.mark.parametrize(
-    ("extra", "folders"),
-    [("operator", ["operator", "kubetune"]), ("trainer", ["trainer", "kubetune/api"])],
+    ("extras", "folders", "exclude"),
+    [
+        (["operator"], ["operator", "kubetune"], (CLIENT,)),
+        (["trainer"], ["trainer", "kubetune/api"], ()),
+        (["client", "plot"], [CLIENT], ()),
+    ],
+    ids=["operator", "trainer", "client"],
 )
-def test_the_locked_extra_holds_what_the_code_imports(extra: str, folders: list[str]) -> None:
-    installed = closure(extra)
-    missing = imported_distributions(*folders) - set(installed)
-    assert missing == set(), f"imported by {folders} but not installed with the {extra!r} extra"
+def test_the_locked_extra_holds_what_the_code_imports(
+    extras: list[str], folders: list[str], exclude: tuple[str, ...]
+) -> None:
+    installed = {name for extra in extras for name in closure(extra)}
+    missing = imported_distributions(*folders, exclude=exclude) - installed
+    assert missing == set(), f"imported by {folders} but not installed with the {extras} extras"
 
 
 def test_operator_image_has_no_torch_and_trainer_image_has_the_training_stack() -> None:
@@ -290,13 +322,12 @@ def test_trainer_needs_no_cuda_base_because_torch_brings_the_cuda_runtime() -> N
         assert (site / "nvidia" / library).is_file(), library
     # So the trainer builds on the same plain Python base as the operator, no nvidia/cuda.
     trainer, operator = parse_dockerfile(TRAINER), parse_dockerfile(OPERATOR)
-    base = trainer.expand(trainer.final.base)
-    assert "cuda" not in base and base == operator.expand(operator.final.base)
-    for stage in trainer.stages[:-1]:
-        if stage.name == "uv":
-            continue
-        # The environment is built on the base it runs on (or on a stage built on it).
-        assert trainer.expand(stage.base) in {base, *(s.name for s in trainer.stages)}, stage
+    base = trainer.base_image(trainer.final)
+    assert "cuda" not in base and base == operator.base_image(operator.final)
+    # Every stage that runs Python is built on that same base.
+    for stage in trainer.stages:
+        if stage.name != "uv":
+            assert trainer.base_image(stage) == base, stage
     # The container toolkit mounts the driver's libcuda only where `compute` is asked for.
     env = " ".join(trainer.final.all("ENV"))
     assert re.search(r"NVIDIA_DRIVER_CAPABILITIES=\S*compute", env), env
@@ -321,7 +352,7 @@ def test_images_use_cis_python(dockerfile: Path) -> None:
     parsed = parse_dockerfile(dockerfile)
     assert parsed.args["PYTHON_VERSION"] == ci_python
     assert re.fullmatch(rf"python:{re.escape(ci_python)}-slim-\w+", parsed.args["PYTHON_IMAGE"])
-    assert parsed.expand(parsed.final.base) == parsed.args["PYTHON_IMAGE"]
+    assert parsed.base_image(parsed.final) == parsed.args["PYTHON_IMAGE"]
 
 
 # --- The local bases (hack/images/build-bases.sh) -----------------------------------------
@@ -401,3 +432,25 @@ def test_operator_image_runs_as_the_chart_runs_it() -> None:
     assert {int(p) for p in final.last("EXPOSE").split()} == {
         p["containerPort"] for p in container["ports"]
     }
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "said"),
+    [
+        (["nonsense"], {}, "unknown image 'nonsense': operator or trainer"),
+        ([], {"IMAGE_BASES": "bogus"}, "IMAGE_BASES=bogus: local or registry"),
+    ],
+)
+def test_image_build_refuses_bad_input_before_touching_docker(
+    args: list[str], env: dict[str, str], said: str
+) -> None:
+    result = subprocess.run(
+        [str(ROOT / "hack/images/build.sh"), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+        env={**os.environ, **env},
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"images: {said}"

@@ -6,9 +6,10 @@ import json
 import urllib.request
 from pathlib import Path
 
-from kubetune.trainer.telemetry import PHASES, Telemetry
+from kubetune.api.trainer_metrics import TRAINER_PHASES, TrainerMetric
+from kubetune.trainer.telemetry import Telemetry
 
-# The contract with the operator (DESIGN.md): these exact names.
+# The contract with the operator (kubetune.api.trainer_metrics, docs/trainer.md): these exact names.
 CONTRACT_METRICS = [
     "kubetune_trainer_step",
     "kubetune_trainer_total_steps",
@@ -51,8 +52,8 @@ def test_the_endpoint_serves_the_contract_metrics_and_one_phase_at_a_time(tmp_pa
         telemetry.close()
     for name in CONTRACT_METRICS:
         assert name in samples, name
-    phases = {p: samples[f'kubetune_trainer_phase{{phase="{p}"}}'] for p in PHASES}
-    assert phases == {p: float(p == "training") for p in PHASES}
+    phases = {p: samples[f'kubetune_trainer_phase{{phase="{p}"}}'] for p in TRAINER_PHASES}
+    assert phases == {p: float(p == "training") for p in TRAINER_PHASES}
     assert samples["kubetune_trainer_step"] == 3
     assert samples["kubetune_trainer_tokens_total"] == 1200
     assert samples['kubetune_trainer_s3_bytes_total{direction="download"}'] == 4096
@@ -84,3 +85,10 @@ def test_ranks_other_than_zero_record_nothing(tmp_path: Path) -> None:
     telemetry.write_record({"step": 1})
     assert telemetry.serve(0) is None
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_the_trainer_registers_exactly_the_metrics_the_contract_names(tmp_path: Path) -> None:
+    telemetry = Telemetry(tmp_path / "metrics.jsonl")
+    registered = {family.name for family in telemetry.registry.collect()}
+    named = {value for key, value in vars(TrainerMetric).items() if key.isupper()}
+    assert registered == named
