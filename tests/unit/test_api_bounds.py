@@ -15,8 +15,8 @@ import yaml
 from click.testing import CliRunner
 from pydantic import ValidationError
 
-from kubetune.api.contract import pvc_local_path
 from kubetune.api.crd import build_crd
+from kubetune.api.locations import pvc_local_path
 from kubetune.api.manifest import SpecError, parse_tuningjob_text
 from kubetune.api.v1alpha1 import ModelSpec, S3Spec, SchedulingSpec, TrainingSpec
 from kubetune.cli import main

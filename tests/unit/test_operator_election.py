@@ -118,8 +118,8 @@ def test_an_api_server_briefly_unreachable_at_start_is_retried_not_a_config_erro
     import aiohttp
 
     from kubetune.operator import main
+    from kubetune.operator.kubeapi import ApiError
     from kubetune.operator.settings import Settings
-    from kubetune.operator.storage import ApiError
 
     async def no_wait(seconds: float) -> None:
         return None
@@ -136,8 +136,8 @@ def test_a_missing_crd_is_a_config_error_at_once_and_unreachable_gives_up_with_e
     import aiohttp
 
     from kubetune.operator import main
+    from kubetune.operator.kubeapi import NotFound
     from kubetune.operator.settings import Settings
-    from kubetune.operator.storage import NotFound
 
     missing = FlakyLister([NotFound(404, "NotFound", "no such resource")])
     with pytest.raises(main.ClusterNotReady, match="CustomResourceDefinition"):

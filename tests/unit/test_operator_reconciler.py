@@ -161,7 +161,7 @@ class FailingCreateApi(RecordingApi):
 
 
 def test_a_job_create_error_of_any_status_reaches_the_status() -> None:
-    from kubetune.operator.storage import ApiError
+    from kubetune.operator.kubeapi import ApiError
 
     async def scenario() -> tuple[float | None, RecordingApi]:
         api = FailingCreateApi(ApiError(500, "InternalError", "etcdserver: request timed out"))
