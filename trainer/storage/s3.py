@@ -135,6 +135,43 @@ class S3Backend:
             self.client.put_object(Bucket=location.bucket, Key=location.key, Body=data)
         self.on_bytes("upload", len(data))
 
+    def write_if(self, location: S3Location, data: bytes, expect: str | None) -> str | None:
+        """Put only if the object is absent (expect None) or has the ETag `expect`.
+
+        S3 conditional writes (If-None-Match: * / If-Match): the store decides, so two
+        writers can never both succeed. Returns the new ETag, or None when the
+        precondition failed (412, or 409 for a concurrent conditional write).
+        """
+        from botocore.exceptions import ClientError
+
+        condition = {"IfNoneMatch": "*"} if expect is None else {"IfMatch": f'"{expect}"'}
+        with self._errors(location, "write"):
+            try:
+                put = self.client.put_object(
+                    Bucket=location.bucket, Key=location.key, Body=data, **condition
+                )
+            except ClientError as error:
+                if _status(error) in (409, 412):
+                    return None
+                raise
+        self.on_bytes("upload", len(data))
+        return str(put["ETag"]).strip('"')
+
+    def abort_uploads(self, location: S3Location) -> list[str]:
+        """Abort the unfinished multipart uploads under the prefix; return their keys."""
+        aborted: list[str] = []
+        with self._errors(location, "list"):
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=location.bucket, Prefix=location.prefix
+            )
+            for page in pages:
+                for upload in page.get("Uploads", ()):
+                    self.client.abort_multipart_upload(
+                        Bucket=location.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    aborted.append(upload["Key"])
+        return aborted
+
     def delete(self, location: S3Location) -> None:
         with self._errors(location, "delete"):
             self.client.delete_object(Bucket=location.bucket, Key=location.key)
