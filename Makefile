@@ -7,7 +7,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PYTEST_ARGS ?=
 
-.PHONY: help demo deps tools test test-unit test-integration test-e2e lint cluster cluster-down cluster-status \
+.PHONY: help demo deps tools test test-unit test-integration test-e2e test-faults lint cluster cluster-down cluster-status \
 	bench bench-smoke bench-data bench-s3 bench-train bench-first-step bench-operator bench-trainer \
 	crds chart-docs demo-cluster kind-up kind-down
 
@@ -35,7 +35,7 @@ tools: ## Build (first time, minutes) or reuse the cached control-plane binaries
 	hack/go-tool.sh helm-docs >/dev/null
 	hack/go-tool.sh kindconfig >/dev/null
 
-test: deps tools ## Run every test tier: unit, integration, e2e
+test: deps tools ## Run every test tier: unit, integration, e2e, faults
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 test-unit: deps ## Run the unit tier only (no servers; seconds)
@@ -43,6 +43,9 @@ test-unit: deps ## Run the unit tier only (no servers; seconds)
 
 test-integration: deps tools ## Run the integration tier (real control plane and S3)
 	$(UV) run --frozen pytest -m integration $(PYTEST_ARGS)
+
+test-faults: deps tools ## Run the fault-injection tier (S3 faults, signals, oversized input; docs/reliability.md)
+	$(UV) run --frozen pytest -m faults $(PYTEST_ARGS)
 
 test-e2e: deps tools ## Run the e2e tier (TuningJobs through the operator and the local node)
 	$(UV) run --frozen pytest -m e2e $(PYTEST_ARGS)

@@ -1,4 +1,4 @@
-"""Test tiers follow the folders: tests/unit, tests/integration, tests/e2e.
+"""Test tiers follow the folders: tests/unit, tests/integration, tests/e2e, tests/faults.
 
 A test is marked with its folder's tier automatically, so `-m unit` (and so on)
 selects a tier without every file repeating the marker. Fixtures for the real
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-TIERS = ("unit", "integration", "e2e")
+TIERS = ("unit", "integration", "e2e", "faults")
 
 # Real servers as fixtures (tests/ground/); tiny models and runs for the trainer (tests/support/).
 pytest_plugins = [

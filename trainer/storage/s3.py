@@ -42,6 +42,9 @@ DEFAULT_MAX_ATTEMPTS = 5
 MULTIPART_THRESHOLD = 32 * 1024 * 1024
 MULTIPART_CHUNKSIZE = 32 * 1024 * 1024
 IO_CHUNKSIZE = 1024 * 1024
+# A request that sends nothing back for this long is retried (a stalled connection).
+CONNECT_TIMEOUT_S = 10
+READ_TIMEOUT_S = 60
 
 
 class S3Backend:
@@ -62,8 +65,8 @@ class S3Backend:
             # exponential backoff. (adaptive adds a client-side rate limiter that
             # slows every thread after one throttle, and is marked experimental.)
             retries={"mode": "standard", "max_attempts": max_attempts},
-            connect_timeout=10,
-            read_timeout=60,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            read_timeout=READ_TIMEOUT_S,
             # One connection per transfer thread, and a few for listing and small calls.
             max_pool_connections=max_concurrency + 4,
             user_agent_appid="kubetune",
