@@ -112,7 +112,9 @@ def test_a_store_down_for_good_is_a_clear_retryable_error(
 ) -> None:
     storage = _storage(proxied_spec, max_attempts=2)
     proxy.set("refuse")
-    with pytest.raises(StorageUnavailableError, match="cannot reach the S3 endpoint"):
+    # Connections accepted and cut at once: the error names the endpoint and is
+    # retryable (exit 1, the Job's backoff), never "missing" or "denied".
+    with pytest.raises(StorageUnavailableError, match=rf"S3 endpoint {proxy.url}"):
         storage.read_bytes(f"s3://{s3_bucket}/down/blob")
     assert proxy.faults["refuse"] >= 2
 
