@@ -45,7 +45,9 @@ from kubetune.trainer.storage import Storage, join_uri
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 120.0
+# The writer lease's term: how long a crashed writer blocks the next one at most.
+# KUBETUNE_WRITER_LEASE_SECONDS overrides it (the fault tests use a few seconds).
+LEASE_SECONDS = float(os.environ.get("KUBETUNE_WRITER_LEASE_SECONDS") or 120)
 # The training parameters that do not change the adapter.
 _NEUTRAL_TRAINING = {
     "logEvery",

@@ -40,7 +40,9 @@ def test_a_burst_of_503_slowdown_is_retried_through(
     source = tmp_path / "blob"
     source.write_bytes(os.urandom(3 * MiB))
     uri = f"s3://{s3_bucket}/burst/blob"
-    assert not storage.exists(uri)  # the client is made (seconds on a busy machine) before the burst
+    assert not storage.exists(
+        uri
+    )  # the client is made (seconds on a busy machine) before the burst
 
     def burst() -> None:
         proxy.set("slowdown")
