@@ -148,7 +148,12 @@ async def scrape(
             if (response.content_length or 0) > max_bytes:
                 log.warning("metrics at %s: %s bytes, over the limit", url, response.content_length)
                 return None
-            body = await response.content.read(max_bytes + 1)
+            body = bytearray()
+            while len(body) <= max_bytes:  # read() returns what has arrived, up to n
+                chunk = await response.content.read(max_bytes + 1 - len(body))
+                if not chunk:
+                    break
+                body += chunk
             if len(body) > max_bytes:
                 log.warning("metrics at %s: more than %d bytes; not read", url, max_bytes)
                 return None
@@ -162,5 +167,5 @@ async def scrape(
         return None
 
 
-def _parse_body(body: bytes, at: float) -> MetricsSample:
+def _parse_body(body: bytes | bytearray, at: float) -> MetricsSample:
     return parse_metrics(body.decode("utf-8"), at)
