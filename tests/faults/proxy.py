@@ -12,7 +12,11 @@ is read when a connection starts a request and can be changed at any time:
               `reset_after` bytes of the response: a connection lost mid-object;
 - `stall`     forward the request and hold the response back until the mode changes:
               a server that stops answering, past the client's read timeout;
-- `refuse`    close each new connection at once (the store is down).
+- `refuse`    close each new connection at once (the server is down or unreachable);
+              with `cut()`, which resets the open ones, a network partition.
+
+It forwards TLS untouched too (the API server behind it: the certificate names
+127.0.0.1, whatever the port).
 
 `pause_response(after, match)` holds one matching response after `after` bytes until
 `release()`: a chosen moment in the middle of an object (to replace it, or to kill the
@@ -53,6 +57,8 @@ class FaultProxy:
         self._pause: tuple[int, bytes] | None = None
         self.paused = threading.Event()  # set while a paused response is held
         self._released = threading.Event()
+        self._active: set[socket.socket] = set()
+        self._active_lock = threading.Lock()
         threading.Thread(target=self._accept, name="fault proxy", daemon=True).start()
 
     @property
@@ -82,6 +88,13 @@ class FaultProxy:
     def release(self) -> None:
         self._released.set()
 
+    def cut(self) -> None:
+        """Reset every open connection (long-lived watches included): a partition."""
+        with self._active_lock:
+            active = list(self._active)
+        for sock in active:
+            _reset(sock)
+
     def close(self) -> None:
         self._stop.set()
         self.set("pass")
@@ -110,6 +123,8 @@ class FaultProxy:
             return
         client.settimeout(None)
         upstream.settimeout(None)
+        with self._active_lock:
+            self._active.update((client, upstream))
         request_line = [b""]
         done = threading.Event()
 
@@ -178,6 +193,8 @@ class FaultProxy:
         finally:
             _close(upstream)
             _close(client)
+            with self._active_lock:
+                self._active.difference_update((client, upstream))
 
 
 def _reset(sock: socket.socket) -> None:
