@@ -219,3 +219,34 @@ def test_two_trainers_on_one_destination_never_both_write(
     for late in (second, third):
         messages = " ".join(r.get("message", "") for r in late.log)
         assert "checkpoint saved" not in messages and "adapter at" not in messages
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_next_older_one(
+    tiny_model: Path, synthetic_data: Path, tmp_path: Path
+) -> None:
+    """The newest complete checkpoint loses a file (a store that lost it, a person who
+    deleted it): the next attempt warns, resumes from the next older complete one
+    instead of failing the Job (it used to exit 77/78), and ends with the same adapter
+    as the first attempt (work lost: one checkpoint interval)."""
+    from safetensors.torch import load_file
+
+    training = {"maxSteps": 6, "checkpointEvery": 3, "keepCheckpoints": 2, "evalEvery": 3}
+    document = manifest(
+        str(tiny_model), str(synthetic_data), str(tmp_path / "out"), training=training
+    )
+    first = _train(document, tmp_path / "scratch-1")
+    reference = load_file(str(first.local_adapter / "adapter_model.safetensors"))
+    newest = tmp_path / "out" / "checkpoints" / "step-000006"
+    (newest / "optimizer.pt").unlink()
+    again = _train(document, tmp_path / "scratch-2")  # a new pod: nothing cached
+    assert again.metrics["steps"] == 6
+    redone = load_file(str(again.local_adapter / "adapter_model.safetensors"))
+    assert all((reference[k] - redone[k]).abs().max() < 1e-5 for k in reference), (
+        "resuming from step 3 reaches the same adapter"
+    )
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["kind"] == "train"
+    ]
+    assert steps == [1, 2, 3, 4, 5, 6], "steps 4-6 once each in the record"
