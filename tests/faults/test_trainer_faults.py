@@ -250,3 +250,34 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_next_older_one(
         if json.loads(line)["kind"] == "train"
     ]
     assert steps == [1, 2, 3, 4, 5, 6], "steps 4-6 once each in the record"
+
+
+def test_sigterm_during_export_finishes_the_export_and_no_partial_adapter_is_visible(
+    s3_env: S3Endpoint,
+    s3_bucket: str,
+    proxy: FaultProxy,
+    proxied_spec: dict,
+    tiny_model: Path,
+    synthetic_data: Path,
+    tmp_path: Path,
+) -> None:
+    """SIGTERM while the adapter's weights are being uploaded (the upload held by the
+    proxy): while held, no adapter_config.json is visible (a half-uploaded folder is
+    not an adapter); the trainer, past its last checkpoint, finishes the export within
+    its grace period and exits 0 with the whole adapter."""
+    model, data = _upload_inputs(s3_env, s3_bucket, tiny_model, synthetic_data)
+    training = {"maxSteps": 4, "checkpointEvery": 2, "keepCheckpoints": 1, "evalEvery": 2}
+    document = manifest(
+        model, data, f"s3://{s3_bucket}/export/", training=training, s3=proxied_spec
+    )
+    path = write_manifest(tmp_path / "job.yaml", document)
+    proxy.pause_response(after=0, match=b"/export/adapter/adapter_model.safetensors")
+    trainer = Trainer(["-f", str(path), "--metrics-port", "-1"], _cli_env(tmp_path, s3_env, "x"))
+    assert proxy.paused.wait(300), "the adapter upload started"
+    assert "adapter/adapter_config.json" not in _keys(s3_env, s3_bucket, "export/")
+    trainer.process.send_signal(signal.SIGTERM)
+    time.sleep(1)
+    proxy.release()
+    assert trainer.finish() == 0, "".join(trainer.seen[-20:])
+    stored = _keys(s3_env, s3_bucket, "export/adapter/")
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(stored)
