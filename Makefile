@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help demo deps tools test test-unit test-integration test-e2e test-faults lint cluster cluster-down cluster-status \
 	bench bench-smoke bench-data bench-s3 bench-train bench-first-step bench-operator bench-trainer \
-	crds chart-docs demo-cluster kind-up kind-down
+	crds chart-docs demo-cluster kind-up kind-down images
 
 help: ## List the commands
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -25,7 +25,8 @@ deps: ## Install uv if missing and sync the locked environment (.venv)
 
 # With KUBETUNE_TEST_KUBECONFIG set, the tests run against that cluster: the
 # control-plane binaries are not needed, and kubectl, helm and kwok may come from PATH.
-# The chart's small Go tools (helm-docs, kindconfig) are built either way.
+# The Go tools of the unit tier's external checks (helm-docs, kindconfig, kubeconform,
+# promtool) and kubeconform's schemas are prepared either way.
 tools: ## Build (first time, minutes) or reuse the cached control-plane binaries and Go tools
 	@if [ -n "$$KUBETUNE_TEST_KUBECONFIG" ] && ! hack/build-tools.sh --check >/dev/null 2>&1; then \
 	  echo "KUBETUNE_TEST_KUBECONFIG is set: not building the control plane; kubectl, helm and kwok come from PATH"; \
@@ -34,6 +35,9 @@ tools: ## Build (first time, minutes) or reuse the cached control-plane binaries
 	fi
 	hack/go-tool.sh helm-docs >/dev/null
 	hack/go-tool.sh kindconfig >/dev/null
+	hack/go-tool.sh kubeconform >/dev/null
+	hack/go-tool.sh promtool >/dev/null
+	hack/k8s-schemas.sh >/dev/null
 
 test: deps tools ## Run every test tier: unit, integration, e2e, faults
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
@@ -99,6 +103,11 @@ crds: deps ## Regenerate crds/ from the spec model, and the Helm chart's copy of
 
 chart-docs: ## Regenerate charts/kubetune/README.md from the documented values (helm-docs)
 	cd charts/kubetune && "$$(../../hack/go-tool.sh helm-docs)" --chart-search-root . --template-files README.md.gotmpl --log-level warning
+
+# Without an image registry: the bases are made here (hack/images/build-bases.sh, Debian
+# and PyPI only); IMAGE_BASES=registry builds on the Dockerfiles' usual bases instead.
+images: ## Build kubetune-operator:dev and kubetune-trainer:dev with BuildKit (IMAGE_BASES=local|registry, TAG=dev)
+	hack/images/build.sh
 
 kind-up: ## Try kubetune in a local kind cluster, end to end (needs Docker; see docs/install.md)
 	hack/kind-up.sh

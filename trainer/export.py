@@ -98,6 +98,11 @@ def model_card(job: TuningJob, summary: dict[str, Any]) -> str:
         ", BitsAndBytesConfig" if spec.method.type == "qlora" else ""
     )
     data_rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in data.items() if v is not None)
+    held_out_sources = "".join(
+        f"| {split} source | {held.source} |\n"
+        for split in ("validation", "test")
+        if (held := getattr(spec.dataset, split)) is not None and held.source
+    )
     return f"""---
 library_name: peft
 base_model: {spec.model.source}
@@ -132,7 +137,7 @@ tokenizer = AutoTokenizer.from_pretrained("<this folder>")
 | | |
 |---|---|
 | source | {spec.dataset.source} |
-| format / template | {spec.dataset.format} / {_short(spec.dataset.template)} |
+{held_out_sources}| format / template | {spec.dataset.format} / {_short(spec.dataset.template)} |
 {data_rows}
 
 ## Metrics

@@ -236,8 +236,10 @@ class _Run:
         self.telemetry.step.set(progress.step)
         if self.dist.is_main:
             log.info(
-                "training: %d examples, %d steps (%d per epoch), from step %d",
+                "training: %s examples in %d %s, %d steps (%d per epoch), from step %d",
+                data.summary.get("train examples"),
                 len(data.train),
+                "packed rows" if self.training.packing else "rows",
                 total_steps,
                 schedule.steps_per_epoch,
                 progress.step,

@@ -20,9 +20,11 @@ import yaml
 
 from kubetune import __version__
 from kubetune.api.contract import METRICS_PORT, METRICS_PORT_NAME
+from kubetune.api.metrics import TRAINER_PHASES as PHASES
 from kubetune.operator import builders
 from kubetune.operator.metrics import OperatorMetrics
 from kubetune.operator.settings import ENV_PREFIX, Settings, load_settings
+from tests.support.sensitive_names import flagged_by
 from tests.unit.chart_support import (
     CHART,
     CI_VALUES,
@@ -148,7 +150,10 @@ def test_replicas_are_safe_only_with_leader_election() -> None:
     ha = render(ci("ha-monitoring"))
     assert ha.deployment["spec"]["replicas"] == 2
     assert ha.operator_env[ENV_PREFIX + "LEADER_ELECTION"] == "true"
-    assert ha.one("PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    pdb = ha.one("PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    # Crash-looping replicas (not Ready) may still be evicted, or they would block a drain.
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     # One replica without a Lease: never two pods at once, even during a rollout.
     single = render(ci("external-crds"))
     assert single.deployment["spec"]["strategy"] == {"type": "Recreate"}
@@ -200,7 +205,7 @@ def test_every_operator_setting_is_reachable_from_values(monkeypatch: pytest.Mon
     assert settings.trainer_image == (
         "registry.example.com/kubetune-trainer@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
     )
-    assert settings.image_pull_secrets == ["pull-a", "pull-b"]
+    assert settings.image_pull_auth_refs == ["pull-a", "pull-b"]
     assert settings.gpu_resource_name == "nvidia.com/mig-3g.40gb"
     assert settings.gpu_node_selector == {"nvidia.com/gpu.product": "A100-SXM4-80GB"}
     assert [t.model_dump(by_alias=True, exclude_none=True) for t in settings.gpu_tolerations] == [
@@ -217,7 +222,7 @@ def test_every_operator_setting_is_reachable_from_values(monkeypatch: pytest.Mon
     assert (settings.metrics_port, settings.health_port) == (9090, 9091)
     assert settings.lease_name == "kubetune-research"
     assert settings.lease_namespace == NAMESPACE
-    assert settings.s3_credentials_secret == "team-s3"
+    assert settings.s3_auth_ref == "team-s3"
 
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
@@ -239,11 +244,21 @@ def test_unset_optional_settings_are_left_to_the_operator(default: Rendered) -> 
     for name in (
         "NAMESPACES",
         "S3_ENDPOINT",
-        "S3_CREDENTIALS_SECRET",
+        "S3_AUTH_REF",
         "TRAINER_IMAGE_PULL_POLICY",
-        "IMAGE_PULL_SECRETS",
+        "IMAGE_PULL_AUTH_REFS",
     ):
         assert ENV_PREFIX + name not in env
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
+def test_no_operator_variable_looks_like_a_credential_to_security_linters(values: Path) -> None:
+    """kube-linter env-var-secret and polaris sensitiveContainerEnvVar pass the Deployment."""
+    rendered = render(values)
+    pod = rendered.deployment["spec"]["template"]["spec"]
+    names = [e["name"] for c in pod["containers"] for e in c.get("env", [])]
+    assert ENV_PREFIX + "TRAINER_IMAGE" in names
+    assert {name: flagged_by(name) for name in names if flagged_by(name)} == {}
 
 
 # --- RBAC ----------------------------------------------------------------------------
@@ -419,6 +434,28 @@ def test_dashboard_queries_only_metrics_that_exist() -> None:
     assert all('tuningjob=~"$tuningjob"' in e for e in exprs if "kubetune_trainer_" in e)
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def dashboard_file() -> dict[str, Any]:
+    return json.loads((CHART / "files" / "dashboards" / "kubetune.json").read_text())
+
+
+def test_dashboard_ranges_follow_the_scrape_interval() -> None:
+    """A fixed range such as [1m] goes blank when Prometheus scrapes every 30 s or more."""
+    exprs = [t["expr"] for p in dashboard_file()["panels"] for t in p.get("targets", [])]
+    ranges = {r for e in exprs for r in re.findall(r"\[([^\]]*)\]", e)}
+    assert ranges == {"$__rate_interval"}
+
+
+def test_every_dashboard_panel_is_described() -> None:
+    panels = [p for p in dashboard_file()["panels"] if p["type"] != "row"]
+    assert [p["title"] for p in panels if not p.get("description", "").strip()] == []
+
+
+def test_trainer_phase_panel_names_the_phases_the_trainer_has() -> None:
+    (panel,) = [p for p in dashboard_file()["panels"] if p["title"] == "Trainer phase"]
+    named = panel["description"].split("in order: ")[-1].rstrip(".").split(", ")
+    assert named == list(PHASES)
 
 
 # --- NetworkPolicy ----------------------------------------------------------------------

@@ -12,7 +12,7 @@
 {{- end }}
 {{- $_ := set $env "TRAINER_IMAGE" (include "kubetune.image" (list $trainer.image .)) }}
 {{- with $trainer.image.pullPolicy }}{{ $_ := set $env "TRAINER_IMAGE_PULL_POLICY" . }}{{ end }}
-{{- with $trainer.imagePullSecrets }}{{ $_ := set $env "IMAGE_PULL_SECRETS" (join "," .) }}{{ end }}
+{{- with $trainer.imagePullSecrets }}{{ $_ := set $env "IMAGE_PULL_AUTH_REFS" (join "," .) }}{{ end }}
 {{- $_ := set $env "RUN_AS_USER" $trainer.runAsUser }}
 {{- $_ := set $env "RUN_AS_GROUP" $trainer.runAsGroup }}
 {{- $_ := set $env "FS_GROUP" $trainer.fsGroup }}
@@ -26,7 +26,7 @@
 {{- $_ := set $env "DEFAULT_SCRATCH_SIZE" $op.defaults.scratchSize }}
 {{- $_ := set $env "DEFAULT_SHM_SIZE" $op.defaults.shmSize }}
 {{- with $op.s3.endpoint }}{{ $_ := set $env "S3_ENDPOINT" . }}{{ end }}
-{{- with $op.s3.credentialsSecret }}{{ $_ := set $env "S3_CREDENTIALS_SECRET" . }}{{ end }}
+{{- with $op.s3.credentialsSecret }}{{ $_ := set $env "S3_AUTH_REF" . }}{{ end }}
 {{- $_ := set $env "WORKERS" $op.workers }}
 {{- $_ := set $env "PROGRESS_INTERVAL_SECONDS" $op.progressIntervalSeconds }}
 {{- $_ := set $env "PROGRESS_TIMEOUT_SECONDS" $op.progressTimeoutSeconds }}
