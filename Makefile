@@ -15,7 +15,7 @@ help: ## List the commands
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 demo: deps ## Train a tiny model end to end through S3 on this machine (a few minutes, no GPU)
-	$(UV) run --frozen python hack/demo.py
+	$(UV) run --frozen python -m hack.demo
 
 deps: ## Install uv if missing and sync the locked environment (.venv)
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
@@ -39,7 +39,7 @@ tools: ## Build (first time, minutes) or reuse the cached control-plane binaries
 	hack/go-tool.sh promtool >/dev/null
 	hack/k8s-schemas.sh >/dev/null
 
-test: deps tools ## Run every test tier: unit, integration, e2e, faults
+test: deps lint tools ## Lint, then run every test tier: unit, integration, e2e, faults
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 test-unit: deps ## Run the unit tier only (no servers; seconds)
@@ -63,8 +63,8 @@ cluster-status: ## Say whether the `make cluster` ground runs, and how to use it
 cluster-down: ## Stop everything `make cluster` started
 	$(UV) run --frozen python -m tests.ground down
 
-lint: deps ## Lint the Python code
-	$(UV) run --frozen ruff check .
+lint: deps ## The house's checks: ruff format, ruff check, mypy, import-linter contracts (seconds)
+	$(UV) run --frozen hack/lint.sh
 
 # Benchmarks (bench/, results in docs/benchmarks.md): each prints a table and writes
 # JSON (bench/results/, the operator's to out/). They take minutes and load the
@@ -72,15 +72,15 @@ lint: deps ## Lint the Python code
 bench: bench-data bench-s3 bench-train bench-first-step bench-trainer bench-operator ## Run every benchmark (tens of minutes)
 
 bench-smoke: deps tools ## Run every benchmark in its smoke mode (small inputs, one round: checks they work, no figures)
-	$(UV) run --frozen python bench/data_pipeline.py --smoke
+	$(UV) run --frozen python -m bench.data_pipeline --smoke
 	$(UV) run --frozen python -m bench.s3_transfer --smoke
 	$(UV) run --frozen python -m bench.train_step --smoke
 	$(UV) run --frozen python -m bench.first_step --smoke
-	$(UV) run --frozen python bench/trainer_cpu.py --quick
+	$(UV) run --frozen python -m bench.trainer_cpu --quick
 	$(UV) run --frozen python -m bench.operator_latency --scales 1 --idle 1 --json out/operator-latency-smoke.json
 
 bench-data: deps ## Benchmark the data pipeline against TRL (figures for docs/benchmarks.md)
-	$(UV) run --frozen python bench/data_pipeline.py --repeat 3
+	$(UV) run --frozen python -m bench.data_pipeline --repeat 3
 
 bench-s3: deps ## Benchmark S3 transfers: kubetune's storage layer against boto3 configurations
 	$(UV) run --frozen python -m bench.s3_transfer
@@ -116,4 +116,4 @@ kind-down: ## Delete the kind cluster that kind-up made
 	kind delete cluster --name $${CLUSTER:-kubetune}
 
 bench-trainer: deps ## Trainer figures on CPU: base precision, loop vs transformers Trainer, 4-bit generation
-	$(UV) run --frozen python bench/trainer_cpu.py
+	$(UV) run --frozen python -m bench.trainer_cpu

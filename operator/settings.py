@@ -24,7 +24,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kubetune import __version__
 from kubetune.api.contract import ExitCode
-from kubetune.api.v1alpha1 import Quantity, Toleration
+from kubetune.api.v1alpha1 import EnvVar, PodAnnotations, PodLabels, Quantity, Toleration
 
 ENV_PREFIX = "KUBETUNE_OPERATOR_"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -87,6 +87,36 @@ class Settings(BaseSettings):
         ],
         description="Tolerations of every GPU training pod, as JSON (the GPU pool's taints); spec.scheduling.tolerations adds to them.",
     )
+    default_node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description='Node labels every training pod requires, GPU or not, as JSON (e.g. {"team": "ml"}); spec.scheduling.nodeSelector adds to them and wins on the same key.',
+    )
+    default_tolerations: list[Toleration] = Field(
+        default_factory=list,
+        description="Tolerations of every training pod, GPU or not, as JSON; spec.scheduling.tolerations adds to them.",
+    )
+    default_env: list[EnvVar] = Field(
+        default_factory=list,
+        description=(
+            'Environment of every training pod, as JSON in the shape of spec.runtime.env (e.g. [{"name": '
+            '"HTTPS_PROXY", "value": "http://proxy:3128"}]); a TuningJob\'s own entry of the same name wins.'
+        ),
+    )
+    default_pod_labels: PodLabels = Field(
+        default_factory=dict,
+        description="Labels of every training pod, as JSON; spec.runtime.podLabels wins on the same key.",
+    )
+    default_pod_annotations: PodAnnotations = Field(
+        default_factory=dict,
+        description="Annotations of every training pod, as JSON; spec.runtime.podAnnotations wins on the same key.",
+    )
+    pod_scrape_annotations: bool = Field(
+        default=False,
+        description=(
+            "Put prometheus.io/scrape, prometheus.io/port and prometheus.io/path on training pods, for "
+            "Prometheus set up without the Prometheus Operator (annotation-based discovery)."
+        ),
+    )
     default_cpu: Quantity = Field(
         default="8", description="CPU request and limit when spec.resources.cpu is unset."
     )
@@ -115,6 +145,48 @@ class Settings(BaseSettings):
         default=120,
         ge=1,
         description="Time a trainer gets after SIGTERM (suspend, preemption, drain) to save a checkpoint and exit.",
+    )
+
+    # --- The Validating step ----------------------------------------------------------
+    validate_data: bool = Field(
+        default=True,
+        description=(
+            "Before each GPU Job, run `kubetune prepare` in a small CPU pod (phase Validating): a bad "
+            "dataset fails the TuningJob without a GPU ever being requested, and the GPU pod reads "
+            "the prepared data instead of preparing it again."
+        ),
+    )
+    validate_cpu: Quantity = Field(
+        default="2", description="CPU request and limit of the Validating step's pod."
+    )
+    validate_memory: Quantity = Field(
+        default="8Gi", description="Memory request and limit of the Validating step's pod."
+    )
+    validate_scratch_size: Quantity = Field(
+        default="20Gi",
+        description="Scratch volume (dataset download and the prepared data) of the Validating step's pod.",
+    )
+    validate_deadline_seconds: int = Field(
+        default=3600,
+        ge=60,
+        description="The Validating step fails the TuningJob when it takes longer than this.",
+    )
+
+    # --- What TuningJobs may ask for ---------------------------------------------------
+    allowed_trainer_images: CommaList = Field(
+        default_factory=list,
+        description=(
+            "Images a TuningJob may name in spec.runtime.image, comma-separated; each may end in * "
+            "(e.g. registry.example.com/ml/kubetune-trainer:*). Empty: any image. The operator's own "
+            "trainerImage is always allowed."
+        ),
+    )
+    allowed_service_accounts: CommaList = Field(
+        default_factory=list,
+        description=(
+            "ServiceAccounts a TuningJob may name in spec.runtime.serviceAccountName, comma-separated "
+            "(* at the end matches any suffix). Empty: any ServiceAccount of the TuningJob's namespace."
+        ),
     )
 
     # --- S3 ------------------------------------------------------------------------
@@ -193,7 +265,13 @@ class Settings(BaseSettings):
         default="text", description="text for people, json for log collectors."
     )
 
-    @field_validator("namespaces", "image_pull_auth_refs", mode="before")
+    @field_validator(
+        "namespaces",
+        "image_pull_auth_refs",
+        "allowed_trainer_images",
+        "allowed_service_accounts",
+        mode="before",
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from kubetune.trainer.batch import IGNORE_INDEX
 from kubetune.trainer.distributed import Dist
+from kubetune.trainer.logs import terminal_progress
 from kubetune.trainer.loop import (
     Collate,
     StopSignal,
@@ -67,7 +68,8 @@ def evaluate_loss(
     total = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, trained tokens, rows
     indices = list(range(dist.rank, len(split), dist.world_size))
     interrupted = False
-    with torch.no_grad():
+    bar = terminal_progress(len(indices), desc="evaluating", unit="row", enabled=dist.is_main)
+    with torch.no_grad(), bar:
         for start in range(0, len(indices), batch_size):
             if stop is not None and stop.requested:
                 interrupted = True
@@ -78,6 +80,7 @@ def evaluate_loss(
             total[0] += loss_sum(model, batch, autocast).double()
             total[1] += trained
             total[2] += len(indices[start : start + batch_size])
+            bar.update(len(indices[start : start + batch_size]))
     model.train()
     if dist.any(interrupted, device):
         return None

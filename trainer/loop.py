@@ -47,7 +47,7 @@ from kubetune.trainer.batch import IGNORE_INDEX, MODEL_INPUTS, Batch
 from kubetune.trainer.distributed import Dist
 from kubetune.trainer.plan import TrainPlan
 from kubetune.trainer.sampling import Schedule, epoch_micro_batches
-from kubetune.trainer.state import Progress, capture_rng
+from kubetune.trainer.state import TrainState, capture_rng
 
 if TYPE_CHECKING:
     import torch
@@ -169,7 +169,7 @@ class TrainLoop:
         dist: Dist,
         device: torch.device,
         stop: StopSignal,
-        progress: Progress,
+        progress: TrainState,
         lengths: Sequence[int] | None = None,
     ) -> None:
         self.model = model

@@ -70,7 +70,7 @@ from kubetune.trainer.plan import Hardware, TrainPlan, make_plan
 from kubetune.trainer.quantization import quiet_bitsandbytes_import
 from kubetune.trainer.sampling import Schedule
 from kubetune.trainer.scratch import scratch_folder
-from kubetune.trainer.state import Progress, seed_everything
+from kubetune.trainer.state import TrainState, seed_everything
 from kubetune.trainer.step_window import StepWindow, read_records
 from kubetune.trainer.storage import ByteCounter, Storage, join_uri
 from kubetune.trainer.telemetry import Telemetry
@@ -297,14 +297,14 @@ class _Run:
         scaler = torch.amp.GradScaler("cuda") if self.plan.compute_dtype == "fp16" else None
         return TrainingObjects(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
 
-    def _resume(self, objects: TrainingObjects) -> Progress:
+    def _resume(self, objects: TrainingObjects) -> TrainState:
         """Load the newest usable complete checkpoint at the destination; else start fresh."""
         found = self.dist.broadcast_object(self._usable_checkpoint() if self.dist.is_main else None)
         if found is None:
             if self.dist.is_main:
                 self.telemetry.metrics_file.unlink(missing_ok=True)  # type: ignore[union-attr]
                 self.checkpoints.prune()  # partial leftovers of an earlier attempt
-            return Progress()
+            return TrainState()
         folder = self._on_main_first(lambda: self.checkpoints.download(found))
         progress, extra = load_checkpoint(folder, objects, rank=self.dist.rank, device=self.device)
         check_checkpoint_owner(extra, self.identity, found.uri)
@@ -387,12 +387,11 @@ class _Run:
             bar.close()
             if self.last_checkpoint_step != progress.step:
                 self._checkpoint(loop, objects, rng=loop.boundary_rng)
-            error = Preempted(
+            raise Preempted(
                 f"stopped by {self.stop.reason} at step {progress.step} of {loop.total_steps}; "
-                f"checkpoint saved to {self.last_checkpoint}; a new attempt resumes from it"
-            )
-            error.checkpoint = self.last_checkpoint  # type: ignore[attr-defined]
-            raise error from None
+                f"checkpoint saved to {self.last_checkpoint}; a new attempt resumes from it",
+                checkpoint=self.last_checkpoint,
+            ) from None
         finally:
             bar.close()
         # Always end on a checkpoint: a pod lost during export resumes here, not earlier.
@@ -574,7 +573,7 @@ class _Run:
 
     def _summary(
         self,
-        progress: Progress,
+        progress: TrainState,
         total_steps: int,
         schedule: Schedule,
         metrics: dict[str, float],

@@ -27,10 +27,10 @@ from kubetune.api.contract import TerminationMessage
 from kubetune.api.v1alpha1 import TuningJob
 from kubetune.operator import builders
 from kubetune.operator.settings import Settings
-from kubetune.trainer.tiny import save_tiny
 from tests.ground.s3 import S3Endpoint
 from tests.support.data import DOLLY
 from tests.support.images import pod_to_docker_run, remove_container, run_in_image
+from tests.support.tiny import save_tiny
 
 # The first test here may build the trainer image from nothing (3 to 5 minutes on this
 # loaded 2-core machine, longer on a slow network): 30 minutes instead of the default 15
@@ -82,7 +82,7 @@ def test_trainer_image_holds_exactly_the_installed_files(docker: str, trainer_im
         " if not pathlib.Path(d.locate_file(f)).exists() and '__pycache__' not in str(f)]\n"
         "print(len(list(m.distributions())), missing[:20])\n"
         "assert not missing\n"
-        "import kubetune.trainer.run, kubetune.operator.builders, shutil\n"
+        "import kubetune.trainer.command, kubetune.operator.builders, shutil\n"
         "assert shutil.which('uv') is None, 'uv is in the image'\n"
         "print(m.version('kubetune'))"
     )

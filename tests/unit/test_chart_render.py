@@ -20,7 +20,8 @@ import yaml
 
 from kubetune import __version__
 from kubetune.api.contract import METRICS_PORT, METRICS_PORT_NAME
-from kubetune.api.metrics import TRAINER_PHASES as PHASES
+from kubetune.api.manifest import parse_tuningjob
+from kubetune.api.trainer_metrics import TRAINER_PHASES as PHASES
 from kubetune.operator import builders
 from kubetune.operator.metrics import OperatorMetrics
 from kubetune.operator.settings import ENV_PREFIX, Settings, load_settings
@@ -397,7 +398,7 @@ def test_service_monitor_scrapes_the_metrics_service() -> None:
     assert render().of_kind("ServiceMonitor") == render().of_kind("PodMonitor") == []
 
 
-# The trainer's metric names (DESIGN.md "Metrics"; the trainer defines them).
+# The trainer's metric names (kubetune.api.trainer_metrics; the trainer registers them).
 TRAINER_METRICS = {
     "kubetune_trainer_step", "kubetune_trainer_total_steps", "kubetune_trainer_loss", "kubetune_trainer_eval_loss",
     "kubetune_trainer_learning_rate", "kubetune_trainer_grad_norm", "kubetune_trainer_tokens_total",
@@ -549,3 +550,126 @@ def test_images_are_pinned_by_digest_when_given() -> None:
     rendered = render(values={"image": {"digest": digest}})
     assert rendered.operator_container["image"] == f"ghcr.io/kubetune/operator@{digest}"
     assert render().operator_container["image"] == f"ghcr.io/kubetune/operator:{__version__}"
+
+
+# --- Registry, labels, pull Secrets, extra volumes ---------------------------------------
+
+
+def test_global_registry_replaces_every_images_registry_and_labels_reach_every_object(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rendered = render(ci("ha-monitoring"))
+    assert rendered.operator_container["image"] == (
+        f"mirror.example.com:5000/kubetune/operator:{__version__}"
+    )
+    assert operator_settings(rendered, monkeypatch).trainer_image == (
+        f"mirror.example.com:5000/kubetune/trainer:{__version__}"
+    )
+    # A repository without a registry gets the mirror put before it.
+    plain = render(
+        values={"global": {"imageRegistry": "mirror.corp"}, "image": {"repository": "kubetune/op"}}
+    )
+    assert plain.operator_container["image"] == f"mirror.corp/kubetune/op:{__version__}"
+    for obj in rendered.objects:
+        if obj["kind"] != "CustomResourceDefinition":
+            assert obj["metadata"]["labels"]["team"] == "ml-platform", obj["kind"]
+    pod = rendered.deployment["spec"]["template"]
+    assert pod["metadata"]["labels"]["team"] == "ml-platform"
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "mirror-pull"}]
+    assert {"name": "corp-ca", "configMap": {"name": "corp-ca"}} in pod["spec"]["volumes"]
+    assert {
+        "name": "corp-ca",
+        "mountPath": "/etc/ssl/corp",
+        "readOnly": True,
+    } in rendered.operator_container["volumeMounts"]
+
+
+def test_pull_secrets_in_both_forms() -> None:
+    rendered = render(values={"imagePullSecrets": ["a", {"name": "b"}]})
+    assert rendered.deployment["spec"]["template"]["spec"]["imagePullSecrets"] == [
+        {"name": "a"},
+        {"name": "b"},
+    ]
+    refused = render_raw(values={"imagePullSecrets": [{"secret": "a"}]})
+    assert refused.returncode != 0 and "imagePullSecrets" in refused.stderr
+
+
+def test_trainer_defaults_and_allowlists_reach_the_operator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = operator_settings(render(ci("all-settings")), monkeypatch)
+    assert [e.model_dump(by_alias=True, exclude_none=True) for e in settings.default_env] == [
+        {"name": "HTTPS_PROXY", "value": "http://proxy.example.com:3128"},
+        {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "token"}}},
+    ]
+    assert settings.default_pod_labels == {"cost-center": "ml-research"}
+    assert settings.default_node_selector == {"team": "research"}
+    assert settings.pod_scrape_annotations is True
+    assert settings.allowed_trainer_images == ["registry.example.com/kubetune-trainer*"]
+    assert settings.allowed_service_accounts == ["trainer", "team-*"]
+    # The rendered trainer Job with these settings: defaults in, scrape annotations on.
+    job = builders.build_job(
+        parse_tuningjob(
+            {
+                "apiVersion": "kubetune.dev/v1alpha1",
+                "kind": "TuningJob",
+                "metadata": {"name": "x", "namespace": "research"},
+                "spec": {
+                    "model": {"source": "s3://m/x/"},
+                    "dataset": {"source": "s3://d/x.jsonl"},
+                    "output": {"destination": "s3://o/x/"},
+                },
+            }
+        ),
+        settings,
+    )
+    template = job["spec"]["template"]
+    assert template["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    assert template["metadata"]["labels"]["cost-center"] == "ml-research"
+    assert template["spec"]["nodeSelector"]["team"] == "research"
+
+
+# --- Monitors and alerts ------------------------------------------------------------------
+
+
+def test_monitors_take_extra_relabelings() -> None:
+    rendered = render(ci("ha-monitoring"))
+    (endpoint,) = rendered.one("ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["metricRelabelings"][0]["action"] == "drop"
+    (pod_endpoint,) = rendered.one("PodMonitor")["spec"]["podMetricsEndpoints"]
+    targets = [r["targetLabel"] for r in pod_endpoint["relabelings"]]
+    assert targets == ["tuningjob", "namespace", "pod", "node"]  # the chart's own first
+
+
+def test_prometheus_rule_alerts_on_metrics_that_exist() -> None:
+    rendered = render(ci("ha-monitoring"))
+    rule = rendered.one("PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert set(alerts) == {
+        "TuningJobFailed",
+        "TuningJobStuckPending",
+        "TuningJobNoProgress",
+        "KubetuneOperatorDown",
+    }
+    used = {m for r in alerts.values() for m in re.findall(r"\bkubetune_[a-z0-9_]+", r["expr"])}
+    assert used - (TRAINER_METRICS | operator_series()) == set()
+    assert "> 2700" in alerts["TuningJobStuckPending"]["expr"]  # pendingMinutes: 45
+    # The operator-down alert names the job the ServiceMonitor scrapes: the metrics Service.
+    service = rendered.one("Service")["metadata"]["name"]
+    assert f'job="{service}"' in alerts["KubetuneOperatorDown"]["expr"]
+    # The trainer alert groups by the labels the PodMonitor adds.
+    assert "by (namespace, tuningjob)" in alerts["TuningJobNoProgress"]["expr"]
+    assert not render().of_kind("PrometheusRule")
+
+
+def test_pending_metric_measures_the_longest_wait() -> None:
+    from prometheus_client import generate_latest
+
+    metrics = OperatorMetrics(pending_since=lambda: [100.0, 160.0], clock=lambda: 400.0)
+    text = generate_latest(metrics.registry).decode()
+    assert "kubetune_operator_pending_oldest_seconds 300.0" in text
+    assert (
+        "kubetune_operator_pending_oldest_seconds 0.0"
+        in generate_latest(OperatorMetrics().registry).decode()
+    )

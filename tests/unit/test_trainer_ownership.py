@@ -135,7 +135,7 @@ def test_conditional_writes_let_one_of_two_writers_win(tmp_path: Path) -> None:
 
 def test_a_periodic_checkpoint_the_store_refuses_is_skipped_not_fatal(tmp_path: Path) -> None:
     from kubetune.trainer.checkpoint import CheckpointStore
-    from kubetune.trainer.state import Progress, capture_rng
+    from kubetune.trainer.state import TrainState, capture_rng
     from tests.unit.test_trainer_checkpoint import objects
 
     store = CheckpointStore(Storage(), str(tmp_path / "out"), tmp_path / "scratch", keep=2)
@@ -147,7 +147,7 @@ def test_a_periodic_checkpoint_the_store_refuses_is_skipped_not_fatal(tmp_path: 
         return store.save(
             4,
             objects(),
-            Progress(step=4),
+            TrainState(step=4),
             capture_rng(),
             rank=0,
             is_main=True,

@@ -4,7 +4,7 @@
 `SourceFile`s, each with a fingerprint (a SHA-256 of a local file's bytes, an S3
 object's ETag) so that the prepared data can be cached by what went in without
 downloading anything. `read_records(file)` yields each record as (where, dict), or a
-`Problem` saying where and why a record could not be read.
+`RecordProblem` saying where and why a record could not be read.
 
 Formats by extension: JSON Lines (`.jsonl`, `.ndjson`), JSON (`.json`: an array of
 objects, or JSON Lines despite the name, as many published datasets are), Parquet
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from kubetune.trainer.data.problems import Problem
+from kubetune.trainer.data.problems import RecordProblem
 from kubetune.trainer.errors import BadDataError, StorageAccessError
 
 DATA_SUFFIXES = {
@@ -129,8 +129,8 @@ def _local_file(path: Path) -> SourceFile:
 
 def read_records(
     file: SourceFile, limits: ReadLimits = LIMITS
-) -> Iterator[tuple[str, dict] | Problem]:
-    """Every record in `file` in order, as (where, record), or a Problem where one cannot be read.
+) -> Iterator[tuple[str, dict] | RecordProblem]:
+    """Every record in `file` in order, as (where, record), or a RecordProblem where one cannot be read.
 
     Text files are streamed (and gunzipped) a line at a time under `limits`, so a
     gzip bomb, a multi-GB line or a huge file ends in a BadDataError naming the file
@@ -241,7 +241,7 @@ def _lines(
 
 def _read_jsonl(
     file: SourceFile, lines: Iterator[tuple[int, bytes]]
-) -> Iterator[tuple[str, dict] | Problem]:
+) -> Iterator[tuple[str, dict] | RecordProblem]:
     for number, line in lines:
         if not line.strip():
             continue
@@ -249,7 +249,7 @@ def _read_jsonl(
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as e:
-            yield Problem(
+            yield RecordProblem(
                 where,
                 "not-utf8",
                 f"bytes that are not UTF-8 at column {e.start + 1}; re-encode the file as UTF-8",
@@ -258,12 +258,12 @@ def _read_jsonl(
         try:
             record = json.loads(text)
         except ValueError as e:
-            yield Problem(
+            yield RecordProblem(
                 where, "invalid-json", f"invalid JSON ({e}); each line must be one JSON object"
             )
             continue
         if not isinstance(record, dict):
-            yield Problem(
+            yield RecordProblem(
                 where, "not-an-object", f"expected a JSON object, got {_json_type(record)}"
             )
             continue
@@ -272,7 +272,7 @@ def _read_jsonl(
 
 def _read_json_array(
     file: SourceFile, raw: bytes, limits: ReadLimits
-) -> Iterator[tuple[str, dict] | Problem]:
+) -> Iterator[tuple[str, dict] | RecordProblem]:
     if len(raw) > limits.json_array_bytes:
         raise BadDataError(
             f"{file.uri}: a JSON array of {_size(len(raw))} is parsed whole, and at most"
@@ -300,7 +300,7 @@ def _read_json_array(
         if isinstance(record, dict):
             yield f"{file.uri} [{index}]", record
         else:
-            yield Problem(
+            yield RecordProblem(
                 f"{file.uri} [{index}]",
                 "not-an-object",
                 f"expected a JSON object, got {_json_type(record)}",
@@ -309,7 +309,7 @@ def _read_json_array(
 
 def _read_csv(
     file: SourceFile, lines: Iterator[tuple[int, bytes]]
-) -> Iterator[tuple[str, dict] | Problem]:
+) -> Iterator[tuple[str, dict] | RecordProblem]:
     # The numbers come from _lines (leading blank lines were skipped before the csv
     # module saw any); a quoted field may span several lines.
     current = [0]
@@ -356,7 +356,7 @@ def _read_csv(
         if not row:
             continue
         if len(row) != len(header):
-            yield Problem(
+            yield RecordProblem(
                 where,
                 "ragged-row",
                 f"{len(row)} fields where the header names {len(header)}; quote fields that contain commas or newlines",
@@ -365,7 +365,7 @@ def _read_csv(
         yield where, dict(zip(header, row, strict=True))
 
 
-def _read_parquet(file: SourceFile) -> Iterator[tuple[str, dict] | Problem]:
+def _read_parquet(file: SourceFile) -> Iterator[tuple[str, dict] | RecordProblem]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
