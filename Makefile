@@ -7,7 +7,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 PYTEST_ARGS ?=
 
-.PHONY: help demo deps tools test test-unit test-integration test-e2e lint cluster cluster-down cluster-status \
+.PHONY: help demo deps tools test test-unit test-integration test-e2e test-faults lint cluster cluster-down cluster-status \
 	bench bench-smoke bench-data bench-s3 bench-train bench-first-step bench-operator bench-trainer \
 	crds chart-docs demo-cluster kind-up kind-down test-kind kind-node-image images
 
@@ -42,7 +42,7 @@ tools: ## Build (first time, minutes) or reuse the cached control-plane binaries
 # The kind cluster tests (tests/kind/test_kind_cluster.py, `make test-kind`) are not in
 # `make test` yet: they take about 20 minutes here and have passed once; the other kind-tier
 # tests (the built images) are.
-test: deps lint tools ## Lint, then run every test tier: unit, integration, e2e, the images (the kind cluster: make test-kind)
+test: deps lint tools ## Lint, then run every test tier: unit, integration, e2e, faults, the images (the kind cluster: make test-kind)
 	$(UV) run --frozen pytest --ignore=tests/kind/test_kind_cluster.py $(PYTEST_ARGS)
 
 test-unit: deps ## Run the unit tier only (no servers; seconds)
@@ -50,6 +50,9 @@ test-unit: deps ## Run the unit tier only (no servers; seconds)
 
 test-integration: deps tools ## Run the integration tier (real control plane and S3)
 	$(UV) run --frozen pytest -m integration $(PYTEST_ARGS)
+
+test-faults: deps tools ## Run the fault-injection tier (S3 faults, signals, oversized input; docs/reliability.md)
+	$(UV) run --frozen pytest -m faults $(PYTEST_ARGS)
 
 test-e2e: deps tools ## Run the e2e tier (TuningJobs through the operator and the local node)
 	$(UV) run --frozen pytest -m e2e $(PYTEST_ARGS)

@@ -132,6 +132,8 @@ def pod_spec_document(tuningjob: TuningJob, settings: Settings) -> str:
             for k, v in (
                 ("name", tuningjob.metadata.name),
                 ("namespace", tuningjob.metadata.namespace),
+                # The run's identity: checkpoints and the adapter record it (ownership).
+                ("uid", (tuningjob.metadata.model_extra or {}).get("uid")),
             )
             if v
         },

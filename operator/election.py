@@ -44,13 +44,30 @@ class LeaseConfig:
 
 
 class LeaseElector:
-    def __init__(self, api: KubeApi, config: LeaseConfig):
+    def __init__(self, api: KubeApi, config: LeaseConfig, clock: Any = time.monotonic):
         self.api = api
         self.config = config
+        self.clock = clock
         self.leading = False
         self._observed: tuple[Any, ...] | None = None
         self._observed_at = 0.0
         self._lease: dict[str, Any] | None = None
+        # When this replica last renewed (its own monotonic clock, taken before the
+        # request was sent, so the fence errs early).
+        self._renewed_at: float | None = None
+
+    def write_budget(self) -> float:
+        """Seconds this replica may still act as the leader (0: not at all): the write fence.
+
+        Positive only within renew_deadline of the last successful renewal. The deadline
+        is shorter than the Lease's duration, and a candidate takes over only after a
+        whole duration without a change, so a leader that was paused, partitioned or slow
+        stops writing before anyone else can start. A pause is seen at once on resuming:
+        the monotonic clock ran on while the process was stopped.
+        """
+        if not self.leading or self._renewed_at is None:
+            return 0.0
+        return max(0.0, self._renewed_at + self.config.renew_deadline - self.clock())
 
     async def acquire(self) -> None:
         """Return once this replica holds the Lease."""
@@ -60,19 +77,37 @@ class LeaseElector:
             self.config.name,
             self.config.identity,
         )
-        while not await self._try_acquire_or_renew():
+        while True:
+            started = self.clock()
+            if await self._try_acquire_or_renew():
+                break
             await asyncio.sleep(self.config.retry * random.uniform(1.0, 1.2))
+        self._renewed_at = started
         self.leading = True
         log.info("leading: Lease %s/%s is ours", self.config.namespace, self.config.name)
 
     async def hold(self) -> None:
-        """Renew the Lease until renewing fails for longer than the renew deadline; then return."""
+        """Renew the Lease until renewing fails for longer than the renew deadline; then return.
+
+        Each attempt is cut off at the deadline (a hung API server does not stretch it),
+        and a renewal that comes too late (the process was paused) counts as lost.
+        """
         while True:
-            deadline = time.monotonic() + self.config.renew_deadline
+            if self._renewed_at is None:
+                self._renewed_at = self.clock()
+            deadline = self._renewed_at + self.config.renew_deadline
             while True:
-                if await self._try_acquire_or_renew():
-                    break
-                if time.monotonic() >= deadline:
+                left = deadline - self.clock()
+                if left > 0:
+                    started = self.clock()
+                    try:
+                        renewed = await asyncio.wait_for(self._try_acquire_or_renew(), left)
+                    except TimeoutError:
+                        renewed = False
+                    if renewed and self.clock() < deadline:
+                        self._renewed_at = started
+                        break
+                if self.clock() >= deadline:
                     self.leading = False
                     log.error(
                         "lost the Lease %s/%s: could not renew it in %ss",
@@ -81,7 +116,7 @@ class LeaseElector:
                         self.config.renew_deadline,
                     )
                     return
-                await asyncio.sleep(self.config.retry)
+                await asyncio.sleep(min(self.config.retry, max(0.0, deadline - self.clock())))
             await asyncio.sleep(self.config.retry)
 
     async def release(self) -> None:
@@ -122,13 +157,9 @@ class LeaseElector:
             holder = spec.get("holderIdentity")
             record = (holder, spec.get("renewTime"), spec.get("leaseDurationSeconds"))
             if record != self._observed:
-                self._observed, self._observed_at = record, time.monotonic()
+                self._observed, self._observed_at = record, self.clock()
             duration = float(spec.get("leaseDurationSeconds") or config.duration)
-            if (
-                holder
-                and holder != config.identity
-                and time.monotonic() < self._observed_at + duration
-            ):
+            if holder and holder != config.identity and self.clock() < self._observed_at + duration:
                 return False  # held by a live leader
             ours = holder == config.identity
             transitions = int(spec.get("leaseTransitions") or 0) + (0 if ours else 1)
@@ -157,6 +188,44 @@ class LeaseElector:
             "renewTime": renewed,
             "leaseTransitions": transitions,
         }
+
+
+class NotLeading(Exception):
+    """A write was refused because this replica can no longer be sure it leads."""
+
+
+class FencedApi:
+    """The KubeApi the reconcilers use: every write checks the leader fence first.
+
+    A write is sent only while `budget()` is positive, and is cut off when the budget
+    runs out, so a replica that lost (or may have lost) the Lease writes nothing more.
+    Reads pass through. A request already on the wire when a pause starts cannot be
+    recalled; the API server applies it then, before the new leader starts.
+    """
+
+    WRITES = frozenset({"create_job", "patch_job", "patch_tuningjob_status", "create_event"})
+
+    def __init__(self, api: KubeApi, budget: Any):
+        self._api = api
+        self._budget = budget
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._api, name)
+        if name not in self.WRITES:
+            return method
+
+        async def fenced(*args: Any, **kwargs: Any) -> Any:
+            budget = self._budget()
+            if budget <= 0:
+                raise NotLeading(f"{name}: this replica no longer holds the Lease")
+            try:
+                return await asyncio.wait_for(method(*args, **kwargs), budget)
+            except TimeoutError:
+                if self._budget() <= 0:
+                    raise NotLeading(f"{name}: the Lease ran out while it was sent") from None
+                raise
+
+        return fenced
 
 
 def _now() -> str:

@@ -19,6 +19,7 @@ import kopf
 from kubetune.api.v1alpha1 import GROUP, PLURAL, VERSION
 from kubetune.operator import cache
 from kubetune.operator.builders import TUNINGJOB_LABEL, child_name
+from kubetune.operator.election import FencedApi
 from kubetune.operator.kubeapi import KubeApi
 from kubetune.operator.metrics import OperatorMetrics
 from kubetune.operator.reconciler import Views
@@ -104,8 +105,13 @@ async def startup(
         jobs=lambda key: list(job_index.get(key, ())),
         pods=lambda key: list(pod_index.get(key, ())),
     )
+    budget = memo.get("write_budget")
     runtime = Runtime(
-        config, api, metrics, views, identity=memo.get("identity") or "kubetune-operator"
+        config,
+        FencedApi(api, budget) if budget is not None else api,
+        metrics,
+        views,
+        identity=memo.get("identity") or "kubetune-operator",
     )
     memo.runtime = runtime
     memo.api = api

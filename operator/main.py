@@ -33,8 +33,17 @@ log = logging.getLogger("kubetune.operator")
 LOST_LEADERSHIP = 1
 
 
+# How long a starting operator keeps trying an API server that does not answer (it
+# restarts, or the network is not up yet) before it exits 1 for Kubernetes to restart it.
+STARTUP_RETRY_SECONDS = 120.0
+
+
 class ClusterNotReady(Exception):
     """The cluster lacks something the operator cannot work without (the CRD, access)."""
+
+
+class ClusterUnreachable(Exception):
+    """The API server did not answer, or answered with a server error: it may later."""
 
 
 def run() -> None:
@@ -42,9 +51,12 @@ def run() -> None:
     configure_logging(settings)
     try:
         code = asyncio.run(serve(settings))
-    except ClusterNotReady as e:
+    except ClusterNotReady as e:  # a real configuration error: retrying cannot help
         log.error("%s", e)
         sys.exit(ExitCode.INVALID_CONFIG)
+    except ClusterUnreachable as e:
+        log.error("%s", e)
+        sys.exit(1)
     if code:
         sys.exit(code)
 
@@ -69,7 +81,7 @@ async def serve(settings: Settings) -> int:
     me = identity()
     api = await KubeApi.connect()
     try:
-        await require_tuningjobs(api, settings)
+        await wait_for_tuningjobs(api, settings)
     except BaseException:
         await api.close()
         raise
@@ -118,7 +130,13 @@ async def serve(settings: Settings) -> int:
                 namespaces=settings.namespaces,
                 stop_flag=stop,
                 memo=kopf.Memo(
-                    settings=settings, api=api, metrics=metrics, identity=me, on_started=started
+                    settings=settings,
+                    api=api,
+                    metrics=metrics,
+                    identity=me,
+                    on_started=started,
+                    # The fence: reconcilers write only while the Lease is surely ours.
+                    write_budget=elector.write_budget if elector is not None else None,
                 ),
             ),
             name="kopf",
@@ -143,6 +161,29 @@ async def serve(settings: Settings) -> int:
         await servers.stop()
         await api.close()
     return code
+
+
+async def wait_for_tuningjobs(
+    api: KubeApi, settings: Settings, patience: float = STARTUP_RETRY_SECONDS
+) -> None:
+    """require_tuningjobs, retried with backoff while the API server is unreachable.
+
+    An API server that restarts, or a network not up yet, is not a configuration
+    error: only a missing CRD or missing access is (ClusterNotReady, exit 78).
+    """
+    loop = asyncio.get_running_loop()
+    give_up, delay = loop.time() + patience, 1.0
+    while True:
+        try:
+            return await require_tuningjobs(api, settings)
+        except ClusterUnreachable as e:
+            if loop.time() + delay > give_up:
+                raise ClusterUnreachable(
+                    f"{e} (for {patience:.0f}s; exiting to be restarted)"
+                ) from None
+            log.warning("%s; trying again in %.0fs", e, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 15.0)
 
 
 async def require_tuningjobs(api: KubeApi, settings: Settings) -> None:
@@ -171,12 +212,16 @@ async def require_tuningjobs(api: KubeApi, settings: Settings) -> None:
                 "watchNamespaces, and `helm template` prints the rules)"
             ) from None
         except ApiError as e:
+            if e.status >= 500 or e.status == 429:
+                raise ClusterUnreachable(
+                    f"the API server could not list {PLURAL} in {where}: {e}"
+                ) from None
             raise ClusterNotReady(
                 f"the API server refused to list {PLURAL} in {where}: {e}"
             ) from None
-        except (aiohttp.ClientError, OSError) as e:
-            raise ClusterNotReady(
-                f"cannot reach the Kubernetes API server at {api.server}: {e}"
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            raise ClusterUnreachable(
+                f"cannot reach the Kubernetes API server at {api.server}: {e or type(e).__name__}"
             ) from None
 
 

@@ -8,6 +8,7 @@ network call, and returns None rather than raising when the trainer is not servi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from dataclasses import dataclass
@@ -18,6 +19,12 @@ from kubetune.api.status import Progress
 from kubetune.api.trainer_metrics import PREFIX, TrainerMetric
 
 log = logging.getLogger(__name__)
+
+# The trainer's exposition is a few KiB. A pod is a tenant's image: whatever it serves
+# on the metrics port, the operator reads at most this much of it (never the whole
+# body into memory), and parses it on a thread so the event loop, and with it the
+# Lease renewal, never waits on a tenant.
+MAX_METRICS_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -123,8 +130,13 @@ def decimal_string(value: float | None, significant: int) -> str | None:
     )
 
 
-async def scrape(session: object, url: str, timeout: float, at: float) -> MetricsSample | None:
-    """Read the trainer's metrics; None when they cannot be read (logged at debug level)."""
+async def scrape(
+    session: object, url: str, timeout: float, at: float, max_bytes: int = MAX_METRICS_BYTES
+) -> MetricsSample | None:
+    """Read the trainer's metrics; None when they cannot be read (logged at debug level).
+
+    A body over `max_bytes` is not the trainer's: it is dropped after reading that much.
+    """
     import aiohttp
 
     assert isinstance(session, aiohttp.ClientSession)
@@ -133,12 +145,27 @@ async def scrape(session: object, url: str, timeout: float, at: float) -> Metric
             if response.status != 200:
                 log.debug("metrics at %s: HTTP %s", url, response.status)
                 return None
-            text = await response.text()
+            if (response.content_length or 0) > max_bytes:
+                log.warning("metrics at %s: %s bytes, over the limit", url, response.content_length)
+                return None
+            body = bytearray()
+            while len(body) <= max_bytes:  # read() returns what has arrived, up to n
+                chunk = await response.content.read(max_bytes + 1 - len(body))
+                if not chunk:
+                    break
+                body += chunk
+            if len(body) > max_bytes:
+                log.warning("metrics at %s: more than %d bytes; not read", url, max_bytes)
+                return None
     except (aiohttp.ClientError, TimeoutError, OSError) as e:
         log.debug("metrics at %s not readable: %s", url, e)
         return None
     try:
-        return parse_metrics(text, at)
-    except ValueError as e:
+        return await asyncio.to_thread(_parse_body, body, at)
+    except ValueError as e:  # UnicodeDecodeError is one
         log.debug("metrics at %s not parseable: %s", url, e)
         return None
+
+
+def _parse_body(body: bytes | bytearray, at: float) -> MetricsSample:
+    return parse_metrics(body.decode("utf-8"), at)

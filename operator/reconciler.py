@@ -104,6 +104,10 @@ class _Memory:
     # When this replica created the Job, until the Job index shows it.
     job_created_at: float | None = None
     created_name: str | None = None  # the Job created at job_created_at
+    # The TuningJob's resourceVersion just before and just after this replica's last
+    # status write: an index showing either is our own view (current or lagging); any
+    # other version with another status is someone else's write, to be corrected.
+    written_over: tuple[str | None, str | None] = (None, None)
 
 
 class Reconciler:
@@ -174,10 +178,16 @@ class Reconciler:
                 uid=uid, status=TuningJobStatus.model_validate(body.get("status") or {})
             )
             self._memory[key] = memory
+        self._adopt_foreign_status(key, body, memory)
         old = memory.status
         source = f"TuningJob {metadata['namespace']}/{metadata['name']}"
+        job = self._owned_job(key, uid)
 
-        if old.terminal and (old.job_name or old.observed_generation == generation):
+        if (
+            old.terminal
+            and (old.job_name or old.observed_generation == generation)
+            and (job is None or _job_finished(job))
+        ):
             # Final. A finished Job may be gone (ttlSecondsAfterFinished): never recreate it.
             if old.observed_generation != generation:
                 await self._write(
@@ -185,7 +195,6 @@ class Reconciler:
                 )
             return None
 
-        job = self._owned_job(key, uid)
         validation = self._owned_job(key, uid, validation=True)
         shown = {j["metadata"]["name"] for j in (job, validation) if j is not None}
         if memory.created_name in shown:
@@ -219,6 +228,24 @@ class Reconciler:
             if waiting is not None:
                 return waiting.after
         if job is None:
+            lingering = self._lingering_pods(key)
+            if lingering:
+                # Pods of an earlier Job (deleted by hand, or a deleted TuningJob of the
+                # same name in its grace period) still run and may still write to the
+                # destination: a second trainer must not start beside them.
+                await self._observe_and_write(
+                    key,
+                    body,
+                    memory,
+                    Observation(
+                        "Pending",
+                        "WaitingForOldPods",
+                        f"waiting for pod(s) {', '.join(lingering)} of an earlier Job to end "
+                        "before starting a new one",
+                    ),
+                    job_name=old.job_name,
+                )
+                return self.settings.resync_seconds
             started = await self._start(key, body, memory, tuningjob)
             if isinstance(started, _Retry):
                 return started.after
@@ -278,6 +305,32 @@ class Reconciler:
         if memory.status.terminal:
             return _Retry(None)
         return _Retry(self.settings.progress_interval_seconds)
+
+    def _lingering_pods(self, key: Key) -> list[str]:
+        """Pods with this TuningJob's label that have not ended (terminating ones included)."""
+        return sorted(
+            p["metadata"]["name"]
+            for p in self.views.pods(key)
+            if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+        )
+
+    def _adopt_foreign_status(self, key: Key, body: Body, memory: _Memory) -> None:
+        """Take the stored status as the base when someone else wrote it.
+
+        The memory is trusted over the index only while the index may lag behind our
+        own write; a status written by anyone else (a person, another tool, a replica
+        that lost the Lease, an etcd restored from a backup) is taken as what is stored,
+        so that the next write corrects it rather than patching against what we
+        believed.
+        """
+        version = body["metadata"].get("resourceVersion")
+        if version is None or version in memory.written_over:
+            return
+        stored = TuningJobStatus.model_validate(body.get("status") or {})
+        if stored != memory.status:
+            log.info("%s: the stored status is not the one this replica wrote; correcting it", key)
+            memory.status = stored
+            memory.written_over = (None, None)
 
     async def _start(
         self,
@@ -350,16 +403,23 @@ class Reconciler:
             return _Retry(None)
         except Forbidden as e:
             # A ResourceQuota or an admission policy: it may pass later.
-            await self._observe_and_write(
-                key,
-                body,
-                memory,
-                Observation(
-                    "Pending", "JobForbidden", f"creating the Job was refused: {e.message}"
-                ),
-                job_name=name,
-            )
-            return _Retry(self.settings.resync_seconds)
+            return await self._create_refused(key, body, memory, name, "JobForbidden", e.message)
+        except ApiError as e:
+            # 429, 5xx, a webhook that times out: the API server may accept it later.
+            return await self._create_refused(key, body, memory, name, "JobCreateFailed", str(e))
+
+    async def _create_refused(
+        self, key: Key, body: Body, memory: _Memory, name: str, reason: str, message: str
+    ) -> _Retry:
+        """Say in the status why the Job is not there yet, and look again later."""
+        await self._observe_and_write(
+            key,
+            body,
+            memory,
+            Observation("Pending", reason, f"creating the Job was refused: {message}"),
+            job_name=name,
+        )
+        return _Retry(self.settings.resync_seconds)
 
     async def _sync_suspend(self, tuningjob: TuningJob, job: Body, *, queued: bool = True) -> Body:
         """spec.suspend drives the Job's suspend flag; with a queue, Kueue decides un-suspending
@@ -463,13 +523,17 @@ class Reconciler:
             return
         metadata = body["metadata"]
         try:
-            await self.api.patch_tuningjob_status(
+            written = await self.api.patch_tuningjob_status(
                 metadata["namespace"], metadata["name"], patch, resource_version=resource_version
             )
         except NotFound:
             self.forget(key)
             return
         memory.status = new
+        memory.written_over = (
+            metadata.get("resourceVersion"),
+            ((written or {}).get("metadata") or {}).get("resourceVersion"),
+        )
         if new.phase and (new.phase, new.reason) != (old.phase, old.reason):
             log.info(
                 "%s/%s: %s (%s) %s",
@@ -520,6 +584,13 @@ def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any
         elif before != value:
             patch[key] = value
     return patch
+
+
+def _job_finished(job: Body) -> bool:
+    return any(
+        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+        for c in (job.get("status") or {}).get("conditions") or []
+    )
 
 
 def _owned_by(body: Body, uid: str | None) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 
+from kubetune.operator.election import NotLeading
 from kubetune.operator.kubeapi import KubeApi
 from kubetune.operator.metrics import OperatorMetrics
 from kubetune.operator.reconciler import Key, Reconciler, Views
@@ -31,7 +32,7 @@ class Runtime:
     def __init__(
         self,
         settings: Settings,
-        api: KubeApi,
+        api: KubeApi,  # or a FencedApi wrapping one
         metrics: OperatorMetrics,
         views: Views,
         identity: str,
@@ -84,6 +85,9 @@ class Runtime:
                 self._failures.pop(key, None)
             except asyncio.CancelledError:
                 raise
+            except NotLeading as e:  # the Lease is lost: the process is on its way out
+                log.info("not reconciling %s: %s", key, e)
+                delay = None
             except Exception as e:  # any error: retry this key later, keep the worker alive
                 failures = self._failures[key] = self._failures.get(key, 0) + 1
                 delay = min(MAX_BACKOFF, 0.5 * 2**failures)

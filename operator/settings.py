@@ -278,6 +278,17 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _no_credentials_in_the_endpoint(cls, value: str | None) -> str | None:
+        # The default endpoint is copied into every Job and status: never a key with it.
+        if value is not None and re.match(r"^[^/?#]*//[^/?#]*@", value):
+            raise ValueError(
+                "the endpoint URL may not hold credentials (user:password@); "
+                "use KUBETUNE_OPERATOR_S3_CREDENTIALS_SECRET"
+            )
+        return value
+
     @model_validator(mode="after")
     def _lease_timing(self) -> Settings:
         if not (
@@ -331,8 +342,8 @@ def load_settings() -> Settings:
             message = str(err["msg"]).removeprefix("Value error, ")
             got = (
                 f" (got {err['input']!r})"
-                if isinstance(err.get("input"), str | int | float)
-                else ""
+                if isinstance(err.get("input"), str | int | float) and "credentials" not in message
+                else ""  # never echo what may be a key
             )
             problems.append(f"{name}: {message}{got}")
         raise SettingsError("invalid operator settings:\n  " + "\n  ".join(problems)) from None

@@ -1,4 +1,5 @@
-"""Test tiers follow the folders: tests/unit, tests/integration, tests/e2e, tests/kind.
+"""Test tiers follow the folders: tests/unit, tests/integration, tests/e2e, tests/faults,
+tests/kind.
 
 A test is marked with its folder's tier automatically, so `-m unit` (and so on)
 selects a tier without every file repeating the marker. Fixtures for the real
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-TIERS = ("unit", "integration", "e2e", "kind")
+TIERS = ("unit", "integration", "e2e", "faults", "kind")
 
 # Real servers as fixtures (tests/ground/); tiny models and runs for the trainer, and
 # kubetune's built images (tests/support/).

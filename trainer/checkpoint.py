@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubetune.api.contract import OutputLayout
-from kubetune.trainer.errors import InvalidConfigError
+from kubetune.trainer.errors import InvalidConfigError, StorageUnavailableError
 from kubetune.trainer.state import TrainState, restore_rng
 from kubetune.trainer.storage import Storage, join_uri, parse_uri
 
@@ -98,6 +98,10 @@ class CheckpointStore:
         complete = [found for found in self.list() if found.complete]
         return complete[-1] if complete else None
 
+    def complete_newest_first(self) -> list[Found]:
+        """Every complete checkpoint, newest first: where resuming tries, in order."""
+        return [found for found in reversed(self.list()) if found.complete]
+
     # -- saving -----------------------------------------------------------------------
 
     def local_folder(self, step: int) -> Path:
@@ -115,8 +119,17 @@ class CheckpointStore:
         barrier: Callable[[], None],
         extra_state: dict[str, Any],
         extra_files: tuple[Path, ...] = (),
-    ) -> str:
-        """Write the checkpoint of `step` (every rank calls this); returns its URI."""
+        before_publish: Callable[[], None] = lambda: None,
+        may_fail: bool = False,
+    ) -> str | None:
+        """Write the checkpoint of `step` (every rank calls this); returns its URI.
+
+        `before_publish` runs on rank 0 just before the upload (the writer lease is
+        renewed there). With `may_fail` (a periodic checkpoint), a store that stays
+        unavailable through every retry costs this checkpoint only: it is logged, None
+        is returned, and training goes on; the next checkpoint tries again. The final
+        and the SIGTERM checkpoints are not allowed to fail that way.
+        """
         import torch
 
         folder = self.local_folder(step)
@@ -137,11 +150,24 @@ class CheckpointStore:
                 if path.exists():
                     shutil.copyfile(path, folder / path.name)
         barrier()
-        uri = self._uri(step)
+        uri: str | None = self._uri(step)
         if is_main:
-            self._publish(folder, uri)
-            shutil.rmtree(folder, ignore_errors=True)
-            self.prune()
+            try:
+                before_publish()
+                self._publish(folder, uri)  # type: ignore[arg-type]
+                self.prune()
+            except StorageUnavailableError as e:
+                if not may_fail:
+                    raise
+                log.warning(
+                    "checkpoint of step %d not saved, training goes on and the next "
+                    "checkpoint tries again: %s",
+                    step,
+                    e,
+                )
+                uri = None
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
         barrier()
         return uri
 

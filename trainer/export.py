@@ -181,12 +181,23 @@ def upload_results(storage: Storage, local: Path, destination: str, *, merged: P
     if merged is not None:
         storage.upload_dir(merged, join_uri(destination, OutputLayout.MERGED))
     adapter_uri = join_uri(destination, OutputLayout.ADAPTER)
+    # adapter_config.json is what makes a folder an adapter (peft loads nothing without
+    # it): it goes first when replacing an earlier export and comes back last, so the
+    # old and the new files are never visible together as one adapter; files of the
+    # earlier export that this one lacks are removed before it does.
+    config_uri = join_uri(adapter_uri, ADAPTER_CONFIG)
+    earlier = {info.relative for info in storage.list_objects(adapter_uri)}
+    if ADAPTER_CONFIG in earlier:
+        storage.delete(config_uri)
     staged = local.parent / (local.name + ".upload")
     shutil.rmtree(staged, ignore_errors=True)
     shutil.copytree(local, staged, ignore=shutil.ignore_patterns(ADAPTER_CONFIG))
     storage.upload_dir(staged, adapter_uri)
+    fresh = {p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()}
     shutil.rmtree(staged, ignore_errors=True)
-    storage.upload_file(local / ADAPTER_CONFIG, join_uri(adapter_uri, ADAPTER_CONFIG))
+    for stale in sorted(earlier - fresh - {ADAPTER_CONFIG}):
+        storage.delete(join_uri(adapter_uri, stale))
+    storage.upload_file(local / ADAPTER_CONFIG, config_uri)
     return adapter_uri
 
 

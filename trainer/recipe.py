@@ -43,7 +43,12 @@ from kubetune.trainer.distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from kubetune.trainer.errors import Preempted
+from kubetune.trainer.errors import (
+    InvalidConfigError,
+    Preempted,
+    StorageAccessError,
+    StorageUnavailableError,
+)
 from kubetune.trainer.evaluation import LossResult, evaluate_loss, exact_match
 from kubetune.trainer.export import (
     upload_results,
@@ -55,6 +60,12 @@ from kubetune.trainer.export import (
 from kubetune.trainer.logs import ProgressBar
 from kubetune.trainer.loop import StepReport, StopRequested, StopSignal, TrainLoop, autocast_for
 from kubetune.trainer.model_source import check_model_folder, fetch_model
+from kubetune.trainer.ownership import (
+    WriterLease,
+    check_checkpoint_owner,
+    claim_destination,
+    run_identity,
+)
 from kubetune.trainer.plan import Hardware, TrainPlan, make_plan
 from kubetune.trainer.quantization import quiet_bitsandbytes_import
 from kubetune.trainer.sampling import Schedule
@@ -143,14 +154,33 @@ class _Run:
         self.last_checkpoint: str | None = None
         self.last_checkpoint_step = -1
         self.started = time.time()
+        self.identity = run_identity(job)
+        self.lease = WriterLease(self.storage, self.destination, self.identity)
 
     def execute(self) -> TrainResult:
+        try:
+            return self._execute()
+        finally:
+            if self.dist.is_main:
+                self.lease.release()
+
+    def _take_destination(self) -> None:
+        """Make the destination this run's and this process its only writer (ownership)."""
+        claim_destination(self.storage, self.destination, self.identity)
+        self.lease.acquire()
+        self.lease.keep_renewing()
+        # Holding the lease, any unfinished multipart upload here is a killed pod's.
+        for key in self.storage.abort_uploads(self.destination):
+            log.info("aborted an unfinished upload left by an earlier attempt: %s", key)
+
+    def _execute(self) -> TrainResult:
         if self.dist.is_main:
             for note in self.plan.notes:
                 log.info("%s", note)
             log.info("plan: %s", json.dumps(asdict(self.plan), default=str))
             # Before anything expensive: a destination we cannot write fails now, not after training.
             self.storage.check_writable(self.destination)
+            self._take_destination()
         seed_everything(self.training.seed)
 
         self.telemetry.set_phase("downloading")
@@ -268,10 +298,8 @@ class _Run:
         return TrainingObjects(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
 
     def _resume(self, objects: TrainingObjects) -> TrainState:
-        """Load the latest complete checkpoint at the destination, if any; else start fresh."""
-        found = self.dist.broadcast_object(
-            self.checkpoints.latest_complete() if self.dist.is_main else None
-        )
+        """Load the newest usable complete checkpoint at the destination; else start fresh."""
+        found = self.dist.broadcast_object(self._usable_checkpoint() if self.dist.is_main else None)
         if found is None:
             if self.dist.is_main:
                 self.telemetry.metrics_file.unlink(missing_ok=True)  # type: ignore[union-attr]
@@ -279,6 +307,7 @@ class _Run:
             return TrainState()
         folder = self._on_main_first(lambda: self.checkpoints.download(found))
         progress, extra = load_checkpoint(folder, objects, rank=self.dist.rank, device=self.device)
+        check_checkpoint_owner(extra, self.identity, found.uri)
         self.last_checkpoint, self.last_checkpoint_step = found.uri, progress.step
         if self.dist.is_main:
             log.info(
@@ -292,6 +321,22 @@ class _Run:
                 self.dist.world_size,
             )
         return progress
+
+    def _usable_checkpoint(self) -> Any:
+        """The newest complete checkpoint that downloads whole (rank 0).
+
+        A newest checkpoint that is damaged or vanished (a file lost, deleted by hand)
+        costs its interval, not the run: the next older complete one is used, which is
+        what keepCheckpoints keeps it for. Its download stays on the scratch volume,
+        so _resume's own download of it is a cache hit.
+        """
+        for found in self.checkpoints.complete_newest_first():
+            try:
+                self.checkpoints.download(found)
+                return found
+            except (InvalidConfigError, StorageAccessError) as e:
+                log.warning("cannot resume from %s (%s); trying an older checkpoint", found.uri, e)
+        return None
 
     def _restore_metrics_file(self, checkpoint: Path, step: int) -> None:
         """Continue metrics.jsonl from the copy inside the checkpoint: exactly its steps."""
@@ -336,7 +381,7 @@ class _Run:
                 if data.validation is not None and step.step % training.eval_every == 0:
                     self._evaluate_validation(model, data, loop)
                 if step.step % training.checkpoint_every == 0:
-                    self._checkpoint(loop, objects)
+                    self._checkpoint(loop, objects, periodic=True)
                 self.telemetry.set_phase("training")
         except StopRequested:
             bar.close()
@@ -417,7 +462,12 @@ class _Run:
         return result
 
     def _checkpoint(
-        self, loop: TrainLoop, objects: TrainingObjects, rng: dict[str, Any] | None = None
+        self,
+        loop: TrainLoop,
+        objects: TrainingObjects,
+        rng: dict[str, Any] | None = None,
+        *,
+        periodic: bool = False,
     ) -> None:
         from kubetune.trainer.state import capture_rng
 
@@ -427,8 +477,9 @@ class _Run:
             "world_size": self.dist.world_size,
             "total_steps": loop.total_steps,
             "seed": self.training.seed,
+            "run": self.identity.as_record(),  # a resume checks who made it
         }
-        self.last_checkpoint = self.checkpoints.save(
+        saved = self.checkpoints.save(
             step,
             objects,
             loop.progress,
@@ -440,16 +491,25 @@ class _Run:
             # The records so far travel with the checkpoint: a resumed run continues them
             # even when the pod died before the top-level metrics.jsonl was updated.
             extra_files=(self.telemetry.metrics_file,) if self.telemetry.metrics_file else (),
+            before_publish=self.lease.renew,
+            may_fail=periodic,
         )
-        self.last_checkpoint_step = step
+        if saved is None:
+            return  # a periodic checkpoint the store did not take: the next one tries again
+        self.last_checkpoint, self.last_checkpoint_step = saved, step
         if (
             self.dist.is_main
             and self.telemetry.metrics_file is not None
             and self.telemetry.metrics_file.exists()
         ):
-            self.storage.upload_file(
-                self.telemetry.metrics_file, join_uri(self.destination, OutputLayout.METRICS)
-            )
+            try:
+                self.storage.upload_file(
+                    self.telemetry.metrics_file, join_uri(self.destination, OutputLayout.METRICS)
+                )
+            except StorageUnavailableError as e:
+                if not periodic:
+                    raise
+                log.warning("metrics.jsonl not uploaded (the next checkpoint tries again): %s", e)
 
     def _final_evaluation(
         self, model: Any, tokenizer: Any, data: PreparedSplits, loop: TrainLoop
@@ -525,6 +585,7 @@ class _Run:
 
         return {
             "job": {"name": self.job.metadata.name, "namespace": self.job.metadata.namespace},
+            "run": self.identity.as_record(),  # which run made this adapter (ownership)
             "base_model": self.spec.model.source,
             "dataset": self.spec.dataset.source,
             "method": self.spec.method.model_dump(by_alias=True),
@@ -571,6 +632,7 @@ class _Run:
             self.storage.upload_file(
                 self.telemetry.metrics_file, join_uri(self.destination, OutputLayout.METRICS)
             )
+        self.lease.renew()  # still the only writer: then the adapter goes up
         adapter_uri = upload_results(self.storage, adapter, self.destination, merged=merged)
         return adapter_uri, adapter
 

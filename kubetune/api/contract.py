@@ -160,6 +160,10 @@ class OutputLayout:
     PREPARE_REPORT = "prepare-report.json"
     PREPARED = "prepared/"  # the Validating step's packed splits, by cache key
     TRAINING_SUMMARY = "training-summary.json"
+    # Which run owns the destination (written once, conditionally) and which process
+    # writes there now (an expiring lease): see kubetune.trainer.ownership.
+    RUN_RECORD = "run.json"
+    WRITER_LEASE = "writer-lease.json"
 
     @staticmethod
     def checkpoint(step: int) -> str:

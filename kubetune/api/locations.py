@@ -64,6 +64,8 @@ def pvc_local_path(uri: str) -> str:
     if claim is None:
         raise ValueError(f"not a pvc://CLAIM/PATH URI: {uri!r}")
     rest = uri[len(PVC_SCHEME) + len(claim) :].lstrip("/")
+    if ".." in rest.split("/"):  # the schema refuses these too; never leave the mount
+        raise ValueError(f"a pvc:// path may not contain '..' segments: {uri!r}")
     return f"{PVC_MOUNT_ROOT}/{claim}/{rest}".rstrip("/")
 
 

@@ -67,9 +67,29 @@ def load_tuningjob(path: str | Path) -> TuningJob:
     return parse_tuningjob_text(text, source)
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses YAML aliases (`*name`).
+
+    An alias repeats the node it names, so nested aliases grow a small file
+    exponentially when expanded (a 477-byte manifest became 683 KB, x9 per level):
+    the "billion laughs". No manifest needs them; the API server's JSON has none.
+    """
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"YAML aliases are not accepted (*{event.anchor}); write the value out in full",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)  # type: ignore[arg-type]
+
+
 def parse_tuningjob_text(text: str, source: str) -> TuningJob:
     try:
-        nodes = [n for n in yaml.compose_all(text, Loader=yaml.SafeLoader) if n is not None]
+        nodes = [n for n in yaml.compose_all(text, Loader=_NoAliasLoader) if n is not None]
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -146,6 +166,7 @@ def _problem(err: Mapping[str, Any], root: yaml.Node | None) -> Problem:
         "input" in err
         and kind not in ("model_type", "dict_type")
         and not isinstance(err["input"], dict | list)
+        and "credentials" not in message  # never echo what may be a key
     ):
         message += f" (got {err['input']!r})"
     return Problem(field, message[:1].lower() + message[1:], line)

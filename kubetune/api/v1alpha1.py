@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from kubetune.api.quantity import QUANTITY_HINT, check_positive_quantity
@@ -56,6 +56,14 @@ class ApiModel(BaseModel):
 # Model
 
 
+# A pvc:// path stays inside the claim's mount: no `..` segment. The same rule as
+# ModelSpec._source_stays_in_its_claim, for the API server.
+_PVC_ESCAPE_RULE = {
+    "rule": "!self.startsWith('pvc://') || !self.matches('(^|/)[.][.](/|$)')",
+    "message": "a pvc:// path may not contain '..' segments: it must stay inside the claim",
+}
+
+
 class ModelSpec(ApiModel):
     # The same rule as _access_secret_needs_hub, for the API server.
     model_config = ConfigDict(
@@ -72,6 +80,7 @@ class ModelSpec(ApiModel):
     source: str = Field(
         min_length=1,
         max_length=URI,
+        json_schema_extra={"x-kubernetes-validations": [_PVC_ESCAPE_RULE]},
         description=(
             "Where the base model's weights, config and tokenizer are: s3://bucket/prefix/ "
             "(downloaded to the pod's scratch volume and cached there), pvc://claim/path "
@@ -104,6 +113,13 @@ class ModelSpec(ApiModel):
                 "remove it, or use an hf://ORG/NAME source"
             )
         return self
+
+    @field_validator("source")
+    @classmethod
+    def _source_stays_in_its_claim(cls, value: str) -> str:
+        if value.startswith("pvc://") and ".." in value.split("/"):
+            raise ValueError(_PVC_ESCAPE_RULE["message"])
+        return value
 
 
 # ---------------------------------------------------------------------------
@@ -476,7 +492,8 @@ class TrainingSpec(ApiModel):
     seed: int = Field(
         default=42,
         ge=0,
-        description="Seeds data splits, shuffling, dropout and adapter initialisation.",
+        le=2**32 - 1,  # numpy's seeds are 32-bit: a larger one would fail in the pod
+        description="Seeds data splits, shuffling, dropout and adapter initialisation (0 to 2^32-1).",
     )
 
 
@@ -494,6 +511,14 @@ class OutputSpec(ApiModel):
             "prepare-report.json. The operator never deletes anything here."
         ),
     )
+
+
+# Credentials in an endpoint URL (https://KEY:SECRET@host) would be copied into the
+# Job, the status and Events: refused, by the API server and by the model.
+_ENDPOINT_USERINFO_RULE = {
+    "rule": "!self.matches('^[^/?#]*//[^/?#]*@')",
+    "message": "the endpoint URL may not hold credentials (user:password@); use credentialsSecret",
+}
 
 
 class ConfigMapKey(ApiModel):
@@ -514,6 +539,7 @@ class S3Spec(ApiModel):
     endpoint: str | None = Field(
         default=None,
         max_length=URI,
+        json_schema_extra={"x-kubernetes-validations": [_ENDPOINT_USERINFO_RULE]},
         description="S3 endpoint URL for MinIO, SeaweedFS or another S3-compatible store; unset for AWS S3.",
     )
     region: str | None = Field(
@@ -523,6 +549,14 @@ class S3Spec(ApiModel):
         default="auto",
         description="Bucket addressing: path (endpoint/bucket/key, what most self-hosted stores need), virtual, or auto.",
     )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _no_credentials_in_the_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and re.match(r"^[^/?#]*//[^/?#]*@", value):
+            raise ValueError(_ENDPOINT_USERINFO_RULE["message"])
+        return value
+
     credentials_secret: str | None = Field(
         default=None,
         max_length=SHORT,
@@ -655,10 +689,13 @@ class SchedulingSpec(ApiModel):
     )
     queue_name: str | None = Field(
         default=None,
-        max_length=SHORT,
+        max_length=63,
+        # It becomes a label value: the label-value rule (a DNS-1123-ish name of 63 at most).
+        pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$",
         description=(
             "A Kueue LocalQueue: the Job is created suspended with the kueue.x-k8s.io/queue-name "
-            "label and runs when Kueue admits it."
+            "label and runs when Kueue admits it. A label value: at most 63 characters, "
+            "letters, digits, '-', '_' and '.', starting and ending with a letter or digit."
         ),
     )
 

@@ -72,6 +72,15 @@ BAD_MANIFESTS = [
     ),
     ({"resources": {"memory": "64GB"}}, "must be a positive Kubernetes quantity"),
     ({"resources": {"gpus": 65}}, "spec.resources.gpus: Invalid value: 65"),
+    # Bounds of issue 11: refused by the API server, not at run time in the pod.
+    ({"training": {"seed": 2**32}}, "spec.training.seed: Invalid value: 4294967296"),
+    ({"scheduling": {"queueName": "team a/q"}}, "spec.scheduling.queueName: Invalid value"),
+    ({"scheduling": {"queueName": "q" * 64}}, "spec.scheduling.queueName: Too long"),
+    ({"model": {"source": "pvc://models/../../etc"}}, "may not contain '..' segments"),
+    (
+        {"s3": {"endpoint": "https://AKIA:secret@s3.example.com"}},
+        "the endpoint URL may not hold credentials",
+    ),
 ]
 
 

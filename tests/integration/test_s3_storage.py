@@ -249,7 +249,7 @@ def test_unreachable_endpoint(s3_env: S3Endpoint) -> None:
         storage.list_objects("s3://data/")
 
 
-def test_object_replaced_mid_download_fails_instead_of_mixing_versions(
+def test_object_replaced_between_listing_and_download_fails_instead_of_mixing_versions(
     storage: Storage, s3_env: S3Endpoint, s3_bucket: str, model_dir: Path, tmp_path: Path
 ) -> None:
     from kubetune.trainer.errors import StorageUnavailableError
@@ -258,7 +258,8 @@ def test_object_replaced_mid_download_fails_instead_of_mixing_versions(
     uri = f"s3://{s3_bucket}/m/model.safetensors"
     storage.upload_file(model_dir / "model.safetensors", uri)
     listed = storage.stat(uri)
-    # Replaced (same size) between listing and downloading: the listed ETag no longer matches.
+    # Replaced (same size) between listing and downloading: the listed ETag no longer
+    # matches. (Replaced halfway through the download itself: tests/faults/test_s3_faults.py.)
     s3_env.client().put_object(Bucket=s3_bucket, Key="m/model.safetensors", Body=os.urandom(BIG))
     dest = tmp_path / "model.safetensors"
     with pytest.raises(StorageUnavailableError, match="replaced while it was being downloaded"):

@@ -145,3 +145,129 @@ def test_events_are_posted_a_few_at_a_time_off_the_reconcile_path() -> None:
     assert api.most_in_flight == 4, (
         "a burst of Events waits its turn rather than crowding the API server"
     )
+
+
+# --- issue 11: faults the reconciler must survive -------------------------------------
+
+
+class FailingCreateApi(RecordingApi):
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    async def create_job(self, job: dict) -> dict:
+        self.requests.append(("POST", "jobs", job["metadata"]["name"]))
+        raise self.error
+
+
+def test_a_job_create_error_of_any_status_reaches_the_status() -> None:
+    from kubetune.operator.kubeapi import ApiError
+
+    async def scenario() -> tuple[float | None, RecordingApi]:
+        api = FailingCreateApi(ApiError(500, "InternalError", "etcdserver: request timed out"))
+        reconciler = Reconciler(settings(), api, Indices().views(), OperatorMetrics(), identity="t")  # type: ignore[arg-type]
+        delay = await reconciler.reconcile(KEY)
+        await reconciler.close()
+        return delay, api
+
+    delay, api = asyncio.run(scenario())
+    last = api.status_writes[-1]
+    assert last["reason"] == "JobCreateFailed"
+    assert "etcdserver: request timed out" in last["message"]
+    assert delay == settings().resync_seconds  # looked at again, not given up
+
+
+def test_no_replacement_job_while_a_pod_of_the_old_one_still_runs() -> None:
+    # The Job was deleted by hand (or the TuningJob re-created) while its pod still
+    # runs its grace period: a second trainer on the same destination must wait.
+    from tests.unit.operator_fixtures import pod, running
+
+    async def scenario() -> RecordingApi:
+        api, indices = RecordingApi(), Indices()
+        indices.tuningjob["status"] = {"jobName": "dolly", "phase": "Running"}
+        old_pod = pod("dolly-old", phase="Running", state=running(), deleting=True)
+        pods = [old_pod]
+        views = Views(
+            tuningjob=lambda key: indices.tuningjob, jobs=lambda key: [], pods=lambda key: pods
+        )
+        reconciler = Reconciler(settings(), api, views, OperatorMetrics(), identity="t")  # type: ignore[arg-type]
+        await reconciler.reconcile(KEY)
+        assert not [r for r in api.requests if r[1] == "jobs"]
+        assert api.status_writes[-1]["reason"] == "WaitingForOldPods"
+        assert "dolly-old" in api.status_writes[-1]["message"]
+        old_pod["status"]["phase"] = "Failed"  # it ended
+        await reconciler.reconcile(KEY)
+        await reconciler.close()
+        return api
+
+    api = asyncio.run(scenario())
+    assert [r for r in api.requests if r[1] == "jobs"] == [("POST", "jobs", "dolly")]
+
+
+class VersionedApi(RecordingApi):
+    """Answers status patches with a new resourceVersion, as the API server does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.version = 10
+
+    async def patch_tuningjob_status(self, *args: Any, **kwargs: Any) -> dict:
+        await super().patch_tuningjob_status(*args, **kwargs)
+        self.version += 1
+        return {"metadata": {"resourceVersion": str(self.version)}}
+
+
+def _running_job() -> dict:
+    return {
+        "metadata": {
+            "name": "dolly",
+            "namespace": "team-a",
+            "uid": "job-uid",
+            "ownerReferences": [{"uid": "tj-uid", "controller": True}],
+        },
+        "spec": {"suspend": False},
+        "status": {"active": 1},
+    }
+
+
+def test_a_status_written_by_someone_else_is_corrected() -> None:
+    async def scenario() -> VersionedApi:
+        api, indices = VersionedApi(), Indices()
+        reconciler = Reconciler(settings(), api, indices.views(), OperatorMetrics(), identity="t")  # type: ignore[arg-type]
+        indices.jobs = [_running_job()]
+        indices.tuningjob["status"] = {"jobName": "dolly"}
+        await reconciler.reconcile(KEY)
+        ours = api.status_writes[-1]
+        assert ours.get("phase") == "Pending", ours
+        # The index catches up with our write: nothing to write again.
+        indices.tuningjob["status"] = {**indices.tuningjob["status"], **ours}
+        indices.tuningjob["metadata"]["resourceVersion"] = str(api.version)
+        writes = len(api.status_writes)
+        await reconciler.reconcile(KEY)
+        assert len(api.status_writes) == writes
+        # Someone else marks it Succeeded while its Job still runs.
+        indices.tuningjob["status"] = {**indices.tuningjob["status"], "phase": "Succeeded"}
+        indices.tuningjob["metadata"]["resourceVersion"] = "99"
+        await reconciler.reconcile(KEY)
+        await reconciler.close()
+        assert len(api.status_writes) == writes + 1, "the foreign write is put right"
+        return api
+
+    api = asyncio.run(scenario())
+    assert api.status_writes[-1]["phase"] == "Pending"
+
+
+def test_a_lagging_index_is_not_taken_for_a_foreign_write() -> None:
+    async def scenario() -> VersionedApi:
+        api, indices = VersionedApi(), Indices()
+        reconciler = Reconciler(settings(), api, indices.views(), OperatorMetrics(), identity="t")  # type: ignore[arg-type]
+        indices.jobs = [_running_job()]
+        indices.tuningjob["status"] = {"jobName": "dolly"}
+        await reconciler.reconcile(KEY)
+        writes = len(api.status_writes)
+        await reconciler.reconcile(KEY)  # the index still shows the version before our write
+        await reconciler.close()
+        assert len(api.status_writes) == writes
+        return api
+
+    asyncio.run(scenario())

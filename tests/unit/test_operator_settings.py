@@ -64,14 +64,20 @@ def test_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             "LEASE_RETRY_SECONDS < LEASE_RENEW_DEADLINE_SECONDS",
         ),
         ("KUBETUNE_OPERATOR_WORKER", "3", "unknown setting(s) KUBETUNE_OPERATOR_WORKER"),
+        (
+            "KUBETUNE_OPERATOR_S3_ENDPOINT",
+            "http://key:secret@minio:9000",
+            "KUBETUNE_OPERATOR_S3_ENDPOINT: the endpoint URL may not hold credentials",
+        ),
     ],
 )
 def test_bad_settings_fail_fast_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str
 ) -> None:
     monkeypatch.setenv(name, value)
-    with pytest.raises(SettingsError, match=re.escape(expected)):
+    with pytest.raises(SettingsError, match=re.escape(expected)) as error:
         load_settings()
+    assert "secret" not in str(error.value)
 
 
 def test_every_setting_is_documented_in_docs_operator_md() -> None:

@@ -132,9 +132,14 @@ def test_impossible_combinations_are_rejected_with_the_field_and_a_fix(
 
 
 def test_the_probe_sees_this_machine() -> None:
+    import torch
+
     hardware = Hardware.probe()
-    # CI has no GPU; a lent GPU machine has some. Either way the probe is consistent.
-    assert hardware.cuda_devices >= 0
+    # CI has no GPU; a lent GPU machine has some. Either way the probe agrees with torch
+    # (`>= 0` held by construction; this can fail).
+    expected = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert hardware.cuda_devices == expected
+    assert (hardware.name == "cpu") == (expected == 0)
     assert hardware.bitsandbytes, (
         "bitsandbytes' native library should load here (CPU or CUDA build)"
     )

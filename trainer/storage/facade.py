@@ -203,6 +203,19 @@ class Storage:
         )
         return summary
 
+    def write_if(self, uri: str | Path, data: bytes, *, expect: str | None) -> str | None:
+        """Write the object only if it is absent (`expect` None) or still has the ETag `expect`.
+
+        Returns the new ETag, or None when another writer got there first.
+        """
+        backend, location = self._backend(uri)
+        return backend.write_if(_object(location, uri), data, expect)
+
+    def abort_uploads(self, uri: str | Path) -> list[str]:
+        """Abort unfinished multipart uploads under the prefix `uri` (a killed pod's leftovers)."""
+        backend, location = self._backend(uri)
+        return backend.abort_uploads(location)
+
     def delete(self, uri: str | Path) -> None:
         """Delete one object (no error when it is already gone)."""
         backend, location = self._backend(uri)

@@ -45,6 +45,30 @@ class LocalBackend:
             with atomic_file(location) as tmp:
                 tmp.write_bytes(data)
 
+    def write_if(self, location: Path, data: bytes, expect: str | None) -> str | None:
+        """Write only if the file is absent (expect None) or has the fingerprint `expect`.
+
+        Exclusive among processes on this machine (an flock beside the file); a shared
+        network file system is not a store this is promised for.
+        """
+        import fcntl
+
+        with local_errors(location):
+            location.parent.mkdir(parents=True, exist_ok=True)
+            with (location.parent / f".{location.name}.lock").open("a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                current = self.stat(location)
+                if (current.etag if current else None) != expect:
+                    return None
+                with atomic_file(location) as tmp:
+                    tmp.write_bytes(data)
+                written = self.stat(location)
+                assert written is not None
+                return written.etag
+
+    def abort_uploads(self, location: Path) -> list[str]:
+        return []  # local copies are whole-file renames: nothing is left half-written
+
     def delete(self, location: Path) -> None:
         with local_errors(location):
             location.unlink(missing_ok=True)

@@ -42,6 +42,9 @@ DEFAULT_MAX_ATTEMPTS = 5
 MULTIPART_THRESHOLD = 32 * 1024 * 1024
 MULTIPART_CHUNKSIZE = 32 * 1024 * 1024
 IO_CHUNKSIZE = 1024 * 1024
+# A request that sends nothing back for this long is retried (a stalled connection).
+CONNECT_TIMEOUT_S = 10
+READ_TIMEOUT_S = 60
 
 
 class S3Backend:
@@ -62,8 +65,8 @@ class S3Backend:
             # exponential backoff. (adaptive adds a client-side rate limiter that
             # slows every thread after one throttle, and is marked experimental.)
             retries={"mode": "standard", "max_attempts": max_attempts},
-            connect_timeout=10,
-            read_timeout=60,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            read_timeout=READ_TIMEOUT_S,
             # One connection per transfer thread, and a few for listing and small calls.
             max_pool_connections=max_concurrency + 4,
             user_agent_appid="kubetune",
@@ -134,6 +137,43 @@ class S3Backend:
         with self._errors(location, "write"):
             self.client.put_object(Bucket=location.bucket, Key=location.key, Body=data)
         self.on_bytes("upload", len(data))
+
+    def write_if(self, location: S3Location, data: bytes, expect: str | None) -> str | None:
+        """Put only if the object is absent (expect None) or has the ETag `expect`.
+
+        S3 conditional writes (If-None-Match: * / If-Match): the store decides, so two
+        writers can never both succeed. Returns the new ETag, or None when the
+        precondition failed (412, or 409 for a concurrent conditional write).
+        """
+        from botocore.exceptions import ClientError
+
+        condition = {"IfNoneMatch": "*"} if expect is None else {"IfMatch": f'"{expect}"'}
+        with self._errors(location, "write"):
+            try:
+                put = self.client.put_object(
+                    Bucket=location.bucket, Key=location.key, Body=data, **condition
+                )
+            except ClientError as error:
+                if _status(error) in (409, 412):
+                    return None
+                raise
+        self.on_bytes("upload", len(data))
+        return str(put["ETag"]).strip('"')
+
+    def abort_uploads(self, location: S3Location) -> list[str]:
+        """Abort the unfinished multipart uploads under the prefix; return their keys."""
+        aborted: list[str] = []
+        with self._errors(location, "list"):
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=location.bucket, Prefix=location.prefix
+            )
+            for page in pages:
+                for upload in page.get("Uploads", ()):
+                    self.client.abort_multipart_upload(
+                        Bucket=location.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    aborted.append(upload["Key"])
+        return aborted
 
     def delete(self, location: S3Location) -> None:
         with self._errors(location, "delete"):

@@ -87,6 +87,18 @@ def test_bad_data_exits_65(run, tmp_path, content, words):
     assert "error (BadData)" in result.output and words in result.output
 
 
+def test_oversized_input_exits_65_under_skip_too(run, tmp_path):
+    # A 200 KiB CSV field: refused with file and line even under onInvalid: skip, where
+    # it used to drop the rest of the file silently.
+    rows = [f"q{i},a{i}" for i in range(1000)]
+    rows[3] = "q3," + "x" * (200 * 1024)
+    data = tmp_path / "data.csv"
+    data.write_text("prompt,completion\n" + "\n".join(rows) + "\n")
+    result = run({"source": str(data), "onInvalid": "skip"})
+    assert result.exit_code == ExitCode.BAD_DATA
+    assert f"{data}:5: a CSV field longer than 128 KiB" in result.output
+
+
 def test_empty_after_filtering_exits_65(run, tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "p " * 400, "completion": "c"}])
     result = run({"source": str(data)}, training={"maxSeqLength": 64, "overlong": "drop"})
