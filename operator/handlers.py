@@ -12,7 +12,7 @@ no handler state in the status.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -108,7 +108,8 @@ async def startup(
     budget = memo.get("write_budget")
     runtime = Runtime(
         config,
-        FencedApi(api, budget) if budget is not None else api,
+        # FencedApi forwards KubeApi's methods (a proxy), fencing the writes.
+        cast(KubeApi, FencedApi(api, budget)) if budget is not None else api,
         metrics,
         views,
         identity=memo.get("identity") or "kubetune-operator",

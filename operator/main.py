@@ -221,7 +221,7 @@ async def require_tuningjobs(api: KubeApi, settings: Settings) -> None:
             ) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             raise ClusterUnreachable(
-                f"cannot reach the Kubernetes API server at {api.server}: {e or type(e).__name__}"
+                f"cannot reach the Kubernetes API server at {api.server}: {str(e) or type(e).__name__}"
             ) from None
 
 

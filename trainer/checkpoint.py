@@ -22,6 +22,7 @@ number it determines the exact next micro-batch (`sampling`).
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import re
@@ -98,7 +99,7 @@ class CheckpointStore:
         complete = [found for found in self.list() if found.complete]
         return complete[-1] if complete else None
 
-    def complete_newest_first(self) -> list[Found]:
+    def complete_newest_first(self) -> builtins.list[Found]:
         """Every complete checkpoint, newest first: where resuming tries, in order."""
         return [found for found in reversed(self.list()) if found.complete]
 

@@ -84,7 +84,7 @@ class _NoAliasLoader(yaml.SafeLoader):
                 f"YAML aliases are not accepted (*{event.anchor}); write the value out in full",
                 event.start_mark,
             )
-        return super().compose_node(parent, index)  # type: ignore[arg-type]
+        return super().compose_node(parent, index)
 
 
 def parse_tuningjob_text(text: str, source: str) -> TuningJob:

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonDict
 
 from kubetune.api.quantity import QUANTITY_HINT, check_positive_quantity
 
@@ -58,7 +59,7 @@ class ApiModel(BaseModel):
 
 # A pvc:// path stays inside the claim's mount: no `..` segment. The same rule as
 # ModelSpec._source_stays_in_its_claim, for the API server.
-_PVC_ESCAPE_RULE = {
+_PVC_ESCAPE_RULE: JsonDict = {
     "rule": "!self.startsWith('pvc://') || !self.matches('(^|/)[.][.](/|$)')",
     "message": "a pvc:// path may not contain '..' segments: it must stay inside the claim",
 }
@@ -118,7 +119,7 @@ class ModelSpec(ApiModel):
     @classmethod
     def _source_stays_in_its_claim(cls, value: str) -> str:
         if value.startswith("pvc://") and ".." in value.split("/"):
-            raise ValueError(_PVC_ESCAPE_RULE["message"])
+            raise ValueError(str(_PVC_ESCAPE_RULE["message"]))
         return value
 
 
@@ -515,7 +516,7 @@ class OutputSpec(ApiModel):
 
 # Credentials in an endpoint URL (https://KEY:SECRET@host) would be copied into the
 # Job, the status and Events: refused, by the API server and by the model.
-_ENDPOINT_USERINFO_RULE = {
+_ENDPOINT_USERINFO_RULE: JsonDict = {
     "rule": "!self.matches('^[^/?#]*//[^/?#]*@')",
     "message": "the endpoint URL may not hold credentials (user:password@); use credentialsSecret",
 }
@@ -554,7 +555,7 @@ class S3Spec(ApiModel):
     @classmethod
     def _no_credentials_in_the_endpoint(cls, value: str | None) -> str | None:
         if value is not None and re.match(r"^[^/?#]*//[^/?#]*@", value):
-            raise ValueError(_ENDPOINT_USERINFO_RULE["message"])
+            raise ValueError(str(_ENDPOINT_USERINFO_RULE["message"]))
         return value
 
     credentials_secret: str | None = Field(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import shutil
@@ -66,7 +67,7 @@ class LocalBackend:
                 assert written is not None
                 return written.etag
 
-    def abort_uploads(self, location: Path) -> list[str]:
+    def abort_uploads(self, location: Path) -> builtins.list[str]:
         return []  # local copies are whole-file renames: nothing is left half-written
 
     def delete(self, location: Path) -> None:

@@ -10,6 +10,7 @@ so local-only runs never import it.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -160,7 +161,7 @@ class S3Backend:
         self.on_bytes("upload", len(data))
         return str(put["ETag"]).strip('"')
 
-    def abort_uploads(self, location: S3Location) -> list[str]:
+    def abort_uploads(self, location: S3Location) -> builtins.list[str]:
         """Abort the unfinished multipart uploads under the prefix; return their keys."""
         aborted: list[str] = []
         with self._errors(location, "list"):
