@@ -115,6 +115,8 @@ def loss_sum(
     inputs = {k: batch[k] for k in MODEL_INPUTS if batch.get(k) is not None}
     with autocast:
         logits = model(**inputs, use_cache=False).logits
+    # Prompt tuning puts its virtual tokens before the inputs: their logits predict nothing.
+    logits = logits[:, logits.shape[1] - batch["input_ids"].shape[1] :]
     targets = shifted_labels(batch["labels"], batch.get("position_ids"))
     return F.cross_entropy(
         logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"

@@ -151,6 +151,9 @@ class OutputLayout:
     """Paths under spec.output.destination (see DESIGN.md)."""
 
     ADAPTER = "adapter/"
+    # method.type full: the whole trained model (safetensors, config, tokenizer); the
+    # termination message's `adapter` then names this folder.
+    MODEL = "model/"
     MERGED = "merged/"  # with spec.method.mergeAdapter: the base with the adapter merged in
     CHECKPOINTS = "checkpoints/"
     CHECKPOINT_MARKER = "COMPLETE"  # written last: a checkpoint without it is partial

@@ -232,6 +232,22 @@ class LoraSpec(ApiModel):
         ),
     )
 
+    use_dora: bool = Field(
+        default=False,
+        description=(
+            "DoRA (peft's use_dora): each adapted weight is split into a magnitude and a direction "
+            "and the LoRA update trains the direction; often closer to full fine-tuning at the "
+            "same rank, about 1.5-2x slower per step. Works with type qlora and lora."
+        ),
+    )
+    use_rslora: bool = Field(
+        default=False,
+        description=(
+            "Rank-stabilised LoRA (peft's use_rslora): the update is scaled by alpha / sqrt(r) "
+            "instead of alpha / r, so higher ranks keep learning; the same cost as LoRA."
+        ),
+    )
+
     @model_validator(mode="after")
     def _all_linear_alone(self) -> LoraSpec:
         if "all-linear" in self.target_modules and len(self.target_modules) > 1:
@@ -240,6 +256,43 @@ class LoraSpec(ApiModel):
                 "[all-linear] or a list of module names, not both"
             )
         return self
+
+
+class PromptTuningSpec(ApiModel):
+    virtual_tokens: int = Field(
+        default=20,
+        ge=1,
+        le=1024,
+        description=(
+            "Number of virtual tokens: trainable embeddings put before every example; the "
+            "only weights that train (peft's PromptTuningConfig.num_virtual_tokens)."
+        ),
+    )
+    init: Literal["random", "text"] = Field(
+        default="random",
+        description=(
+            "How the virtual tokens start: random, or text (the embeddings of initText's tokens, "
+            "repeated to fill virtualTokens), which usually learns faster."
+        ),
+    )
+    init_text: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="For init: text, a description of the task, such as 'Classify the animal:'.",
+    )
+
+    @model_validator(mode="after")
+    def _text_when_text(self) -> PromptTuningSpec:
+        if (self.init == "text") != (self.init_text is not None):
+            raise ValueError(
+                "promptTuning: set initText together with init: text (and only then), e.g. "
+                "{init: text, initText: 'Classify the animal:'}"
+            )
+        return self
+
+
+MethodType = Literal["qlora", "lora", "full", "prompt-tuning"]
+ADAPTER_METHODS = ("qlora", "lora", "prompt-tuning")  # methods whose result is a peft adapter
 
 
 class MethodSpec(ApiModel):
@@ -258,15 +311,36 @@ class MethodSpec(ApiModel):
         }
     )
 
-    type: Literal["qlora", "lora"] = Field(
+    type: MethodType = Field(
         default="qlora",
         description=(
             "qlora: the base model is quantized to 4-bit NF4 (bitsandbytes, double quantization) "
             "and frozen, adapters train in the compute dtype. lora: the base model stays in "
-            "baseWeights precision (bf16/fp16/fp32, or int8 to save memory)."
+            "baseWeights precision (bf16/fp16/fp32, or int8 to save memory). full: every weight "
+            "trains (for models whose weights, gradients and AdamW state fit: about 16 bytes per "
+            "parameter in fp32) and the result is a whole model in safetensors under model/. "
+            "prompt-tuning: the base is frozen and only promptTuning.virtualTokens embeddings "
+            "train (peft's prompt tuning; needs training.packing: false)."
         ),
     )
-    lora: LoraSpec = Field(default_factory=LoraSpec, description="Adapter shape.")
+    lora: LoraSpec = Field(
+        default_factory=LoraSpec, description="Adapter shape, for type qlora and lora."
+    )
+    prompt_tuning: PromptTuningSpec = Field(
+        default_factory=PromptTuningSpec, description="Virtual tokens, for type prompt-tuning."
+    )
+    init_adapter: str | None = Field(
+        default=None,
+        max_length=URI,
+        description=(
+            "Continue training from an existing peft adapter instead of fresh weights: an "
+            "s3://bucket/prefix/, pvc://claim/path or local folder holding adapter_config.json "
+            "and adapter_model.safetensors (such as an earlier run's adapter/). Its kind must fit "
+            "type (LoRA for qlora/lora, prompt tuning for prompt-tuning) and its weights this "
+            "base model; its shape (r, alpha, target modules, virtual tokens) is used, and "
+            "lora/promptTuning fields set in this spec must agree with it. Checked before training."
+        ),
+    )
     base_weights: Literal["auto", "bf16", "fp16", "fp32", "int8"] = Field(
         default="auto",
         description=(
@@ -293,6 +367,22 @@ class MethodSpec(ApiModel):
             raise ValueError(
                 f"baseWeights: {self.base_weights} conflicts with type: qlora, whose base weights are "
                 "always 4-bit NF4; use type: lora for bf16/fp16/fp32/int8 base weights"
+            )
+        if self.type == "full" and self.base_weights in ("int8", "fp16"):
+            raise ValueError(
+                f"baseWeights: {self.base_weights} conflicts with type: full, which trains every "
+                "weight and needs them in bf16 or fp32 (int8 weights cannot train, fp16 ones lose "
+                "the small updates); use baseWeights: auto, bf16 or fp32"
+            )
+        if self.type == "full" and self.init_adapter is not None:
+            raise ValueError(
+                "initAdapter continues an adapter, but type: full trains the whole model and has "
+                "none; remove initAdapter, or point model.source at a merged model to continue from"
+            )
+        if self.merge_adapter and self.type not in ("qlora", "lora"):
+            raise ValueError(
+                f"mergeAdapter merges LoRA weights into the base, but type: {self.type} has no LoRA "
+                "weights to merge; remove mergeAdapter"
             )
         return self
 
@@ -602,7 +692,8 @@ class TuningJobSpec(ApiModel):
     model: ModelSpec = Field(description="The base model to tune.")
     dataset: DatasetSpec = Field(description="The training data and how it is formatted.")
     method: MethodSpec = Field(
-        default_factory=MethodSpec, description="QLoRA or LoRA, and the adapter's shape."
+        default_factory=MethodSpec,
+        description="What trains: QLoRA, LoRA (DoRA, rsLoRA), prompt tuning or the full model.",
     )
     training: TrainingSpec = Field(
         default_factory=TrainingSpec, description="Optimisation, evaluation and checkpointing."
@@ -629,6 +720,15 @@ class TuningJobSpec(ApiModel):
     )
 
     model_config = ConfigDict(protected_namespaces=())
+
+    @model_validator(mode="after")
+    def _prompt_tuning_is_not_packed(self) -> TuningJobSpec:
+        if self.method.type == "prompt-tuning" and self.training.packing:
+            raise ValueError(
+                "method.type prompt-tuning puts its virtual tokens before each row, and a packed row "
+                "holds several examples; set training.packing: false"
+            )
+        return self
 
     @model_validator(mode="after")
     def _exact_match_needs_a_test_split(self) -> TuningJobSpec:
