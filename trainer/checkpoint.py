@@ -214,7 +214,7 @@ def load_checkpoint(
     import torch
 
     if is_peft_model(objects.model):
-        _load_adapter_weights(objects.model, folder, device)
+        load_adapter_weights(objects.model, folder, device)
     else:
         load_full_weights(objects.model, folder, device)
     try:
@@ -237,7 +237,7 @@ def load_checkpoint(
     return Progress.load(folder)
 
 
-def _load_adapter_weights(model: Any, folder: Path, device: torch.device) -> None:
+def load_adapter_weights(model: Any, folder: Path, device: torch.device) -> None:
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 

@@ -391,6 +391,23 @@ class MethodSpec(ApiModel):
 # Training
 
 
+class EarlyStoppingSpec(ApiModel):
+    patience: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description=(
+            "Stop after this many evaluations in a row (every evalEvery steps) without a new "
+            "best validation loss."
+        ),
+    )
+    min_delta: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="An evaluation counts as better only when it lowers the best loss by more than this.",
+    )
+
+
 class TrainingSpec(ApiModel):
     epochs: float = Field(
         default=3.0,
@@ -481,6 +498,33 @@ class TrainingSpec(ApiModel):
         default=42,
         ge=0,
         description="Seeds data splits, shuffling, dropout and adapter initialisation.",
+    )
+    early_stopping: EarlyStoppingSpec | None = Field(
+        default=None,
+        description=(
+            "Stop before maxSteps/epochs when the validation loss stops improving (needs a "
+            "validation split), and export the weights of the best evaluation (as exportBest)."
+        ),
+    )
+    export_best: bool = Field(
+        default=False,
+        description=(
+            "Export the weights of the evaluation with the lowest validation loss instead of the "
+            "last step's (kept at <output.destination>/best/ while training). On with "
+            "earlyStopping; off otherwise, since the last weights are what the schedule asked for "
+            "and a small validation split's minimum is partly noise."
+        ),
+    )
+    loss_spike_factor: float | None = Field(
+        default=10.0,
+        gt=1.0,
+        le=1000.0,
+        description=(
+            "Stop the run (reason InvalidSpec, with the step) when a step's loss exceeds this "
+            "many times the median of the previous 20 steps' losses, and that median by at least "
+            "2 (nats), from step 10 on; the diverged step is not applied. Null: only a non-finite "
+            "loss (NaN, infinity) stops the run, which it always does."
+        ),
     )
 
 
@@ -720,6 +764,17 @@ class TuningJobSpec(ApiModel):
     )
 
     model_config = ConfigDict(protected_namespaces=())
+
+    @model_validator(mode="after")
+    def _best_needs_a_validation_split(self) -> TuningJobSpec:
+        training = self.training
+        if (training.early_stopping or training.export_best) and self.dataset.validation is None:
+            field = "earlyStopping" if training.early_stopping else "exportBest"
+            raise ValueError(
+                f"training.{field} compares validation losses, but dataset.validation is null; "
+                "add dataset.validation (a fraction or a source) or remove it"
+            )
+        return self
 
     @model_validator(mode="after")
     def _prompt_tuning_is_not_packed(self) -> TuningJobSpec:
