@@ -15,7 +15,7 @@ checkpointing without re-entrant autograd, sdpa attention), the optimizer (torch
 on CPU, bitsandbytes' paged 8-bit AdamW on GPU; lr 2e-4 constant, no weight decay,
 gradients clipped at 1.0) and the tokens per optimizer step. Contenders:
 
-- kubetune: `kubetune.trainer.run.train()`, what `kubetune train` runs: its own data
+- kubetune: `kubetune.trainer.recipe.train()`, what `kubetune train` runs: its own data
   pipeline (bin-packed rows of `seq` tokens, padding-free, position ids restarting per
   example) and its own loop; `batch` packed rows per step.
 - TRL: `SFTTrainer` with `packing=True` (best-fit decreasing) and `padding_free=True`,
@@ -581,7 +581,7 @@ def run_kubetune(
     scale: Scale, inputs: dict[str, Any], workdir: Path, clock: StepClock
 ) -> list[int]:
     from kubetune.api.manifest import parse_tuningjob
-    from kubetune.trainer.run import RunOptions, train
+    from kubetune.trainer.recipe import RunOptions, train
 
     job = parse_tuningjob(
         job_manifest(

@@ -91,13 +91,15 @@ def prepare(manifest: str, output: str | None, report: str | None) -> None:
         from pathlib import Path
 
         from kubetune.api.manifest import load_tuningjob
-        from kubetune.trainer.data.pipeline import default_workdir
         from kubetune.trainer.data.pipeline import prepare as run_prepare
-        from kubetune.trainer.data.tokenizer import load_tokenizer
+        from kubetune.trainer.scratch import default_workdir
+        from kubetune.trainer.tokenizer import fetch_tokenizer, needs_pad_token
 
         job = load_tuningjob(manifest)
         workdir = default_workdir()
-        tokenizer = load_tokenizer(job.spec.model, job.spec.s3, workdir)
+        tokenizer = fetch_tokenizer(
+            job.spec.model, job.spec.s3, workdir, needs_pad=needs_pad_token(job.spec.training)
+        )
         prepared = run_prepare(job, workdir, tokenizer)
         folder = Path(output) if output else Path(f"{job.metadata.name}-prepared")
         written = prepared.save(folder, Path(report) if report else None)
@@ -183,7 +185,8 @@ def train(
     from pathlib import Path
 
     from kubetune.api.contract import METRICS_PORT
-    from kubetune.trainer.run import RunOptions, run_command
+    from kubetune.trainer.command import run_command
+    from kubetune.trainer.recipe import RunOptions
 
     port = METRICS_PORT if metrics_port is None else (None if metrics_port < 0 else metrics_port)
     options = RunOptions(scratch=Path(scratch) if scratch else None, metrics_port=port)

@@ -26,8 +26,8 @@ from kubetune.api.contract import (
     SPEC_ENV,
     TERMINATION_LOG,
     ExitCode,
-    pvc_claim,
 )
+from kubetune.api.locations import pvc_claim
 from kubetune.api.v1alpha1 import API_VERSION, KIND, TuningJob
 from kubetune.operator.settings import Settings
 

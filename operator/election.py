@@ -19,7 +19,6 @@ releases the Lease so that a standby takes over at once.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 import random
 import time
@@ -28,7 +27,8 @@ from typing import Any
 
 import aiohttp
 
-from kubetune.operator.storage import ApiError, Conflict, KubeApi
+from kubetune.api.timestamps import micro_time
+from kubetune.operator.kubeapi import ApiError, Conflict, KubeApi
 
 log = logging.getLogger(__name__)
 
@@ -161,4 +161,4 @@ class LeaseElector:
 
 def _now() -> str:
     """A MicroTime, as Lease fields want it."""
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return micro_time(time.time())

@@ -19,11 +19,11 @@ import kopf
 from kubetune.api.v1alpha1 import GROUP, PLURAL, VERSION
 from kubetune.operator import cache
 from kubetune.operator.builders import TUNINGJOB_LABEL, child_name
+from kubetune.operator.kubeapi import KubeApi
 from kubetune.operator.metrics import OperatorMetrics
 from kubetune.operator.reconciler import Views
 from kubetune.operator.runtime import Runtime
 from kubetune.operator.settings import load_settings
-from kubetune.operator.storage import KubeApi
 
 log = logging.getLogger(__name__)
 

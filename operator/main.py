@@ -23,10 +23,10 @@ from kubetune.api.contract import ExitCode
 from kubetune.api.v1alpha1 import GROUP, PLURAL, VERSION
 from kubetune.operator import handlers  # noqa: F401  (registers the kopf handlers)
 from kubetune.operator.election import LeaseConfig, LeaseElector
+from kubetune.operator.kubeapi import ApiError, Forbidden, KubeApi, NotFound
 from kubetune.operator.metrics import HttpServers, OperatorMetrics
 from kubetune.operator.runtime import Runtime, health_report
 from kubetune.operator.settings import Settings, load_settings
-from kubetune.operator.storage import ApiError, Forbidden, KubeApi, NotFound
 
 log = logging.getLogger("kubetune.operator")
 

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from kubetune.api.metrics import PREFIX, TrainerMetric
 from kubetune.api.status import Progress
 
 log = logging.getLogger(__name__)
-
-PREFIX = "kubetune_trainer_"
 
 
 @dataclass(frozen=True)
@@ -42,12 +41,11 @@ def parse_metrics(text: str, at: float) -> MetricsSample:
         for sample in family.samples:
             if not sample.name.startswith(PREFIX):
                 continue
-            name = sample.name[len(PREFIX) :]
-            if name == "phase":
+            if sample.name == TrainerMetric.PHASE:
                 if sample.value == 1 and "phase" in sample.labels:
                     phase = sample.labels["phase"]
             elif not sample.labels and math.isfinite(sample.value):
-                values[name] = sample.value
+                values[sample.name] = sample.value
 
     def integer(name: str) -> int | None:
         value = values.get(name)
@@ -55,12 +53,12 @@ def parse_metrics(text: str, at: float) -> MetricsSample:
 
     return MetricsSample(
         at=at,
-        step=integer("step"),
-        total_steps=integer("total_steps") or None,
-        epoch=values.get("epoch"),
-        loss=values.get("loss"),
-        eval_loss=values.get("eval_loss"),
-        tokens_per_second=values.get("tokens_per_second"),
+        step=integer(TrainerMetric.STEP),
+        total_steps=integer(TrainerMetric.TOTAL_STEPS) or None,
+        epoch=values.get(TrainerMetric.EPOCH),
+        loss=values.get(TrainerMetric.LOSS),
+        eval_loss=values.get(TrainerMetric.EVAL_LOSS),
+        tokens_per_second=values.get(TrainerMetric.TOKENS_PER_SECOND),
         phase=phase,
     )
 

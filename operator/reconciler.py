@@ -15,7 +15,6 @@ remembered so that a lagging index never causes a duplicate Event.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,14 +24,11 @@ from typing import Any
 from kubetune.api.contract import METRICS_PORT
 from kubetune.api.manifest import SpecError, parse_tuningjob
 from kubetune.api.status import Progress, TuningJobStatus
+from kubetune.api.timestamps import micro_time, parse_rfc3339, rfc3339
 from kubetune.api.v1alpha1 import TuningJob
 from kubetune.operator.builders import build_job
 from kubetune.operator.events import WARNING_REASONS, transition_event
-from kubetune.operator.metrics import OperatorMetrics
-from kubetune.operator.progress import MetricsSample, progress_from, scrape
-from kubetune.operator.settings import Settings
-from kubetune.operator.status import Observation, invalid_spec, next_status, observe
-from kubetune.operator.storage import (
+from kubetune.operator.kubeapi import (
     ApiError,
     BadRequest,
     Conflict,
@@ -41,6 +37,10 @@ from kubetune.operator.storage import (
     KubeApi,
     NotFound,
 )
+from kubetune.operator.metrics import OperatorMetrics
+from kubetune.operator.observe import Observation, invalid_spec, next_status, observe
+from kubetune.operator.progress import MetricsSample, progress_from, scrape
+from kubetune.operator.settings import Settings
 from kubetune.operator.validation import validate
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ class Reconciler:
                 generation=generation,
                 job_name=name,
                 progress=None,
-                now=_rfc3339(self.clock()),
+                now=rfc3339(self.clock()),
             )
             try:
                 await self._write(
@@ -318,7 +318,7 @@ class Reconciler:
         if memory.samples is None or memory.samples[0] != pod_uid:
             return None
         _, first, latest = memory.samples
-        return progress_from(latest, first if first is not latest else None, _rfc3339(latest.at))
+        return progress_from(latest, first if first is not latest else None, rfc3339(latest.at))
 
     async def _scrape(self, key: Key, memory: _Memory, pod_uid: str, url: str) -> None:
         try:
@@ -355,7 +355,7 @@ class Reconciler:
             generation=generation,
             job_name=job_name,
             progress=progress,
-            now=_rfc3339(self.clock()),
+            now=rfc3339(self.clock()),
         )
         await self._write(key, body, memory, new)
 
@@ -399,7 +399,7 @@ class Reconciler:
                     phase=new.phase,
                     reason=new.reason or new.phase,
                     message=new.message or "",
-                    now=_rfc3339(self.clock(), micro=True),
+                    now=micro_time(self.clock()),
                     instance=self.identity,
                     unique=f"{time.time_ns():x}",
                 )
@@ -440,12 +440,5 @@ def _owned_by(body: Body, uid: str | None) -> bool:
     )
 
 
-def _rfc3339(epoch: float, micro: bool = False) -> str:
-    moment = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if micro else "%Y-%m-%dT%H:%M:%SZ")
-
-
 def _timestamp(text: str | None) -> float:
-    if not text:
-        return time.time()
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    return parse_rfc3339(text) if text else time.time()

@@ -15,10 +15,10 @@ from typing import Any
 
 import aiohttp
 
+from kubetune.operator.kubeapi import KubeApi
 from kubetune.operator.metrics import OperatorMetrics
 from kubetune.operator.reconciler import Key, Reconciler, Views
 from kubetune.operator.settings import Settings
-from kubetune.operator.storage import KubeApi
 from kubetune.operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)

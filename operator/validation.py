@@ -15,10 +15,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from kubetune.api.contract import PVC_SCHEME, pvc_claim
+from kubetune.api.locations import location_kind, pvc_claim
 from kubetune.api.manifest import Problem, SpecError, parse_tuningjob
+from kubetune.api.quantity import parse_quantity
 from kubetune.api.v1alpha1 import TuningJob
-from kubetune.operator.quantity import parse_quantity
 from kubetune.operator.settings import Settings
 
 _S3 = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
@@ -40,7 +40,8 @@ def semantic_problems(tuningjob: TuningJob, settings: Settings) -> list[Problem]
     problems: list[Problem] = []
 
     model = spec.model.source
-    if model.startswith(PVC_SCHEME):
+    kind = location_kind(model)
+    if kind == "pvc":
         claim = pvc_claim(model)
         if not claim or len(claim) > 253 or not _DNS_SUBDOMAIN.match(claim):
             problems.append(
@@ -49,9 +50,9 @@ def semantic_problems(tuningjob: TuningJob, settings: Settings) -> list[Problem]
                     f"pvc:// needs a PersistentVolumeClaim name, as pvc://CLAIM/PATH (got {model!r})",
                 )
             )
-    elif model.startswith("s3://"):
+    elif kind == "s3":
         problems += _s3_problems("spec.model.source", model)
-    elif not model.startswith("hf://"):
+    elif kind != "hf":
         problems.append(
             Problem(
                 "spec.model.source",
@@ -81,7 +82,7 @@ def semantic_problems(tuningjob: TuningJob, settings: Settings) -> list[Problem]
 
 
 def _s3_only(field: str, uri: str) -> list[Problem]:
-    if not uri.startswith("s3://"):
+    if location_kind(uri) != "s3":
         return [
             Problem(
                 field, f"use an s3://bucket/prefix URI in a cluster; {_LOCAL_HINT} (got {uri!r})"

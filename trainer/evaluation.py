@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from kubetune.trainer.batch import IGNORE_INDEX
 from kubetune.trainer.distributed import Dist
 from kubetune.trainer.loop import (
-    IGNORE_INDEX,
     Collate,
     StopSignal,
     count_tokens,

@@ -16,8 +16,9 @@ import json
 import logging
 import os
 import sys
-import time
 from typing import Any, TextIO
+
+from kubetune.api.timestamps import rfc3339
 
 NOISY_LIBRARIES = (
     "transformers",
@@ -39,8 +40,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         body: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": rfc3339(record.created, digits=3),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from kubetune.api.contract import ExitCode
 from kubetune.api.v1alpha1 import TrainingSpec
+from kubetune.trainer.batch import IGNORE_INDEX, MODEL_INPUTS, Batch
 from kubetune.trainer.distributed import Dist
 from kubetune.trainer.errors import TrainerError
 from kubetune.trainer.plan import TrainPlan
@@ -58,10 +59,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
-MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask")
-
-Batch = dict[str, Any]  # tensors from the data pipeline's collator
 Collate = Callable[[list[dict[str, Any]]], Batch]
 
 

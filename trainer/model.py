@@ -1,9 +1,9 @@
-"""The tokenizer, the (quantized) base model and its LoRA adapters.
+"""The (quantized) base model and its LoRA adapters (the tokenizer: tokenizer.py).
 
-`load_tokenizer` and `load_model` turn a model folder and a `TrainPlan` into what the
-loop trains: a `peft.PeftModel` whose only trainable parameters are the adapters,
-on the plan's device. Problems a user can fix (a tokenizer that cannot pad, target
-modules the model does not have) become `InvalidConfigError`s that name the field.
+`load_model` turns a model folder and a `TrainPlan` into what the loop trains: a
+`peft.PeftModel` whose only trainable parameters are the adapters, on the plan's
+device. Problems a user can fix (target modules the model does not have) become
+`InvalidConfigError`s that name the field.
 
 What trains depends on `spec.method.type`: LoRA adapters (qlora, lora; with DoRA and
 rsLoRA through peft's own `use_dora`/`use_rslora`), virtual-token embeddings
@@ -39,7 +39,6 @@ from kubetune.trainer.quantization import (
 if TYPE_CHECKING:
     import torch
     from peft import PeftModel
-    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -50,38 +49,6 @@ def torch_dtype(name: str) -> torch.dtype:
     import torch
 
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
-
-
-def load_tokenizer(folder: Path, source: str, *, needs_pad: bool) -> PreTrainedTokenizerBase:
-    """The model's tokenizer; a pad token is ensured where batches are padded.
-
-    Padding-free packing needs no pad token. Padded batches and batched generation
-    do: a tokenizer without one borrows EOS (the usual choice; padded positions are
-    masked out of attention and loss, so which id fills them does not matter), and a
-    tokenizer with neither is an error.
-    """
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    except (OSError, ValueError, TypeError) as e:
-        raise InvalidConfigError(
-            f"spec.model.source: {source}: cannot load a tokenizer from it ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:300]}); the model folder must include the tokenizer files "
-            "(tokenizer.json or tokenizer.model, tokenizer_config.json)"
-        ) from None
-    if tokenizer.pad_token is None and needs_pad:
-        if tokenizer.eos_token is None:
-            raise InvalidConfigError(
-                f"spec.model.source: {source}: the tokenizer has neither a pad token nor an EOS token "
-                "to pad with; add a pad_token to tokenizer_config.json, or keep training.packing: true "
-                "(padding-free) with training.evalExactMatch: false"
-            )
-        log.info(
-            "the tokenizer has no pad token: padding with its EOS token %r", tokenizer.eos_token
-        )
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def load_model(

@@ -1,25 +1,9 @@
 """What the trainer tells the world while it runs: Prometheus metrics and metrics.jsonl.
 
-The operator reads progress from the Prometheus endpoint (port `metrics`, 9400, see
-`kubetune.api.contract`); the names below are part of that contract and documented in
-DESIGN.md. Only rank 0 serves and records: it sees global figures (token counts and
-losses are summed over ranks before they get here).
-
-| metric | type | meaning |
-|---|---|---|
-| kubetune_trainer_phase{phase} | gauge | 1 for the current phase, 0 for the others |
-| kubetune_trainer_step | gauge | optimizer steps done |
-| kubetune_trainer_total_steps | gauge | optimizer steps planned |
-| kubetune_trainer_epoch | gauge | epochs done, fractional (step / steps per epoch) |
-| kubetune_trainer_loss | gauge | training loss of the last step (per trained token) |
-| kubetune_trainer_eval_loss | gauge | validation loss of the last evaluation |
-| kubetune_trainer_learning_rate | gauge | learning rate of the last step |
-| kubetune_trainer_grad_norm | gauge | gradient L2 norm of the last step, before clipping |
-| kubetune_trainer_tokens_total | counter | input tokens trained on by this process (all ranks) |
-| kubetune_trainer_tokens_per_second | gauge | input tokens per second over the last log window |
-| kubetune_trainer_gpu_memory_bytes{kind} | gauge | allocated, reserved, peak (rank 0's GPU) |
-| kubetune_trainer_packing_efficiency | gauge | share of sequence slots holding real tokens |
-| kubetune_trainer_s3_bytes_total{direction} | counter | bytes moved to (upload) and from (download) S3 |
+The operator reads progress from the Prometheus endpoint; the metric names and the
+phases are part of that contract and live, with their table, in `kubetune.api.metrics`.
+Only rank 0 serves and records: it sees global figures (token counts and losses are
+summed over ranks before they get here).
 """
 
 from __future__ import annotations
@@ -33,21 +17,9 @@ from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-log = logging.getLogger(__name__)
+from kubetune.api.metrics import TRAINER_PHASES, TrainerMetric, TrainerPhase
 
-Phase = Literal[
-    "downloading", "preparing", "loading", "training", "evaluating", "checkpointing", "uploading"
-]
-PHASES: tuple[Phase, ...] = (
-    "downloading",
-    "preparing",
-    "loading",
-    "training",
-    "evaluating",
-    "checkpointing",
-    "uploading",
-)
-PREFIX = "kubetune_trainer_"
+log = logging.getLogger(__name__)
 
 
 class Telemetry:
@@ -61,51 +33,55 @@ class Telemetry:
         self.metrics_file = metrics_file
         self.registry = CollectorRegistry(auto_describe=True)
         self.port: int | None = None
-        self.phase: Phase | None = None
+        self.phase: TrainerPhase | None = None
         self._server: Any = None
         self._lock = threading.Lock()
         r = self.registry
         self._phase = Gauge(
-            PREFIX + "phase",
+            TrainerMetric.PHASE,
             "1 for the trainer's current phase, 0 for the others",
             ["phase"],
             registry=r,
         )
-        self.step = Gauge(PREFIX + "step", "Optimizer steps done", registry=r)
-        self.total_steps = Gauge(PREFIX + "total_steps", "Optimizer steps planned", registry=r)
-        self.epoch = Gauge(PREFIX + "epoch", "Epochs done (fractional)", registry=r)
+        self.step = Gauge(TrainerMetric.STEP, "Optimizer steps done", registry=r)
+        self.total_steps = Gauge(TrainerMetric.TOTAL_STEPS, "Optimizer steps planned", registry=r)
+        self.epoch = Gauge(TrainerMetric.EPOCH, "Epochs done (fractional)", registry=r)
         self.loss = Gauge(
-            PREFIX + "loss", "Training loss of the last step, per trained token", registry=r
+            TrainerMetric.LOSS, "Training loss of the last step, per trained token", registry=r
         )
         self.eval_loss = Gauge(
-            PREFIX + "eval_loss",
+            TrainerMetric.EVAL_LOSS,
             "Validation loss of the last evaluation, per trained token",
             registry=r,
         )
         self.learning_rate = Gauge(
-            PREFIX + "learning_rate", "Learning rate of the last step", registry=r
+            TrainerMetric.LEARNING_RATE, "Learning rate of the last step", registry=r
         )
         self.grad_norm = Gauge(
-            PREFIX + "grad_norm", "Gradient L2 norm of the last step, before clipping", registry=r
+            TrainerMetric.GRAD_NORM,
+            "Gradient L2 norm of the last step, before clipping",
+            registry=r,
         )
         self.tokens = Counter(
-            PREFIX + "tokens", "Input tokens trained on (all ranks) by this process", registry=r
+            TrainerMetric.TOKENS, "Input tokens trained on (all ranks) by this process", registry=r
         )
         self.tokens_per_second = Gauge(
-            PREFIX + "tokens_per_second",
+            TrainerMetric.TOKENS_PER_SECOND,
             "Input tokens per second over the last log window",
             registry=r,
         )
         self.gpu_memory = Gauge(
-            PREFIX + "gpu_memory_bytes", "GPU memory of rank 0's device", ["kind"], registry=r
+            TrainerMetric.GPU_MEMORY_BYTES, "GPU memory of rank 0's device", ["kind"], registry=r
         )
         self.packing_efficiency = Gauge(
-            PREFIX + "packing_efficiency", "Share of sequence slots holding real tokens", registry=r
+            TrainerMetric.PACKING_EFFICIENCY,
+            "Share of sequence slots holding real tokens",
+            registry=r,
         )
         self.s3_bytes = Counter(
-            PREFIX + "s3_bytes", "Bytes moved to and from S3", ["direction"], registry=r
+            TrainerMetric.S3_BYTES, "Bytes moved to and from S3", ["direction"], registry=r
         )
-        for phase in PHASES:
+        for phase in TRAINER_PHASES:
             self._phase.labels(phase=phase).set(0)
         for direction in ("upload", "download"):
             self.s3_bytes.labels(direction=direction)
@@ -137,7 +113,7 @@ class Telemetry:
 
     # -- updates ----------------------------------------------------------------------
 
-    def set_phase(self, phase: Phase) -> None:
+    def set_phase(self, phase: TrainerPhase) -> None:
         if self.phase == phase:
             return
         if self.phase is not None:

@@ -22,26 +22,10 @@ SPEC_ENV = "KUBETUNE_TUNINGJOB"
 # checkpoints. Unset when running `kubetune train` on a workstation: a cache folder is used.
 SCRATCH_DIR_ENV = "KUBETUNE_SCRATCH_DIR"
 
-# A model at pvc://CLAIM/PATH: the operator mounts the PersistentVolumeClaim CLAIM
-# read-only at PVC_MOUNT_ROOT/CLAIM, so the trainer reads PVC_MOUNT_ROOT/CLAIM/PATH.
-PVC_SCHEME = "pvc://"
+# A model at pvc://CLAIM/PATH (kubetune.api.locations): the operator mounts the
+# PersistentVolumeClaim CLAIM read-only at PVC_MOUNT_ROOT/CLAIM, so the trainer reads
+# PVC_MOUNT_ROOT/CLAIM/PATH.
 PVC_MOUNT_ROOT = "/mnt/pvc"
-
-
-def pvc_claim(uri: str) -> str | None:
-    """The claim name in a pvc://CLAIM/PATH URI; None for any other URI."""
-    if not uri.startswith(PVC_SCHEME):
-        return None
-    return uri[len(PVC_SCHEME) :].split("/", 1)[0] or None
-
-
-def pvc_local_path(uri: str) -> str:
-    """Where the pod sees pvc://CLAIM/PATH."""
-    claim = pvc_claim(uri)
-    if claim is None:
-        raise ValueError(f"not a pvc://CLAIM/PATH URI: {uri!r}")
-    rest = uri[len(PVC_SCHEME) + len(claim) :].lstrip("/")
-    return f"{PVC_MOUNT_ROOT}/{claim}/{rest}".rstrip("/")
 
 
 # The trainer's Prometheus endpoint: a container port with this name and number.

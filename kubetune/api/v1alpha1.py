@@ -18,11 +18,12 @@ Conventions:
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+
+from kubetune.api.quantity import QUANTITY_HINT, check_positive_quantity
 
 GROUP = "kubetune.dev"
 VERSION = "v1alpha1"
@@ -572,19 +573,7 @@ class S3Spec(ApiModel):
 # Resources, scheduling, runtime
 
 
-# A Kubernetes resource quantity (resource.Quantity's grammar); positive.
-_QUANTITY = re.compile(
-    r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
-_QUANTITY_HINT = "must be a positive Kubernetes quantity, such as 64Gi, 500Mi or 8"
-
-
-def _check_quantity(value: str) -> str:
-    if not _QUANTITY.match(value) or not re.search(r"[1-9]", value.split("e")[0].split("E")[0]):
-        raise ValueError(_QUANTITY_HINT)
-    return value
-
-
+# A Kubernetes resource quantity (kubetune.api.quantity); positive.
 Quantity = Annotated[
     str,
     Field(
@@ -594,12 +583,12 @@ Quantity = Annotated[
             "x-kubernetes-validations": [
                 {
                     "rule": "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))",
-                    "message": _QUANTITY_HINT,
+                    "message": QUANTITY_HINT,
                 }
             ]
         },
     ),
-    AfterValidator(_check_quantity),
+    AfterValidator(check_positive_quantity),
 ]
 
 

@@ -293,12 +293,12 @@ def test_an_unexpected_error_exits_1_with_its_type_in_the_message(
     tiny_model: Path, synthetic_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from kubetune.cli import main
-    from kubetune.trainer import run
+    from kubetune.trainer import recipe
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    monkeypatch.setattr(run, "train", broken)
+    monkeypatch.setattr(recipe, "train", broken)
     path = write_manifest(
         tmp_path / "job.yaml", manifest(str(tiny_model), str(synthetic_data), str(tmp_path / "out"))
     )
@@ -347,7 +347,7 @@ def test_two_processes_train_the_same_adapter_as_one_with_twice_the_accumulation
     from safetensors.torch import load_file
 
     from kubetune.api.manifest import parse_tuningjob
-    from kubetune.trainer import run
+    from kubetune.trainer import recipe
 
     training = {
         "maxSteps": 3,
@@ -362,7 +362,9 @@ def test_two_processes_train_the_same_adapter_as_one_with_twice_the_accumulation
         str(tmp_path / "one"),
         training={**training, "gradientAccumulation": 4},
     )
-    run.train(parse_tuningjob(one), run.RunOptions(scratch=tmp_path / "s1", metrics_port=None))
+    recipe.train(
+        parse_tuningjob(one), recipe.RunOptions(scratch=tmp_path / "s1", metrics_port=None)
+    )
 
     two = manifest(
         str(tiny_model),

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from kubetune.api.manifest import parse_tuningjob
-from kubetune.trainer import run
+from kubetune.trainer import recipe
 from kubetune.trainer.errors import Preempted
 from kubetune.trainer.loop import TrainLoop
 from tests.support.training import manifest
@@ -37,9 +37,9 @@ def gpu_job(model: Path, data: Path, out: Path) -> Any:
 def test_qlora_on_a_gpu_trains_in_bf16_with_the_paged_8bit_optimizer(
     tiny_model: Path, synthetic_data: Path, tmp_path: Path
 ) -> None:
-    result = run.train(
+    result = recipe.train(
         gpu_job(tiny_model, synthetic_data, tmp_path / "out"),
-        run.RunOptions(scratch=tmp_path / "s", metrics_port=None),
+        recipe.RunOptions(scratch=tmp_path / "s", metrics_port=None),
     )
     plan = result.summary["plan"]
     assert (
@@ -66,6 +66,6 @@ def test_a_stopped_gpu_run_resumes_with_its_8bit_optimizer_state(
     with monkeypatch.context() as patch:
         patch.setattr(TrainLoop, "_step", stop_in_step_4)
         with pytest.raises(Preempted):
-            run.train(job, run.RunOptions(scratch=tmp_path / "s1", metrics_port=None))
-    result = run.train(job, run.RunOptions(scratch=tmp_path / "s2", metrics_port=None))
+            recipe.train(job, recipe.RunOptions(scratch=tmp_path / "s1", metrics_port=None))
+    result = recipe.train(job, recipe.RunOptions(scratch=tmp_path / "s2", metrics_port=None))
     assert result.metrics["steps"] == 6

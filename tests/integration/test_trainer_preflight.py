@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from kubetune.api.manifest import parse_tuningjob
-from kubetune.trainer import run
+from kubetune.trainer import recipe
 from kubetune.trainer.errors import InvalidConfigError, StorageAccessError
 from kubetune.trainer.loop import TrainLoop
-from kubetune.trainer.sources import PVC_MOUNT_ROOT_ENV, fetch_model
+from kubetune.trainer.model_source import PVC_MOUNT_ROOT_ENV, fetch_model
 from kubetune.trainer.storage import Storage
 from tests.support.training import manifest
 
@@ -28,7 +28,7 @@ def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def attempt(model: str | Path, data: Path, out: Path, scratch: Path, **overrides: Any) -> None:
     job = parse_tuningjob(manifest(str(model), str(data), str(out), **overrides))
-    run.train(job, run.RunOptions(scratch=scratch, metrics_port=None))
+    recipe.train(job, recipe.RunOptions(scratch=scratch, metrics_port=None))
 
 
 def copy_model(tiny_model: Path, to: Path, without: tuple[str, ...] = ()) -> Path:

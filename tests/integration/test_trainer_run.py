@@ -13,7 +13,7 @@ import torch
 
 from kubetune.api.manifest import parse_tuningjob
 from kubetune.api.v1alpha1 import TuningJob
-from kubetune.trainer import run
+from kubetune.trainer import recipe
 from kubetune.trainer.errors import Preempted
 from kubetune.trainer.loop import TrainLoop
 from kubetune.trainer.model import peft_without_deprecation_noise
@@ -33,8 +33,8 @@ def job(model: Path, data: Path, out: Path, **overrides: Any) -> TuningJob:
     return parse_tuningjob(manifest(str(model), str(data), str(out), **overrides))
 
 
-def train(job: TuningJob, scratch: Path, **options: Any) -> run.TrainResult:
-    return run.train(job, run.RunOptions(scratch=scratch, **{**OPTIONS, **options}))
+def train(job: TuningJob, scratch: Path, **options: Any) -> recipe.TrainResult:
+    return recipe.train(job, recipe.RunOptions(scratch=scratch, **{**OPTIONS, **options}))
 
 
 def records(path: Path) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from kubetune.api.manifest import parse_tuningjob
-from kubetune.trainer import run
+from kubetune.trainer import recipe
 from tests.ground.s3 import S3Endpoint
 from tests.support.training import manifest
 
@@ -33,7 +33,7 @@ def test_model_from_s3_results_to_s3_and_a_rerun_resumes_from_s3(
         s3=s3_env.spec(),
     )
     job = parse_tuningjob(document)
-    result = run.train(job, run.RunOptions(scratch=tmp_path / "scratch", metrics_port=None))
+    result = recipe.train(job, recipe.RunOptions(scratch=tmp_path / "scratch", metrics_port=None))
 
     assert result.adapter_uri == f"s3://{s3_bucket}/runs/first/adapter/"
     stored = keys(client, s3_bucket, "runs/first/")
@@ -60,7 +60,7 @@ def test_model_from_s3_results_to_s3_and_a_rerun_resumes_from_s3(
 
     # The same job again (a retried pod on the same node): the model comes from the
     # scratch cache, training resumes at its final checkpoint, only the export repeats.
-    again = run.train(job, run.RunOptions(scratch=tmp_path / "scratch", metrics_port=None))
+    again = recipe.train(job, recipe.RunOptions(scratch=tmp_path / "scratch", metrics_port=None))
     assert again.metrics["steps"] == 4
     summary = json.loads(
         client.get_object(Bucket=s3_bucket, Key="runs/first/adapter/training-summary.json")[

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from kubetune.api.contract import TerminationMessage
 from kubetune.api.status import Progress
+from kubetune.operator.observe import invalid_spec, next_status, observe
 from kubetune.operator.progress import MetricsSample, progress_from
-from kubetune.operator.status import invalid_spec, next_status, observe
 from tests.unit.operator_fixtures import condition, job, pod, running, terminated, tuningjob
 
 NOW = "2026-01-01T01:00:00Z"

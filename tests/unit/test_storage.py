@@ -188,7 +188,8 @@ def test_local_check_writable(tmp_path: Path) -> None:
 
 
 def test_keys_cannot_escape_the_destination(tmp_path: Path) -> None:
-    from kubetune.trainer.storage import ObjectInfo, _inside
+    from kubetune.trainer.storage import ObjectInfo
+    from kubetune.trainer.storage.facade import _inside
 
     for relative in ("../x", "a/../../x", "a//x", "./x"):
         with pytest.raises(StorageAccessError, match="cannot be stored as a file"):

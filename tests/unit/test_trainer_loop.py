@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from kubetune.api.v1alpha1 import LoraSpec, TrainingSpec, TuningJobSpec
+from kubetune.trainer.batch import IGNORE_INDEX
 from kubetune.trainer.data import PackedCollator
 from kubetune.trainer.distributed import Dist
 from kubetune.trainer.loop import (
-    IGNORE_INDEX,
     StopRequested,
     StopSignal,
     TrainLoop,

@@ -6,7 +6,8 @@ import json
 import urllib.request
 from pathlib import Path
 
-from kubetune.trainer.telemetry import PHASES, Telemetry
+from kubetune.api.metrics import TRAINER_PHASES
+from kubetune.trainer.telemetry import Telemetry
 
 # The contract with the operator (DESIGN.md): these exact names.
 CONTRACT_METRICS = [
@@ -51,8 +52,8 @@ def test_the_endpoint_serves_the_contract_metrics_and_one_phase_at_a_time(tmp_pa
         telemetry.close()
     for name in CONTRACT_METRICS:
         assert name in samples, name
-    phases = {p: samples[f'kubetune_trainer_phase{{phase="{p}"}}'] for p in PHASES}
-    assert phases == {p: float(p == "training") for p in PHASES}
+    phases = {p: samples[f'kubetune_trainer_phase{{phase="{p}"}}'] for p in TRAINER_PHASES}
+    assert phases == {p: float(p == "training") for p in TRAINER_PHASES}
     assert samples["kubetune_trainer_step"] == 3
     assert samples["kubetune_trainer_tokens_total"] == 1200
     assert samples['kubetune_trainer_s3_bytes_total{direction="download"}'] == 4096

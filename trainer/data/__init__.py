@@ -7,14 +7,13 @@ The trainer's API (see docs/data.md):
     LengthBucketedBatchSampler(lengths, batch_size, seed)   # when training.packing is off
 """
 
+from kubetune.trainer.batch import IGNORE_INDEX, MODEL_INPUTS
 from kubetune.trainer.data.collate import (
-    MODEL_INPUTS,
     LengthBucketedBatchSampler,
     PackedCollator,
     PaddedCollator,
     make_collator,
 )
-from kubetune.trainer.data.encode import IGNORE_INDEX
 from kubetune.trainer.data.pipeline import PreparedData, prepare
 
 __all__ = [

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from kubetune.trainer.data.encode import IGNORE_INDEX
+from kubetune.trainer.batch import IGNORE_INDEX, Batch
 from kubetune.trainer.errors import InvalidConfigError
 
 if TYPE_CHECKING:
@@ -49,12 +49,6 @@ if TYPE_CHECKING:
     from kubetune.api.v1alpha1 import TrainingSpec
 
 Row = Mapping[str, Any]  # a row of a prepared split: input_ids, labels, position_ids, seq_lengths
-
-
-Batch = dict[str, Any]  # see the module docstring
-
-# The keys of a batch that are model inputs (labels aside; the trainer computes its own loss).
-MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask")
 
 
 class PackedCollator:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from kubetune.trainer.batch import IGNORE_INDEX
 from kubetune.trainer.data.formats import Example
 from kubetune.trainer.data.problems import Problem
 from kubetune.trainer.data.templates import ChatTemplate, Renderer
@@ -44,7 +45,6 @@ from kubetune.trainer.errors import InvalidConfigError
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-IGNORE_INDEX = -100
 LossOn = Literal["responses", "last-response", "all"]
 
 

@@ -36,9 +36,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kubetune import __version__
-from kubetune.api.contract import SCRATCH_DIR_ENV
+from kubetune.api.locations import local_path, location_kind
 from kubetune.api.v1alpha1 import DatasetSpec, TrainingSpec, TuningJob
-from kubetune.trainer.data.encode import IGNORE_INDEX, Encoded, Encoder
+from kubetune.trainer.batch import IGNORE_INDEX
+from kubetune.trainer.data.encode import Encoded, Encoder
 from kubetune.trainer.data.formats import Example, Formatter, detect_format
 from kubetune.trainer.data.packing import build_packs, lower_bound, plan_packs
 from kubetune.trainer.data.problems import Problem, ProblemLog
@@ -197,8 +198,8 @@ def prepare(
 
 def _list_source(uri: str, storage: Storage) -> tuple[list[SourceFile], list[str]]:
     """The data files of a source, fingerprinted, and the files ignored under it."""
-    if not uri.startswith("s3://"):
-        return list_local(uri.removeprefix("file://"))
+    if location_kind(uri) != "s3":
+        return list_local(local_path(uri))
     objects = storage.resolve(uri)  # StorageAccessError: no bucket, no key, denied, bad credentials
     data = [o for o in objects if file_kind(o.uri)]
     if not data:
@@ -440,14 +441,6 @@ def _load(entry: Path, from_cache: bool) -> PreparedData:
         directory=entry,
         from_cache=from_cache,
     )
-
-
-def default_workdir() -> Path:
-    """Where `kubetune prepare` caches: the pod's scratch volume, else ~/.cache/kubetune."""
-    scratch = os.environ.get(SCRATCH_DIR_ENV)
-    if scratch:
-        return Path(scratch)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kubetune"
 
 
 def _ensure(folder: str | Path) -> Path:

@@ -89,7 +89,7 @@ app.kubernetes.io/managed-by: kubetune-operator
 - apiGroups: ["kubetune.dev"]
   resources: ["tuningjobs"]
   verbs: ["list", "watch"]
-# Status is the operator's output (operator/storage.py patch_tuningjob_status).
+# Status is the operator's output (operator/kubeapi.py patch_tuningjob_status).
 - apiGroups: ["kubetune.dev"]
   resources: ["tuningjobs/status"]
   verbs: ["patch"]
@@ -100,7 +100,7 @@ app.kubernetes.io/managed-by: kubetune-operator
   resources: ["tuningjobs/finalizers"]
   verbs: ["update"]
 # One Job per TuningJob: created, read back after a conflict, suspended or resumed
-# (operator/storage.py), watched for its status (operator/main.py). Never deleted:
+# (operator/kubeapi.py), watched for its status (operator/main.py). Never deleted:
 # the garbage collector removes it with its TuningJob.
 - apiGroups: ["batch"]
   resources: ["jobs"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kubetune.trainer.data.encode import IGNORE_INDEX, Encoder
+from kubetune.trainer.batch import IGNORE_INDEX
+from kubetune.trainer.data.encode import Encoder
 from kubetune.trainer.data.formats import Example
 from kubetune.trainer.data.templates import BUILTIN, resolve_template
 from kubetune.trainer.errors import InvalidConfigError

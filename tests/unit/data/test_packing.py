@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from kubetune.trainer.data.encode import IGNORE_INDEX
+from kubetune.trainer.batch import IGNORE_INDEX
 from kubetune.trainer.data.packing import _best_fit_decreasing, build_packs, lower_bound, plan_packs
 from tests.support.data import DOLLY
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from kubetune.trainer.data.collate import MODEL_INPUTS, PackedCollator
-from kubetune.trainer.data.encode import IGNORE_INDEX
+from kubetune.trainer.batch import IGNORE_INDEX, MODEL_INPUTS
+from kubetune.trainer.data.collate import PackedCollator
 from kubetune.trainer.data.packing import build_packs
 from kubetune.trainer.tiny import build_model, build_tokenizer
 

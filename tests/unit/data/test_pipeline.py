@@ -8,8 +8,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from kubetune.trainer.batch import IGNORE_INDEX
 from kubetune.trainer.data import pipeline
-from kubetune.trainer.data.encode import IGNORE_INDEX, Encoder
+from kubetune.trainer.data.encode import Encoder
 from kubetune.trainer.data.pipeline import prepare
 from kubetune.trainer.errors import BadDataError
 from tests.support.data import DOLLY, write_jsonl

@@ -21,7 +21,15 @@ import logging
 import os
 from pathlib import Path
 
-from kubetune.api.contract import PVC_MOUNT_ROOT, pvc_claim, pvc_local_path
+from kubetune.api.contract import PVC_MOUNT_ROOT
+from kubetune.api.locations import (
+    as_prefix,
+    hf_repo,
+    local_path,
+    location_kind,
+    pvc_claim,
+    pvc_local_path,
+)
 from kubetune.api.v1alpha1 import ModelSpec
 from kubetune.trainer.errors import InvalidConfigError, StorageAccessError
 from kubetune.trainer.storage import Storage
@@ -42,20 +50,21 @@ WEIGHT_PATTERNS = (
 def fetch_model(model: ModelSpec, storage: Storage, scratch: Path) -> Path:
     """The local folder holding the model `model.source` names (downloading it if needed)."""
     source = model.source
-    if source.startswith("s3://"):
+    kind = location_kind(source)
+    if kind == "s3":
         folder = scratch / "models" / _slug(source)
-        storage.download_prefix(source if source.endswith("/") else source + "/", folder)
+        storage.download_prefix(as_prefix(source), folder)
         return folder
-    if source.startswith("pvc://"):
+    if kind == "pvc":
         return _pvc_path(source)
-    if source.startswith("hf://"):
-        return _hub_snapshot(source[len("hf://") :].strip("/"), model.revision, scratch / "hf")
-    if "://" in source and not source.startswith("file://"):
+    if kind == "hf":
+        return _hub_snapshot(hf_repo(source), model.revision, scratch / "hf")
+    if kind == "unsupported":
         raise InvalidConfigError(
             f"spec.model.source: '{source}' has an unsupported scheme; use s3://bucket/prefix/, "
             "pvc://claim/path, hf://org/name or a local path"
         )
-    path = Path(source.removeprefix("file://")).expanduser()
+    path = Path(local_path(source)).expanduser()
     if not path.is_dir():
         raise InvalidConfigError(
             f"spec.model.source: {path} is not a folder (a local model folder was expected)"

@@ -16,34 +16,31 @@ point during training saves a checkpoint at the last step boundary and exits wit
 `Preempted` (75); a retried pod resumes from it.
 
 `train(job, options)` is the library entry point (tests call it in-process);
-`run_command` wraps it for the CLI with logging, the data-parallel launch and the
-termination message.
+`kubetune.trainer.command.run_command` wraps it for the CLI with logging, signals, the
+data-parallel launch and the termination message. The helpers live beside it:
+`step_window` (steps → one metrics.jsonl record) and `training_data` (the prepared
+data as the loop sees it).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import os
 import platform
 import shutil
-import signal
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from kubetune.api.contract import METRICS_PORT, SCRATCH_DIR_ENV, ExitCode, OutputLayout
+from kubetune.api.contract import METRICS_PORT, OutputLayout
 from kubetune.api.v1alpha1 import TuningJob
 from kubetune.trainer.checkpoint import CheckpointStore, TrainingObjects, load_checkpoint
 from kubetune.trainer.distributed import (
     Dist,
     init_distributed,
-    launched_by_torchrun,
     shutdown_distributed,
 )
 from kubetune.trainer.errors import Preempted
@@ -55,16 +52,18 @@ from kubetune.trainer.export import (
     write_model_card,
     write_summary,
 )
-from kubetune.trainer.logs import ProgressBar, configure_logging
+from kubetune.trainer.logs import ProgressBar
 from kubetune.trainer.loop import StepReport, StopRequested, StopSignal, TrainLoop, autocast_for
-from kubetune.trainer.outcome import outcome_of, report, success
+from kubetune.trainer.model_source import check_model_folder, fetch_model
 from kubetune.trainer.plan import Hardware, TrainPlan, make_plan
 from kubetune.trainer.quantization import quiet_bitsandbytes_import
 from kubetune.trainer.sampling import Schedule
-from kubetune.trainer.sources import check_model_folder, fetch_model
+from kubetune.trainer.scratch import scratch_folder
 from kubetune.trainer.state import Progress, seed_everything
+from kubetune.trainer.step_window import StepWindow, read_records
 from kubetune.trainer.storage import ByteCounter, Storage, join_uri
 from kubetune.trainer.telemetry import Telemetry
+from kubetune.trainer.training_data import PreparedSplits, prepare_data
 
 log = logging.getLogger(__name__)
 
@@ -86,76 +85,6 @@ class TrainResult:
     local_adapter: Path | None = None  # the exported folder on the scratch volume (rank 0)
 
 
-# ---------------------------------------------------------------------------
-# The command
-
-
-def run_command(
-    load: Callable[[], TuningJob], options: RunOptions, argv: list[str], *, json_logs: bool | None
-) -> int:
-    """`kubetune train`: configure logs, launch workers or train, report the outcome.
-
-    Returns the exit code for a launcher; raises (after reporting) for the CLI's
-    error handling otherwise.
-    """
-    rank = int(os.environ.get("RANK", "0"))
-    configure_logging(rank=rank, json_logs=json_logs, level=logging.getLogger().level or None)
-    stop = StopSignal()
-    try:
-        # From the start: a SIGTERM while torch is still importing also ends in an outcome.
-        with _stop_on_signals(stop):
-            job = load()
-            plan = make_plan(job.spec, Hardware.probe())
-            if stop.requested:
-                raise Preempted(
-                    f"stopped by {stop.reason} before training started; nothing to save"
-                )
-            if plan.distributed and not launched_by_torchrun():
-                return int(_launch(plan, argv))  # torchrun's agent handles signals from here
-            result = train(job, options, plan=plan, stop=stop)
-    except BaseException as error:
-        outcome = outcome_of(error)
-        if outcome.exit_code != ExitCode.FAILED:
-            log.error("%s: %s", outcome.message.reason, outcome.message.message)
-        report(outcome, rank)
-        raise
-    report(success(result.adapter_uri, result.checkpoint_uri, result.metrics), rank)
-    return int(ExitCode.OK)
-
-
-def _launch(plan: TrainPlan, argv: list[str]) -> ExitCode:
-    from kubetune.trainer.launch import launch_workers
-
-    for note in plan.notes:
-        log.info("%s", note)
-    return launch_workers(plan.world_size, argv)
-
-
-@contextmanager
-def _stop_on_signals(stop: StopSignal) -> Iterator[None]:
-    """SIGTERM (and Ctrl-C) ask the loop to checkpoint and stop; a second Ctrl-C interrupts."""
-
-    def on_signal(signum: int, frame: object) -> None:
-        name = signal.Signals(signum).name
-        if stop.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        log.warning(
-            "%s received: saving a checkpoint at the next step boundary, then stopping", name
-        )
-        stop.request(name)
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-# ---------------------------------------------------------------------------
-# The recipe
-
-
 def train(
     job: TuningJob,
     options: RunOptions | None = None,
@@ -169,7 +98,7 @@ def train(
     stop = stop or StopSignal()
     plan = plan or make_plan(job.spec, Hardware.probe())
     dist = init_distributed(plan.backend, plan.device_type)
-    scratch = scratch_folder(job, options)
+    scratch = scratch_folder(job, options.scratch)
     telemetry = Telemetry(scratch / OutputLayout.METRICS, enabled=dist.is_main)
     try:
         if options.metrics_port is not None:
@@ -178,20 +107,6 @@ def train(
     finally:
         telemetry.close()
         shutdown_distributed()
-
-
-def scratch_folder(job: TuningJob, options: RunOptions) -> Path:
-    """Where downloads, prepared data and checkpoints in transit live for this run."""
-    if options.scratch is not None:
-        root = options.scratch
-    elif os.environ.get(SCRATCH_DIR_ENV):
-        root = Path(os.environ[SCRATCH_DIR_ENV])
-    else:
-        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kubetune" / "runs"
-        digest = hashlib.sha256(job.spec.output.destination.encode()).hexdigest()[:10]
-        root = cache / f"{job.metadata.name}-{digest}"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 class _Run:
@@ -245,10 +160,12 @@ class _Run:
         check_model_folder(model_folder, self.spec.model.source)
         self._check_stop()
 
-        from kubetune.trainer.model import load_model, load_tokenizer
+        from kubetune.trainer.model import load_model
+        from kubetune.trainer.tokenizer import load_tokenizer, needs_pad_token
 
-        needs_pad = not self.training.packing or self.training.eval_exact_match
-        tokenizer = load_tokenizer(model_folder, self.spec.model.source, needs_pad=needs_pad)
+        tokenizer = load_tokenizer(
+            model_folder, self.spec.model.source, needs_pad=needs_pad_token(self.training)
+        )
 
         self.telemetry.set_phase("preparing")
         data = self._on_main_first(
@@ -402,7 +319,7 @@ class _Run:
         progress, training = loop.progress, self.training
         self.telemetry.set_phase("training")
         bar = ProgressBar(loop.total_steps, progress.step, enabled=self.dist.is_main)
-        window = _Window()
+        window = StepWindow()
         if progress.step == 0 and data.validation is not None:
             # The baseline: how much the run improved is measured against it.
             self._evaluate_validation(model, data, loop)
@@ -445,7 +362,7 @@ class _Run:
         t.tokens.inc(step.input_tokens)
         t.record_gpu_memory()
 
-    def _log_window(self, window: _Window, loop: TrainLoop) -> None:
+    def _log_window(self, window: StepWindow, loop: TrainLoop) -> None:
         record = window.flush(loop)
         self.telemetry.tokens_per_second.set(record["tokens_per_second"])
         self.telemetry.write_record(record)
@@ -542,7 +459,7 @@ class _Run:
             "epochs": round(loop.epochs_done(), 4),
         }
         train_records = [
-            r for r in _read_records(self.telemetry.metrics_file) if r.get("kind") == "train"
+            r for r in read_records(self.telemetry.metrics_file) if r.get("kind") == "train"
         ]
         if train_records:
             metrics["train_loss"] = train_records[-1]["loss"]
@@ -672,105 +589,7 @@ class _Run:
         return result
 
 
-# ---------------------------------------------------------------------------
-# Helpers
-
-
-class _Window:
-    """Steps since the last log line: averaged into one metrics.jsonl record."""
-
-    def __init__(self) -> None:
-        self.steps: list[StepReport] = []
-        self.last_rate = 0.0
-
-    def add(self, step: StepReport) -> None:
-        self.steps.append(step)
-        self.last_rate = step.input_tokens / step.seconds if step.seconds > 0 else 0.0
-
-    def flush(self, loop: TrainLoop) -> dict[str, Any]:
-        steps, self.steps = self.steps, []
-        trained = sum(s.trained_tokens for s in steps)
-        seconds = sum(s.seconds for s in steps)
-        last = steps[-1]
-        return {
-            "kind": "train",
-            "step": last.step,
-            "epoch": round(loop.epochs_done(), 4),
-            # Token-weighted over the window, like the per-step loss itself.
-            "loss": sum(s.loss * s.trained_tokens for s in steps) / max(trained, 1),
-            "learning_rate": last.learning_rate,
-            "grad_norm": last.grad_norm,
-            "tokens_per_second": sum(s.input_tokens for s in steps) / seconds
-            if seconds > 0
-            else 0.0,
-            "tokens_total": loop.progress.tokens_total,
-            "step_seconds": seconds / len(steps),
-        }
-
-
-def _read_records(path: Path | None) -> list[dict[str, Any]]:
-    if path is None or not path.exists():
-        return []
-    return [
-        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
-    ]
-
-
 def _kubetune_version() -> str:
     from kubetune import __version__
 
     return __version__
-
-
-# ---------------------------------------------------------------------------
-# The data pipeline, as the loop sees it
-
-
-@dataclass
-class PreparedSplits:
-    """The prepared data as the loop needs it."""
-
-    train: Any  # a sequence of rows: input_ids, labels, position_ids, seq_lengths
-    validation: Any | None
-    test: Any | None
-    collate: Callable[[list[dict[str, Any]]], dict[str, Any]]
-    lengths: list[int] | None = None  # tokens per row (for length bucketing when not packing)
-    packing_efficiency: float | None = None
-    summary: dict[str, Any] = field(default_factory=dict)  # for the model card and summary
-    report: dict[str, Any] | None = None  # the pipeline's full report: prepare-report.json
-
-
-def prepare_data(job: TuningJob, workdir: Path, tokenizer: Any, storage: Storage) -> PreparedSplits:
-    """Run the data pipeline (`kubetune.trainer.data`, docs/data.md) and adapt it for the loop.
-
-    The tokenizer gets the chat template the pipeline used, so the exported adapter's
-    tokenizer formats prompts exactly as in training. Cached under `workdir`: ranks
-    other than 0, which run this after rank 0, load the cached result.
-    """
-    import pyarrow.compute as pc
-
-    from kubetune.trainer import data as pipeline
-
-    prepared = pipeline.prepare(job, workdir, tokenizer, storage)
-    if prepared.chat_template is not None:
-        tokenizer.chat_template = prepared.chat_template
-    lengths = None
-    if not job.spec.training.packing:
-        lengths = pc.list_value_length(prepared.train.data.column("input_ids")).to_pylist()
-    report = prepared.report
-    return PreparedSplits(
-        train=prepared.train,
-        validation=prepared.validation,
-        test=prepared.test,
-        collate=pipeline.make_collator(job.spec.training, tokenizer),
-        lengths=lengths,
-        packing_efficiency=prepared.packing_efficiency,
-        summary={
-            "examples": report.get("examples", {}).get("kept"),
-            "tokens": report.get("tokens"),
-            "trained tokens": report.get("trainedTokens"),
-            "packing efficiency": report.get("packingEfficiency"),
-            "template": report.get("template"),
-        },
-        report=report,
-    )
