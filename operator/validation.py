@@ -67,6 +67,8 @@ def semantic_problems(tuningjob: TuningJob, settings: Settings) -> list[Problem]
     if dataset.test is not None and dataset.test.source is not None:
         problems += _s3_only("spec.dataset.test.source", dataset.test.source)
     problems += _s3_only("spec.output.destination", spec.output.destination)
+    if spec.method.init_adapter is not None:
+        problems += _s3_only("spec.method.initAdapter", spec.method.init_adapter)
 
     memory = spec.resources.memory or settings.default_memory
     shm = spec.resources.shm_size or settings.default_shm_size

@@ -1,7 +1,7 @@
 """`method.initAdapter`: continue training from an existing peft adapter.
 
-`fetch_init_adapter` brings the adapter folder (s3://, pvc:// or local) onto the scratch
-volume; `load_init_adapter` puts it on the base model, trainable, after checking that
+`fetch_init_adapter` brings the adapter folder (s3://, or a local folder for
+`kubetune train` on a workstation) onto the scratch volume; `load_init_adapter` puts it on the base model, trainable, after checking that
 it fits, so a wrong adapter fails in the loading phase with a message that names
 `spec.method.initAdapter`, never half-way through training:
 
@@ -15,8 +15,8 @@ it fits, so a wrong adapter fails in the loading phase with a message that names
   different base (other hidden size, vocabulary, layer count or module names) fails
   here, whatever name the adapter records; the recorded base
   (`base_model_name_or_path`) differing from `spec.model.source` alone is only logged,
-  because the same weights are often reached through different URIs (s3:// here, a
-  pvc:// there).
+  because the same weights are often reached through different URIs (an s3:// copy
+  here, a pvc:// mount there).
 """
 
 from __future__ import annotations
@@ -24,11 +24,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubetune.api.contract import PVC_MOUNT_ROOT, pvc_claim, pvc_local_path
+from kubetune.api.locations import as_prefix, local_path, location_kind
 from kubetune.api.v1alpha1 import MethodSpec
 from kubetune.trainer.errors import InvalidConfigError
 
@@ -43,7 +42,6 @@ log = logging.getLogger(__name__)
 FIELD = "spec.method.initAdapter"
 CONFIG = "adapter_config.json"
 WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-PVC_MOUNT_ROOT_ENV = "KUBETUNE_PVC_ROOT"  # as in kubetune.trainer.sources
 
 # peft_type each method continues from.
 PEFT_TYPES = {"qlora": "LORA", "lora": "LORA", "prompt-tuning": "PROMPT_TUNING"}
@@ -61,22 +59,17 @@ LORA_FIELDS = {
 
 def fetch_init_adapter(uri: str, storage: Storage, scratch: Path) -> Path:
     """The local folder holding the adapter at `uri` (downloaded to scratch for s3://)."""
-    if uri.startswith("s3://"):
+    kind = location_kind(uri)
+    if kind == "s3":
         folder = scratch / "init-adapter" / hashlib.sha256(uri.encode()).hexdigest()[:12]
-        storage.download_prefix(uri if uri.endswith("/") else uri + "/", folder)
-    elif uri.startswith("pvc://"):
-        claim = pvc_claim(uri)
-        if claim is None:
-            raise InvalidConfigError(f"{FIELD}: '{uri}' names no claim; write pvc://CLAIM/PATH")
-        root = Path(os.environ.get(PVC_MOUNT_ROOT_ENV, PVC_MOUNT_ROOT))
-        folder = root / Path(pvc_local_path(uri)).relative_to(PVC_MOUNT_ROOT)
-    elif "://" in uri and not uri.startswith("file://"):
-        raise InvalidConfigError(
-            f"{FIELD}: '{uri}' has an unsupported scheme; use s3://bucket/prefix/, "
-            "pvc://claim/path or a local folder"
-        )
+        storage.download_prefix(as_prefix(uri), folder)
+    elif kind == "local":
+        folder = Path(local_path(uri)).expanduser()
     else:
-        folder = Path(uri.removeprefix("file://")).expanduser()
+        raise InvalidConfigError(
+            f"{FIELD}: '{uri}' is not supported here; give an s3://bucket/prefix/ (or a local "
+            "folder for `kubetune train` on a workstation)"
+        )
     read_adapter_config(folder, uri)  # fail now if it is not an adapter
     return folder
 

@@ -335,8 +335,9 @@ class MethodSpec(ApiModel):
         max_length=URI,
         description=(
             "Continue training from an existing peft adapter instead of fresh weights: an "
-            "s3://bucket/prefix/, pvc://claim/path or local folder holding adapter_config.json "
-            "and adapter_model.safetensors (such as an earlier run's adapter/). Its kind must fit "
+            "s3://bucket/prefix/ (or a local folder for `kubetune train` on a workstation) holding "
+            "adapter_config.json and adapter_model.safetensors, such as an earlier run's "
+            "<output.destination>/adapter/. Its kind must fit "
             "type (LoRA for qlora/lora, prompt tuning for prompt-tuning) and its weights this "
             "base model; its shape (r, alpha, target modules, virtual tokens) is used, and "
             "lora/promptTuning fields set in this spec must agree with it. Checked before training."

@@ -73,3 +73,16 @@ def test_a_job_ttl_under_a_minute_is_refused() -> None:
         ).spec.runtime.ttl_seconds_after_finished
         == 60
     )
+
+
+def test_an_init_adapter_must_be_in_s3_in_a_cluster() -> None:
+    problems = _problems(manifest(method={"type": "lora", "initAdapter": "/adapters/first"}))
+    assert problems == [
+        "spec.method.initAdapter: use an s3://bucket/prefix URI in a cluster; a local path works "
+        "only with `kubetune train` on a workstation (got '/adapters/first')"
+    ]
+    assert validate(
+        manifest(method={"type": "lora", "initAdapter": "s3://adapters/first/adapter/"}),
+        settings(),
+        "x",
+    )
