@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.api.contract import ExitCode, OutputLayout, TerminationMessage
-from kubetune.api.status import MESSAGE, Condition, Output, Progress, TuningJobStatus
+from kubetune.api.status import MESSAGE, Chosen, Condition, Output, Progress, TuningJobStatus
 from kubetune.api.v1alpha1 import TuningJob
 from kubetune.operator.builders import CONTAINER
 from kubetune.operator.progress import decimal_string
@@ -301,7 +301,20 @@ def next_status(
         restarts=obs.restarts if job_name else None,
         progress=progress,
         output=output,
+        chosen=_chosen(obs.final_metrics) or old.chosen,
     )
+
+
+def _chosen(metrics: Mapping[str, float]) -> Chosen | None:
+    """The trainer's choices for auto settings, from its termination message's metrics."""
+    values: dict[str, Any] = {}
+    for name, key in (("epochs", "chosen_epochs"), ("learning_rate", "chosen_learning_rate")):
+        if metrics.get(key) is not None:
+            values[name] = f"{metrics[key]:g}"
+    for name in ("batch_size", "gradient_accumulation"):
+        if metrics.get(f"chosen_{name}") is not None:
+            values[name] = int(metrics[f"chosen_{name}"])
+    return Chosen(**values) if values else None
 
 
 def _final_progress(progress: Progress | None, metrics: Mapping[str, float]) -> Progress | None:

@@ -113,6 +113,14 @@ def model_card(job: TuningJob, summary: dict[str, Any]) -> str:
     imports = "AutoModelForCausalLM, AutoTokenizer" + (
         ", BitsAndBytesConfig" if spec.method.type == "qlora" else ""
     )
+    notes = summary.get("chosen", {}).get("notes", [])
+    chosen = (
+        "\nChosen from the data (`auto`, small-data rules; docs/trainer.md):\n\n"
+        + "\n".join(f"- {note}" for note in notes)
+        + "\n"
+        if notes
+        else ""
+    )
     data_rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in data.items() if v is not None)
     what, library, tag = {
         "full": ("A fully fine-tuned version of", "transformers", "full-fine-tune"),
@@ -153,7 +161,7 @@ on `{spec.dataset.source}`.
 | setting | value |
 |---|---|
 {hyper_rows}
-
+{chosen}
 ## Data
 
 | | |

@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 from kubetune.api.contract import METRICS_PORT, OutputLayout
 from kubetune.api.v1alpha1 import TuningJob
+from kubetune.trainer.auto import resolve as resolve_auto
 from kubetune.trainer.checkpoint import CheckpointStore, TrainingObjects, load_checkpoint
 from kubetune.trainer.distributed import (
     Dist,
@@ -148,6 +149,7 @@ class _Run:
         self.keep_best = self.training.export_best or self.training.early_stopping is not None
         self.best_weights = BestWeights(self.storage, self.destination, scratch)
         self.stopped_early: str | None = None
+        self.choices: dict[str, Any] = {"chosen": {}, "notes": []}  # what auto chose, and why
 
     def execute(self) -> TrainResult:
         if self.dist.is_main:
@@ -181,6 +183,7 @@ class _Run:
         if self.dist.is_main and data.report is not None:
             report_uri = join_uri(self.destination, OutputLayout.PREPARE_REPORT)
             self.storage.write_text(report_uri, json.dumps(data.report, indent=2) + "\n")
+        self._choose_auto(data)
         self._check_stop()
 
         self.telemetry.set_phase("loading")
@@ -254,6 +257,22 @@ class _Run:
         return TrainResult(adapter_uri, self.last_checkpoint, metrics, summary, local_adapter)
 
     # -- phases -------------------------------------------------------------------------
+
+    def _choose_auto(self, data: PreparedSplits) -> None:
+        """Replace the spec's auto hyperparameters by values chosen from the prepared data."""
+        report = data.report or {}
+        examples = report.get("splits", {}).get("train", {}).get("examples", len(data.train))
+        resolved = resolve_auto(self.training, self.spec.method.type, examples, len(data.train))
+        self.training = resolved.training
+        self.spec = self.spec.model_copy(update={"training": resolved.training})
+        self.job = self.job.model_copy(update={"spec": self.spec})
+        self.choices = {
+            "chosen": resolved.chosen,
+            "notes": [*report.get("choices", []), *resolved.notes],
+        }
+        if self.dist.is_main:
+            for note in resolved.notes:
+                log.warning("%s", note)
 
     def _training_objects(self, model: Any, total_steps: int) -> TrainingObjects:
         import torch
@@ -504,6 +523,9 @@ class _Run:
             metrics["train_loss"] = train_records[-1]["loss"]
             if "token_accuracy" in train_records[-1]:
                 metrics["train_token_accuracy"] = train_records[-1]["token_accuracy"]
+        # The values auto chose travel to the status with the termination message.
+        for name, value in self.choices["chosen"].items():
+            metrics[f"chosen_{_snake(name)}"] = float(value)
         if progress.train_seconds > 0:
             metrics["tokens_per_second"] = round(progress.tokens_total / progress.train_seconds, 2)
         if self.plan.device_type == "cuda":
@@ -580,6 +602,7 @@ class _Run:
             "wall_seconds": round(time.time() - self.started, 2),
             "metrics": metrics,
             "evaluations": progress.evaluations,
+            "chosen": self.choices,
             "stopped_early": self.stopped_early,
             "data": data.summary,
             "s3_bytes": self.s3_bytes.totals,  # up to the export (the final upload comes after)
@@ -651,3 +674,7 @@ def _kubetune_version() -> str:
     from kubetune import __version__
 
     return __version__
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)

@@ -60,6 +60,10 @@ def prepare_data(job: TuningJob, workdir: Path, tokenizer: Any, storage: Storage
             "trained tokens": report.get("trainedTokens"),
             "packing efficiency": report.get("packingEfficiency"),
             "template": report.get("template"),
+            "packing": report.get("settings", {}).get("packing"),
+            "validation examples": report.get("splits", {})
+            .get("validation", {})
+            .get("examples", 0),
         },
         report=report,
     )

@@ -113,6 +113,25 @@ class Output(StatusModel):
     )
 
 
+class Chosen(StatusModel):
+    """Values the trainer chose for settings left at auto (spec.training), when it succeeded."""
+
+    epochs: str | None = Field(
+        default=None, max_length=32, description="Epochs chosen for epochs: auto, e.g. '6'."
+    )
+    learning_rate: str | None = Field(
+        default=None,
+        max_length=32,
+        description="Learning rate chosen for learningRate: auto, e.g. '0.0002'.",
+    )
+    batch_size: int | None = Field(
+        default=None, ge=1, description="Micro-batch size chosen for batchSize: auto."
+    )
+    gradient_accumulation: int | None = Field(
+        default=None, ge=1, description="Accumulation chosen for gradientAccumulation: auto."
+    )
+
+
 class TuningJobStatus(StatusModel):
     """The observed state of a TuningJob."""
 
@@ -172,6 +191,13 @@ class TuningJobStatus(StatusModel):
     )
     output: Output | None = Field(
         default=None, description="Where the adapter and checkpoints are."
+    )
+    chosen: Chosen | None = Field(
+        default=None,
+        description=(
+            "What the trainer chose for spec.training settings left at auto (from the data; "
+            "the rules are in the fields' descriptions), reported when the run succeeded."
+        ),
     )
 
     def condition(self, type_: str) -> Condition | None:

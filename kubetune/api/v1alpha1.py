@@ -38,6 +38,27 @@ TEMPLATE = 32768  # an inline Jinja chat template
 
 ShortString = Annotated[str, Field(max_length=SHORT)]
 
+# Hyperparameters that the trainer can choose from the data ("auto"; rules in
+# docs/trainer.md and kubetune/trainer/auto.py). In the CRD an integer-or-auto field is
+# int-or-string; a number-or-auto field (fractions allowed) keeps its value as written
+# (structural schemas have no number-or-string type) and the operator's validation
+# with this model rejects anything else before a Job exists.
+AUTO = "auto"
+IntOrAuto = Annotated[
+    Annotated[int, Field(ge=1, le=4096)] | Literal["auto"],
+    Field(
+        json_schema_extra={
+            "x-kubernetes-int-or-string": True,
+            "x-kubernetes-validations": [
+                {
+                    "rule": "type(self) == int ? self >= 1 && self <= 4096 : self == 'auto'",
+                    "message": "a whole number from 1 to 4096, or auto",
+                }
+            ],
+        }
+    ),
+]
+
 
 class ApiModel(BaseModel):
     """Base for every API object: camelCase aliases, unknown fields rejected."""
@@ -411,19 +432,27 @@ class EarlyStoppingSpec(ApiModel):
 
 
 class TrainingSpec(ApiModel):
-    epochs: float = Field(
-        default=3.0,
-        gt=0,
-        le=1000,
-        description="Passes over the training split (fractions allowed).",
+    epochs: Annotated[float, Field(gt=0, le=1000)] | Literal["auto"] = Field(
+        default=AUTO,
+        description=(
+            "Passes over the training split (fractions allowed), or auto: 3, raised to "
+            "ceil(100 / examples) (at most 25) for fewer than 34 examples and lowered to "
+            "25000 / examples (at least 1) above 8333, the rule of OpenAI's fine-tuning API."
+        ),
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
     max_steps: int | None = Field(
         default=None,
         ge=1,
         description="Stop after this many optimizer steps; overrides epochs when set.",
     )
-    learning_rate: float = Field(
-        default=2.0e-4, gt=0, le=1.0, description="Peak learning rate of the adapters."
+    learning_rate: Annotated[float, Field(gt=0, le=1.0)] | Literal["auto"] = Field(
+        default=AUTO,
+        description=(
+            "Peak learning rate of the trained weights, or auto: by method.type, 2e-4 for qlora "
+            "and lora (the QLoRA paper's), 2e-5 for full, 3e-2 for prompt-tuning (peft's)."
+        ),
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
         default="cosine", description="Learning-rate decay after warmup."
@@ -444,14 +473,18 @@ class TrainingSpec(ApiModel):
         default="auto",
         description="auto: paged 8-bit AdamW on a GPU, AdamW elsewhere.",
     )
-    batch_size: int = Field(
-        default=1,
-        ge=1,
-        le=4096,
-        description="Sequences (packs, when packing) per device per micro-batch.",
+    batch_size: IntOrAuto = Field(
+        default=AUTO,
+        description=(
+            "Sequences (packs, when packing) per device per micro-batch, or auto. With auto "
+            "(here or in gradientAccumulation) the sequences per optimizer step are the training "
+            "rows / 16 rounded down to a power of two, between 1 and 8 (at least 16 steps an "
+            "epoch on small data, 8 per step on large); auto in both: 1 x that."
+        ),
     )
-    gradient_accumulation: int = Field(
-        default=8, ge=1, le=4096, description="Micro-batches per optimizer step."
+    gradient_accumulation: IntOrAuto = Field(
+        default=AUTO,
+        description="Micro-batches per optimizer step, or auto (see batchSize).",
     )
     max_seq_length: int = Field(
         default=2048, ge=16, le=1 << 20, description="Tokens per sequence (per pack, when packing)."

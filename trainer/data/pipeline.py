@@ -151,6 +151,8 @@ def prepare(
         beyond_max = max(len(examples["train"]) - dataset.max_examples, 0)
         examples["train"] = examples["train"][: dataset.max_examples]
     report["examples"] = {"beyondMaxExamples": beyond_max}
+    notes: list[str] = []
+    dataset = _small_data_validation(len(examples["train"]), dataset, training, notes)
     with stages("split"):
         examples = _split(examples, dataset, training.seed)
     redactor = Redactor(dataset.redact)
@@ -174,6 +176,10 @@ def prepare(
 
     tables: dict[str, pa.Table] = {}
     split_reports: dict[str, Any] = {}
+    training = _small_data_packing(encoded["train"], training, notes)
+    report["choices"] = notes
+    for note in notes:
+        log.warning("%s", note)
     with stages("pack"):
         for split, enc in encoded.items():
             if not enc.input_ids:
@@ -191,6 +197,52 @@ def prepare(
     with stages("write"):
         _write(entry, tables, report, stages)
     return _load(entry, from_cache=False)
+
+
+# -- small data (the rules: kubetune/trainer/auto.py)
+
+
+def _small_data_validation(
+    examples: int, dataset: DatasetSpec, training: TrainingSpec, notes: list[str]
+) -> DatasetSpec:
+    """No validation fraction held out of fewer than SMALL_DATA examples (unless needed)."""
+    from kubetune.trainer.auto import SMALL_DATA
+
+    held = dataset.validation
+    if held is None or held.fraction is None or examples >= SMALL_DATA:
+        return dataset
+    if training.early_stopping is not None or training.export_best:
+        notes.append(
+            f"small data: {examples} training examples, and the validation fraction "
+            f"{held.fraction:g} is held out anyway because earlyStopping/exportBest compare "
+            "validation losses"
+        )
+        return dataset
+    notes.append(
+        f"small data: {examples} training examples (fewer than {SMALL_DATA}), so no validation "
+        f"split was held out (dataset.validation.fraction {held.fraction:g} would leave "
+        f"{round(examples * held.fraction)} rows to measure noise on, and each row counts for "
+        "training); give dataset.validation.source to evaluate on a separate file"
+    )
+    return dataset.model_copy(update={"validation": None})
+
+
+def _small_data_packing(train: Encoded, training: TrainingSpec, notes: list[str]) -> TrainingSpec:
+    """No packing when it would leave fewer than MIN_PACKED_ROWS training rows."""
+    from kubetune.trainer.auto import MIN_PACKED_ROWS
+
+    if not training.packing:
+        return training
+    lengths = [len(x) for x in train.input_ids]
+    packs = len(plan_packs(lengths, training.max_seq_length))
+    if packs >= MIN_PACKED_ROWS or packs >= len(lengths):
+        return training
+    notes.append(
+        f"small data: not packed (one example per row, still padding-free): packing "
+        f"{len(lengths)} examples into {training.max_seq_length}-token rows would leave {packs} "
+        f"rows, fewer than {MIN_PACKED_ROWS}, too few optimizer steps an epoch"
+    )
+    return training.model_copy(update={"packing": False})
 
 
 # -- steps
