@@ -61,11 +61,11 @@ def semantic_problems(tuningjob: TuningJob, settings: Settings) -> list[Problem]
         )
 
     dataset = spec.dataset
-    problems += _s3_only("spec.dataset.source", dataset.source)
+    problems += _data_source("spec.dataset.source", dataset.source)
     if dataset.validation is not None and dataset.validation.source is not None:
-        problems += _s3_only("spec.dataset.validation.source", dataset.validation.source)
+        problems += _data_source("spec.dataset.validation.source", dataset.validation.source)
     if dataset.test is not None and dataset.test.source is not None:
-        problems += _s3_only("spec.dataset.test.source", dataset.test.source)
+        problems += _data_source("spec.dataset.test.source", dataset.test.source)
     problems += _s3_only("spec.output.destination", spec.output.destination)
     if spec.method.init_adapter is not None:
         problems += _s3_only("spec.method.initAdapter", spec.method.init_adapter)
@@ -81,6 +81,21 @@ def semantic_problems(tuningjob: TuningJob, settings: Settings) -> list[Problem]
             )
         )
     return problems
+
+
+def _data_source(field: str, uri: str) -> list[Problem]:
+    """Data comes from S3 or over HTTP(S) (the trainer's fsspec reader) in a cluster."""
+    if uri.startswith(("https://", "http://")):
+        return []
+    if location_kind(uri) == "unsupported":
+        return [
+            Problem(
+                field,
+                f"use an s3://bucket/key or https:// URI in a cluster (got {uri!r}); other fsspec "
+                "schemes work with `kubetune train` where their filesystem is installed",
+            )
+        ]
+    return _s3_only(field, uri)
 
 
 def _s3_only(field: str, uri: str) -> list[Problem]:

@@ -55,7 +55,9 @@ def test_shm_must_fit_in_memory_including_operator_defaults() -> None:
 
 def test_schema_errors_name_the_field_in_manifest_terms() -> None:
     problems = _problems(manifest(training={"learningRate": -1, "epoch": 2}))
-    assert "spec.training.learningRate: input should be greater than 0 (got -1)" in problems
+    assert (
+        "spec.training.learningRate: input should be greater than 0, or auto (got -1)" in problems
+    )
     assert "spec.training.epoch: unknown field; did you mean epochs?" in problems
 
 
@@ -86,3 +88,13 @@ def test_an_init_adapter_must_be_in_s3_in_a_cluster() -> None:
         settings(),
         "x",
     )
+
+
+def test_datasets_may_come_over_https_in_a_cluster() -> None:
+    document = manifest(
+        dataset={
+            "source": "https://data.example.com/emails.jsonl",
+            "validation": {"source": "http://files.internal/validation.jsonl"},
+        }
+    )
+    assert validate(document, settings(), "x").spec.dataset.source.startswith("https://")

@@ -44,10 +44,11 @@ from kubetune.trainer.data.formats import Example, Formatter, detect_format
 from kubetune.trainer.data.packing import build_packs, lower_bound, plan_packs
 from kubetune.trainer.data.problems import Problem, ProblemLog
 from kubetune.trainer.data.redact import Redactor
+from kubetune.trainer.data.remote import download_remote, list_remote
 from kubetune.trainer.data.sources import SourceFile, file_kind, list_local, read_records
 from kubetune.trainer.data.splits import split_indices
 from kubetune.trainer.data.templates import ChatTemplate, resolve_template
-from kubetune.trainer.errors import BadDataError
+from kubetune.trainer.errors import BadDataError, InvalidConfigError
 from kubetune.trainer.storage import Storage
 
 if TYPE_CHECKING:
@@ -250,8 +251,16 @@ def _small_data_packing(train: Encoded, training: TrainingSpec, notes: list[str]
 
 def _list_source(uri: str, storage: Storage) -> tuple[list[SourceFile], list[str]]:
     """The data files of a source, fingerprinted, and the files ignored under it."""
-    if location_kind(uri) != "s3":
+    kind = location_kind(uri)
+    if kind == "local":
         return list_local(local_path(uri))
+    if kind in ("pvc", "hf"):
+        raise InvalidConfigError(
+            f"{uri}: {kind}:// is for models; give a dataset as s3://, https:// (or another "
+            "fsspec URL) or a local path"
+        )
+    if kind == "unsupported":  # https:// and other fsspec protocols
+        return list_remote(uri)
     objects = storage.resolve(uri)  # StorageAccessError: no bucket, no key, denied, bad credentials
     data = [o for o in objects if file_kind(o.uri)]
     if not data:
@@ -274,8 +283,15 @@ def _download(files: list[SourceFile], storage: Storage, folder: Path) -> list[S
     if not remote:
         return files
     targets = {f.uri: folder / f"{i:05d}-{f.name}" for i, f in enumerate(remote)}
+
+    def fetch(f: SourceFile) -> None:
+        if location_kind(f.uri) == "s3":
+            storage.download_file(f.uri, targets[f.uri])
+        else:  # https:// and other fsspec URLs
+            download_remote(f, targets[f.uri])
+
     with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
-        list(pool.map(lambda f: storage.download_file(f.uri, targets[f.uri]), remote))
+        list(pool.map(fetch, remote))
     return [f if f.path is not None else replace(f, path=targets[f.uri]) for f in files]
 
 
@@ -337,8 +353,6 @@ def _split(
     out = {split: examples[split] for split in ("validation", "test") if split in examples}
     if fractions:
         if sum(fractions.values()) >= 1:
-            from kubetune.trainer.errors import InvalidConfigError
-
             raise InvalidConfigError(
                 "dataset.validation.fraction + dataset.test.fraction must be less than 1"
             )
