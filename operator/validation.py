@@ -84,14 +84,24 @@ def semantic_problems(tuningjob: TuningJob, settings: Settings) -> list[Problem]
 
 
 def _data_source(field: str, uri: str) -> list[Problem]:
-    """Data comes from S3 or over HTTP(S) (the trainer's fsspec reader) in a cluster."""
+    """Data comes from S3, a PVC or over HTTP(S) (the trainer's fsspec reader) in a cluster."""
     if uri.startswith(("https://", "http://")):
+        return []
+    if location_kind(uri) == "pvc":
+        claim = pvc_claim(uri)
+        if not claim or len(claim) > 253 or not _DNS_SUBDOMAIN.match(claim):
+            return [
+                Problem(
+                    field,
+                    f"pvc:// needs a PersistentVolumeClaim name, as pvc://CLAIM/PATH (got {uri!r})",
+                )
+            ]
         return []
     if location_kind(uri) == "unsupported":
         return [
             Problem(
                 field,
-                f"use an s3://bucket/key or https:// URI in a cluster (got {uri!r}); other fsspec "
+                f"use an s3://bucket/key, pvc://CLAIM/PATH or https:// URI in a cluster (got {uri!r}); other fsspec "
                 "schemes work with `kubetune train` where their filesystem is installed",
             )
         ]

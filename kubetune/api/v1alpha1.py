@@ -149,7 +149,8 @@ class DatasetSpec(ApiModel):
         max_length=URI,
         description=(
             "The training data: s3://bucket/key for one file, s3://bucket/prefix/ for every "
-            "data file under it, https://host/file (read with fsspec; any other fsspec URL whose "
+            "data file under it, pvc://claim/path (mounted read-only, as for models), "
+            "https://host/file (read with fsspec; any other fsspec URL whose "
             "filesystem the trainer has, with `kubetune train`), or a local path for "
             "`kubetune prepare/train` on a workstation. "
             "JSON Lines (.jsonl, .jsonl.gz), JSON arrays (.json), Parquet (.parquet) and CSV (.csv)."

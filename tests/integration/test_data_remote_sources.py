@@ -1,4 +1,5 @@
-"""Datasets over https:// (fsspec's HTTP filesystem) against a real local HTTP server.
+"""Datasets over https:// (fsspec's HTTP filesystem) against a real local HTTP server,
+and on a PVC.
 
 No outside host is reachable where kubetune is tested, so the server is Python's own
 http.server on 127.0.0.1, serving tests/data: the same code path as any https:// host
@@ -78,5 +79,23 @@ def test_missing_files_and_unknown_schemes_say_what_and_where(server: str, tmp_p
         prepare(job(f"{server}/missing.jsonl", tmp_path / "a"), tmp_path / "work", tokenizer)
     with pytest.raises(InvalidConfigError, match=r"cannot read gs:// here .*gcsfs"):
         prepare(job("gs://bucket/data.jsonl", tmp_path / "b"), tmp_path / "work", tokenizer)
-    with pytest.raises(InvalidConfigError, match=r"pvc:// is for models"):
-        prepare(job("pvc://claim/data.jsonl", tmp_path / "c"), tmp_path / "work", tokenizer)
+    with pytest.raises(InvalidConfigError, match=r"hf:// is for models"):
+        prepare(job("hf://org/data", tmp_path / "c"), tmp_path / "work", tokenizer)
+
+
+def test_a_dataset_on_a_pvc_is_read_where_the_operator_mounts_the_claim(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pod sees pvc://datasets/emails/... at /mnt/pvc/datasets/emails/...; here the
+    # mount root is a folder of the test (KUBETUNE_PVC_ROOT, as for models).
+    root = tmp_path / "pvc"
+    (root / "datasets" / "emails").mkdir(parents=True)
+    (root / "datasets" / "emails" / "train.jsonl").write_bytes(
+        (DATA / "marketing-emails.jsonl").read_bytes()
+    )
+    monkeypatch.setenv("KUBETUNE_PVC_ROOT", str(root))
+    tokenizer = build_tokenizer()
+    data = prepare(job("pvc://datasets/emails/", tmp_path / "out"), tmp_path / "work", tokenizer)
+    assert len(data.train) == 17
+    with pytest.raises(StorageAccessError, match=r"the claim 'other' is mounted at"):
+        prepare(job("pvc://other/x.jsonl", tmp_path / "out"), tmp_path / "work", tokenizer)

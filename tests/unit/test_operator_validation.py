@@ -98,3 +98,12 @@ def test_datasets_may_come_over_https_in_a_cluster() -> None:
         }
     )
     assert validate(document, settings(), "x").spec.dataset.source.startswith("https://")
+
+
+def test_datasets_on_a_pvc_need_a_claim_name() -> None:
+    assert validate(manifest(dataset={"source": "pvc://team-data/emails.jsonl"}), settings(), "x")
+    problems = _problems(manifest(dataset={"source": "pvc:///emails.jsonl"}))
+    assert problems == [
+        "spec.dataset.source: pvc:// needs a PersistentVolumeClaim name, as pvc://CLAIM/PATH "
+        "(got 'pvc:///emails.jsonl')"
+    ]

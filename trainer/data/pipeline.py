@@ -44,7 +44,7 @@ from kubetune.trainer.data.formats import Example, Formatter, detect_format
 from kubetune.trainer.data.packing import build_packs, lower_bound, plan_packs
 from kubetune.trainer.data.problems import Problem, ProblemLog
 from kubetune.trainer.data.redact import Redactor
-from kubetune.trainer.data.remote import download_remote, list_remote
+from kubetune.trainer.data.remote import download_remote, list_remote, pvc_path
 from kubetune.trainer.data.sources import SourceFile, file_kind, list_local, read_records
 from kubetune.trainer.data.splits import split_indices
 from kubetune.trainer.data.templates import ChatTemplate, resolve_template
@@ -254,9 +254,11 @@ def _list_source(uri: str, storage: Storage) -> tuple[list[SourceFile], list[str
     kind = location_kind(uri)
     if kind == "local":
         return list_local(local_path(uri))
-    if kind in ("pvc", "hf"):
+    if kind == "pvc":
+        return list_local(str(pvc_path(uri)))
+    if kind == "hf":
         raise InvalidConfigError(
-            f"{uri}: {kind}:// is for models; give a dataset as s3://, https:// (or another "
+            f"{uri}: hf:// is for models; give a dataset as s3://, pvc://, https:// (or another "
             "fsspec URL) or a local path"
         )
     if kind == "unsupported":  # https:// and other fsspec protocols

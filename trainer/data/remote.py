@@ -1,4 +1,7 @@
-"""Data files beyond S3 and local paths: https:// and any fsspec URL.
+"""Data files beyond S3 and local paths: pvc://, https:// and any fsspec URL.
+
+A `pvc://CLAIM/PATH` source is read where the operator mounts the claim (read-only, at
+`contract.PVC_MOUNT_ROOT/CLAIM`, as for models): a local file or folder from there on.
 
 A dataset (or validation/test) source whose scheme is neither s3:// nor local is read
 through fsspec: `https://host/data.jsonl` (fsspec's HTTP filesystem, installed with
@@ -24,6 +27,28 @@ from kubetune.trainer.errors import BadDataError, InvalidConfigError, StorageAcc
 log = logging.getLogger(__name__)
 
 _VERSION_KEYS = ("ETag", "etag", "md5Hash", "LastModified", "Last-Modified", "mtime", "updated")
+
+
+def pvc_path(uri: str) -> Path:
+    """Where a pvc://CLAIM/PATH data source is in the pod (KUBETUNE_PVC_ROOT overrides the root)."""
+    import os
+
+    from kubetune.api.contract import PVC_MOUNT_ROOT
+    from kubetune.api.locations import pvc_claim, pvc_local_path
+    from kubetune.trainer.model_source import PVC_MOUNT_ROOT_ENV
+
+    claim = pvc_claim(uri)
+    if claim is None:
+        raise InvalidConfigError(f"{uri}: names no claim; write pvc://CLAIM/PATH")
+    root = Path(os.environ.get(PVC_MOUNT_ROOT_ENV, PVC_MOUNT_ROOT))
+    path = root / Path(pvc_local_path(uri)).relative_to(PVC_MOUNT_ROOT)
+    if not path.exists():
+        raise StorageAccessError(
+            f"{uri}: {path} does not exist; the claim '{claim}' is mounted at {root / claim} in the "
+            "training pod (pvc:// sources exist only inside the cluster; use a local path with "
+            "`kubetune train` on a workstation)"
+        )
+    return path
 
 
 def _filesystem(uri: str) -> tuple[Any, str]:
