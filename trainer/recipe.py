@@ -355,6 +355,14 @@ class _Run:
         self.telemetry.set_phase("training")
         bar = ProgressBar(loop.total_steps, progress.step, enabled=self.dist.is_main)
         window = StepWindow()
+        # A run that stopped early and is started again (its pod lost during export) stays
+        # stopped: its checkpoint is at the stop step, and the decision reads the same records.
+        self.stopped_early = early_stop_reason(progress.evaluations, training.early_stopping)
+        if self.stopped_early:
+            if self.dist.is_main:
+                log.info("%s (decided before this attempt)", self.stopped_early)
+            bar.close()
+            return
         if progress.step == 0 and data.validation is not None:
             # The baseline: how much the run improved is measured against it.
             self._evaluate_validation(model, data, loop)

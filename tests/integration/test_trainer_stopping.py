@@ -116,18 +116,20 @@ def test_export_best_exports_the_weights_of_the_lowest_validation_loss(
 
 
 def test_early_stopping_stops_after_patience_evaluations_without_a_better_loss(
-    tiny_model: Path, synthetic_data: Path, swapped_validation: Path, tmp_path: Path
+    tiny_model: Path,
+    synthetic_data: Path,
+    swapped_validation: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    result = train(
-        u_shaped_job(
-            tiny_model,
-            synthetic_data,
-            swapped_validation,
-            tmp_path / "out",
-            earlyStopping={"patience": 2},
-        ),
-        tmp_path / "scratch",
+    the_job = u_shaped_job(
+        tiny_model,
+        synthetic_data,
+        swapped_validation,
+        tmp_path / "out",
+        earlyStopping={"patience": 2},
     )
+    result = train(the_job, tmp_path / "scratch")
     evaluations = result.summary["evaluations"]
     best = best_of(evaluations)
     stop_step = best["step"] + 2 * U_SHAPE["evalEvery"]
@@ -139,6 +141,20 @@ def test_early_stopping_stops_after_patience_evaluations_without_a_better_loss(
     assert result.checkpoint_uri == f"{tmp_path}/out/checkpoints/step-{stop_step:06d}/"
     train_records = [r for r in records(tmp_path / "out" / "metrics.jsonl") if r["kind"] == "train"]
     assert train_records[-1]["step"] == stop_step
+
+    # Started again (a pod lost during export): it stays stopped and exports the same best.
+    steps = {"count": 0}
+    original = loop_module.TrainLoop._step
+
+    def counting(self: loop_module.TrainLoop, batches: list[dict[str, Any]]) -> Any:
+        steps["count"] += 1
+        return original(self, batches)
+
+    monkeypatch.setattr(loop_module.TrainLoop, "_step", counting)
+    again = train(the_job, tmp_path / "scratch-2")
+    assert steps["count"] == 0
+    assert again.metrics["steps"] == stop_step
+    assert again.metrics["exported_step"] == best["step"]
 
 
 def test_token_accuracy_is_logged_for_train_and_eval_and_rises_as_the_task_is_learned(
