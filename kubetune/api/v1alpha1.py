@@ -40,10 +40,13 @@ ShortString = Annotated[str, Field(max_length=SHORT)]
 
 # Hyperparameters that the trainer can choose from the data ("auto"; rules in
 # docs/trainer.md and kubetune/trainer/auto.py). In the CRD an integer-or-auto field is
-# int-or-string; a number-or-auto field (fractions allowed) keeps its value as written
-# (structural schemas have no number-or-string type) and the operator's validation
-# with this model rejects anything else before a Job exists.
+# int-or-string with a CEL rule; a number-or-auto field (fractions allowed) keeps its
+# value as written: structural schemas have no number-or-string type, and the API server
+# compiles no CEL on (or about) untyped fields. The operator's validation with this
+# model rejects anything else before a Job exists (status InvalidSpec).
 AUTO = "auto"
+
+
 IntOrAuto = Annotated[
     Annotated[int, Field(ge=1, le=4096)] | Literal["auto"],
     Field(

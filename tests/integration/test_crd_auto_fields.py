@@ -1,5 +1,7 @@
 """The real API server stores number-or-auto training fields as written and applies the
-auto defaults (they are int-or-string or untyped in the structural CRD schema)."""
+auto defaults. batchSize and gradientAccumulation are int-or-string with a CEL rule;
+epochs and learningRate (fractions allowed) are untyped, which the API server cannot
+check by CEL: the operator's validation does."""
 
 from __future__ import annotations
 
@@ -50,10 +52,23 @@ def test_auto_and_numbers_are_stored_and_bad_batch_values_rejected(
         {"epochs": 1.5, "learningRate": 2.0e-4, "batchSize": 4, "gradientAccumulation": "auto"},
     )["spec"]["training"]
     assert (numbers["epochs"], numbers["learningRate"], numbers["batchSize"]) == (1.5, 2.0e-4, 4)
-    for bad in ({"batchSize": "lots"}, {"batchSize": 0}, {"gradientAccumulation": 5000}):
+    integers = create(cluster, namespace, "integers", {"epochs": 2, "learningRate": 1})
+    assert (
+        integers["spec"]["training"]["epochs"],
+        integers["spec"]["training"]["learningRate"],
+    ) == (2, 1)
+    for bad, message in (
+        ({"batchSize": "lots"}, "a whole number from 1 to 4096, or auto"),
+        ({"batchSize": 0}, "a whole number from 1 to 4096, or auto"),
+        ({"gradientAccumulation": 5000}, "a whole number from 1 to 4096, or auto"),
+    ):
         with pytest.raises(ApiException) as rejected:
             create(cluster, namespace, "bad", bad)
-        assert (
-            rejected.value.status == 422
-            and "a whole number from 1 to 4096, or auto" in rejected.value.body
+        assert rejected.value.status == 422 and message in rejected.value.body, (
+            bad,
+            rejected.value.body,
         )
+    # epochs and learningRate are untyped in the CRD: the API server keeps a bad value,
+    # and the operator's validation refuses it (tests/unit/test_operator_validation.py).
+    kept = create(cluster, namespace, "checked-by-the-operator", {"learningRate": -1})
+    assert kept["spec"]["training"]["learningRate"] == -1
