@@ -626,7 +626,10 @@ class _Run:
     def _export(
         self, model: Any, tokenizer: Any, model_folder: Path, summary: dict[str, Any]
     ) -> tuple[str, Path | None]:
-        adapter_uri = join_uri(self.destination, OutputLayout.ADAPTER)
+        result_folder = (
+            OutputLayout.MODEL if self.spec.method.type == "full" else OutputLayout.ADAPTER
+        )
+        adapter_uri = join_uri(self.destination, result_folder)
         if not self.dist.is_main:
             return adapter_uri, None
         self.telemetry.set_phase("uploading")
