@@ -67,7 +67,8 @@ def observe(tuningjob: TuningJob, job: Body, pods: Sequence[Body]) -> Observatio
         return Observation(
             "Succeeded",
             "Succeeded",
-            f"the adapter is at {adapter}",
+            # method.type full exports a whole model (OutputLayout.MODEL) instead of an adapter.
+            f"the {'model' if adapter.endswith(OutputLayout.MODEL) else 'adapter'} is at {adapter}",
             completion_time=job_status.get("completionTime") or done.get("lastTransitionTime"),
             adapter=adapter,
             final_metrics=dict(message.metrics) if message else {},

@@ -104,7 +104,12 @@ class Output(StatusModel):
     """Where the results are in object storage."""
 
     adapter: str | None = Field(
-        default=None, max_length=URI, description="The trained adapter, once the run has succeeded."
+        default=None,
+        max_length=URI,
+        description=(
+            "The trained adapter, once the run has succeeded (for method.type full: the folder "
+            "of the whole trained model)."
+        ),
     )
     checkpoint: str | None = Field(
         default=None,

@@ -422,3 +422,13 @@ def test_the_values_chosen_for_auto_settings_reach_the_status() -> None:
     plain = TerminationMessage(reason="Succeeded", metrics={"train_loss": 1.0})
     obs = observe(tuningjob(), done, [pod(phase="Succeeded", state=terminated(0, plain.to_json()))])
     assert next_status(None, obs, generation=1, job_name="x", progress=None, now=NOW).chosen is None
+
+
+def test_a_full_fine_tune_says_where_the_model_is() -> None:
+    message = TerminationMessage(reason="Succeeded", adapter="s3://models-tuned/qwen/model/")
+    done = job(conditions=[condition("Complete")])
+    obs = observe(
+        tuningjob(), done, [pod(phase="Succeeded", state=terminated(0, message.to_json()))]
+    )
+    assert obs.message == "the model is at s3://models-tuned/qwen/model/"
+    assert obs.adapter == "s3://models-tuned/qwen/model/"
