@@ -9,13 +9,13 @@ PYTEST_ARGS ?=
 
 .PHONY: help demo deps tools test test-unit test-integration test-e2e lint cluster cluster-down cluster-status \
 	bench bench-smoke bench-data bench-s3 bench-train bench-first-step bench-operator bench-trainer \
-	crds chart-docs demo-cluster kind-up kind-down
+	crds chart-docs demo-cluster kind-up kind-down images
 
 help: ## List the commands
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 demo: deps ## Train a tiny model end to end through S3 on this machine (a few minutes, no GPU)
-	$(UV) run --frozen python hack/demo.py
+	$(UV) run --frozen python -m hack.demo
 
 deps: ## Install uv if missing and sync the locked environment (.venv)
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
@@ -25,7 +25,8 @@ deps: ## Install uv if missing and sync the locked environment (.venv)
 
 # With KUBETUNE_TEST_KUBECONFIG set, the tests run against that cluster: the
 # control-plane binaries are not needed, and kubectl, helm and kwok may come from PATH.
-# The chart's small Go tools (helm-docs, kindconfig) are built either way.
+# The Go tools of the unit tier's external checks (helm-docs, kindconfig, kubeconform,
+# promtool) and kubeconform's schemas are prepared either way.
 tools: ## Build (first time, minutes) or reuse the cached control-plane binaries and Go tools
 	@if [ -n "$$KUBETUNE_TEST_KUBECONFIG" ] && ! hack/build-tools.sh --check >/dev/null 2>&1; then \
 	  echo "KUBETUNE_TEST_KUBECONFIG is set: not building the control plane; kubectl, helm and kwok come from PATH"; \
@@ -34,8 +35,11 @@ tools: ## Build (first time, minutes) or reuse the cached control-plane binaries
 	fi
 	hack/go-tool.sh helm-docs >/dev/null
 	hack/go-tool.sh kindconfig >/dev/null
+	hack/go-tool.sh kubeconform >/dev/null
+	hack/go-tool.sh promtool >/dev/null
+	hack/k8s-schemas.sh >/dev/null
 
-test: deps tools ## Run every test tier: unit, integration, e2e
+test: deps lint tools ## Lint, then run every test tier: unit, integration, e2e
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 test-unit: deps ## Run the unit tier only (no servers; seconds)
@@ -56,8 +60,8 @@ cluster-status: ## Say whether the `make cluster` ground runs, and how to use it
 cluster-down: ## Stop everything `make cluster` started
 	$(UV) run --frozen python -m tests.ground down
 
-lint: deps ## Lint the Python code
-	$(UV) run --frozen ruff check .
+lint: deps ## The house's checks: ruff format, ruff check, mypy, import-linter contracts (seconds)
+	$(UV) run --frozen hack/lint.sh
 
 # Benchmarks (bench/, results in docs/benchmarks.md): each prints a table and writes
 # JSON (bench/results/, the operator's to out/). They take minutes and load the
@@ -65,15 +69,15 @@ lint: deps ## Lint the Python code
 bench: bench-data bench-s3 bench-train bench-first-step bench-trainer bench-operator ## Run every benchmark (tens of minutes)
 
 bench-smoke: deps tools ## Run every benchmark in its smoke mode (small inputs, one round: checks they work, no figures)
-	$(UV) run --frozen python bench/data_pipeline.py --smoke
+	$(UV) run --frozen python -m bench.data_pipeline --smoke
 	$(UV) run --frozen python -m bench.s3_transfer --smoke
 	$(UV) run --frozen python -m bench.train_step --smoke
 	$(UV) run --frozen python -m bench.first_step --smoke
-	$(UV) run --frozen python bench/trainer_cpu.py --quick
+	$(UV) run --frozen python -m bench.trainer_cpu --quick
 	$(UV) run --frozen python -m bench.operator_latency --scales 1 --idle 1 --json out/operator-latency-smoke.json
 
 bench-data: deps ## Benchmark the data pipeline against TRL (figures for docs/benchmarks.md)
-	$(UV) run --frozen python bench/data_pipeline.py --repeat 3
+	$(UV) run --frozen python -m bench.data_pipeline --repeat 3
 
 bench-s3: deps ## Benchmark S3 transfers: kubetune's storage layer against boto3 configurations
 	$(UV) run --frozen python -m bench.s3_transfer
@@ -97,6 +101,11 @@ crds: deps ## Regenerate crds/ from the spec model, and the Helm chart's copy of
 chart-docs: ## Regenerate charts/kubetune/README.md from the documented values (helm-docs)
 	cd charts/kubetune && "$$(../../hack/go-tool.sh helm-docs)" --chart-search-root . --template-files README.md.gotmpl --log-level warning
 
+# Without an image registry: the bases are made here (hack/images/build-bases.sh, Debian
+# and PyPI only); IMAGE_BASES=registry builds on the Dockerfiles' usual bases instead.
+images: ## Build kubetune-operator:dev and kubetune-trainer:dev with BuildKit (IMAGE_BASES=local|registry, TAG=dev)
+	hack/images/build.sh
+
 kind-up: ## Try kubetune in a local kind cluster, end to end (needs Docker; see docs/install.md)
 	hack/kind-up.sh
 
@@ -104,4 +113,4 @@ kind-down: ## Delete the kind cluster that kind-up made
 	kind delete cluster --name $${CLUSTER:-kubetune}
 
 bench-trainer: deps ## Trainer figures on CPU: base precision, loop vs transformers Trainer, 4-bit generation
-	$(UV) run --frozen python bench/trainer_cpu.py
+	$(UV) run --frozen python -m bench.trainer_cpu

@@ -1,7 +1,7 @@
 """Benchmark: kubetune's data pipeline against TRL's, side by side in one run.
 
-    .venv/bin/python bench/data_pipeline.py [--repeat 3] [--json results.json]
-    .venv/bin/python bench/data_pipeline.py --smoke     # 200 Dolly records at 2048, once
+    .venv/bin/python -m bench.data_pipeline [--repeat 3] [--json results.json]
+    .venv/bin/python -m bench.data_pipeline --smoke     # 200 Dolly records at 2048, once
 
 Data: the Dolly sample in tests/data (1,088 records), and a synthetic set of 15,000
 records with Dolly's length distribution (Dolly records drawn with replacement, the
@@ -30,21 +30,19 @@ import argparse
 import json
 import math
 import random
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import RESULTS, Report
+from kubetune.trainer.data.encode import Encoder
+from kubetune.trainer.data.formats import Formatter
+from kubetune.trainer.data.packing import build_packs, lower_bound, plan_packs
+from kubetune.trainer.data.templates import BUILTIN, resolve_template
+from tests.support.tokenizers import mistral_tokenizer
 
-from bench.common import RESULTS, Report  # noqa: E402
-from kubetune.trainer.data.encode import Encoder  # noqa: E402
-from kubetune.trainer.data.formats import Formatter  # noqa: E402
-from kubetune.trainer.data.packing import build_packs, lower_bound, plan_packs  # noqa: E402
-from kubetune.trainer.data.templates import BUILTIN, resolve_template  # noqa: E402
-from tests.support.tokenizers import mistral_tokenizer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DOLLY = ROOT / "tests" / "data" / "dolly-sample.jsonl"
 LENGTHS = (2048, 4096)

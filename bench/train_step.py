@@ -277,7 +277,7 @@ def build_model_folder(scale: Scale, model_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM
 
     from kubetune.trainer.data.templates import BUILTIN
-    from kubetune.trainer.tiny import build_tokenizer
+    from tests.support.tiny import build_tokenizer
     from tests.support.tokenizers import mistral_tokenizer
 
     if (model_dir / "config.json").exists():

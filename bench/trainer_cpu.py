@@ -15,7 +15,7 @@
    fused AVX512-BF16 kernel) against kubetune's setting (repacking off, see
    trainer/quantization.py): greedy tokens per second, what the correctness fix costs.
 
-    .venv/bin/python bench/trainer_cpu.py            # add --quick for a smoke run
+    .venv/bin/python -m bench.trainer_cpu            # add --quick for a smoke run
 """
 
 from __future__ import annotations
@@ -25,16 +25,12 @@ import contextlib
 import gc
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from kubetune.trainer.quantization import quiet_bitsandbytes_import  # noqa: E402
+from kubetune.trainer.quantization import quiet_bitsandbytes_import
 
 quiet_bitsandbytes_import()
 
@@ -47,7 +43,7 @@ from kubetune.trainer.loop import StopSignal, TrainLoop  # noqa: E402
 from kubetune.trainer.model import load_model  # noqa: E402
 from kubetune.trainer.plan import Hardware, make_plan  # noqa: E402
 from kubetune.trainer.sampling import Schedule  # noqa: E402
-from kubetune.trainer.state import Progress  # noqa: E402
+from kubetune.trainer.state import TrainState  # noqa: E402
 
 
 def build_base(folder: Path, hidden: int, layers: int, vocab: int) -> Path:
@@ -144,7 +140,7 @@ def train_method(
         dist=Dist.single(),
         device=torch.device("cpu"),
         stop=StopSignal(),
-        progress=Progress(),
+        progress=TrainState(),
     )
     reports = list(loop.steps())
     result = {
@@ -213,7 +209,7 @@ def time_our_loop(
         dist=Dist.single(),
         device=torch.device("cpu"),
         stop=StopSignal(),
-        progress=Progress(),
+        progress=TrainState(),
     )
     reports = list(loop.steps())
     del model, optimizer, loop

@@ -14,7 +14,7 @@
 A model this small learns the answer format (a short answer, then EOS), not facts:
 expect the "after" answer to be shorter and to stop, not to be right.
 
-    make demo                      # or: .venv/bin/python hack/demo.py --help
+    make demo                      # or: .venv/bin/python -m hack.demo --help
 """
 
 from __future__ import annotations
@@ -30,10 +30,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tests.ground.s3 import SeaweedS3
 
-from tests.ground.s3 import SeaweedS3  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DOLLY = ROOT / "tests" / "data" / "dolly-sample.jsonl"
 MODEL_PREFIX = "models/tiny-llama/"
@@ -175,8 +174,8 @@ def build_model(folder: Path, records: list[dict[str, str]], args: argparse.Name
     """
     import torch
 
-    from kubetune.trainer.tiny import build_model as random_model
-    from kubetune.trainer.tiny import build_tokenizer
+    from tests.support.tiny import build_model as random_model
+    from tests.support.tiny import build_tokenizer
 
     texts = [" ".join((r["instruction"], r["context"], r["response"])) for r in records]
     tokenizer = build_tokenizer(texts, vocab_size=args.vocab, chat_template=None)

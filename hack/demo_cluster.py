@@ -158,10 +158,10 @@ def upload_inputs(s3: dict[str, Any]) -> None:
     import boto3
     from botocore.config import Config
 
-    # A tiny random Llama and its tokenizer, built here; the Dolly sample of the tests.
-    sys.path.insert(0, str(ROOT))
-    from kubetune.trainer.tiny import save_tiny
     from tests.support.data import DOLLY
+
+    # A tiny random Llama and its tokenizer, built here; the Dolly sample of the tests.
+    from tests.support.tiny import save_tiny
 
     client = boto3.client(
         "s3",
@@ -200,6 +200,10 @@ def start_operator(env: dict[str, str], s3_url: str) -> None:
         "TRAINER_IMAGE": "kubetune/trainer:demo",  # the local node runs the command, not an image
         "METRICS_PORT": "0",
         "HEALTH_PORT": "0",
+        # The Validating step's pod, sized for the local node.
+        "VALIDATE_CPU": "1",
+        "VALIDATE_MEMORY": "2Gi",
+        "VALIDATE_SCRATCH_SIZE": "1Gi",
     }
     operator_env = {
         **env,

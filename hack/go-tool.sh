@@ -2,11 +2,13 @@
 # Builds one of the small Go tools under hack/tools/NAME (a Go module of its own) on
 # first use, caches it next to hack/build-tools.sh's binaries, and prints its path.
 #
-#   hack/go-tool.sh kindconfig    # checks kind-config.yaml against kind's API types
-#   hack/go-tool.sh helm-docs     # writes the chart README from values.yaml
+#   hack/go-tool.sh kindconfig        # checks kind-config.yaml against kind's API types
+#   hack/go-tool.sh helm-docs         # writes the chart README from values.yaml
+#   hack/go-tool.sh kubeconform       # validates Kubernetes objects against JSON schemas
+#   hack/go-tool.sh promtool          # checks Prometheus metrics expositions
 #
-# The cache key is a hash of the module's files, so a version bump in go.mod (or a
-# change to the tool's source) builds afresh; a finished build is marked `.complete`
+# The cache key is a hash of the module's Go files (in subfolders too), so a version
+# bump in go.mod (or a change to the tool's source) builds afresh; a finished build is marked `.complete`
 # last, so an interrupted one is never used. A module with `tool` directives builds
 # those; one with its own main package builds that. Progress goes to stderr.
 set -euo pipefail
@@ -16,7 +18,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 src="$here/tools/$name"
 [[ -f "$src/go.mod" ]] || { echo "go-tool: no Go module at $src" >&2; exit 2; }
 cache="${KUBETUNE_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubetune/tools}"
-key="$(cd "$src" && find . -maxdepth 1 -type f \( -name "go.*" -o -name "*.go" \) -print0 | sort -z | xargs -0 cat | sha256sum | cut -c1-12)"
+key="$(cd "$src" && find . -type f \( -name "go.*" -o -name "*.go" \) -print0 | sort -z | xargs -0 cat | sha256sum | cut -c1-12)"
 dest="$cache/$name-$key"
 
 if [[ ! -f "$dest/.complete" ]]; then

@@ -57,14 +57,35 @@ def main(verbose: bool) -> None:
     )
 
 
+def _tuningjob_from_env():  # type: ignore[no-untyped-def]
+    """The TuningJob the operator put in the pod's environment (contract.SPEC_ENV)."""
+    import os
+
+    from kubetune.api.contract import SPEC_ENV
+    from kubetune.api.manifest import Problem, parse_tuningjob_json
+
+    text = os.environ.get(SPEC_ENV)
+    if not text:
+        raise SpecError(
+            f"${SPEC_ENV}",
+            [Problem("", "is empty or unset; the operator puts the TuningJob there")],
+        )
+    return parse_tuningjob_json(text, f"${SPEC_ENV}")
+
+
 @main.command()
 @click.option(
     "-f",
     "--filename",
     "manifest",
-    required=True,
     type=click.Path(dir_okay=False),
     help="A TuningJob manifest (YAML or JSON).",
+)
+@click.option(
+    "--from-env",
+    is_flag=True,
+    help="The operator's Validating step: read the TuningJob from $KUBETUNE_TUNINGJOB and "
+    "publish the prepared data to S3 for the trainer (no -o, no --report).",
 )
 @click.option(
     "-o",
@@ -77,7 +98,7 @@ def main(verbose: bool) -> None:
     type=click.Path(dir_okay=False),
     help="Write the JSON report here instead of OUTPUT/prepare-report.json.",
 )
-def prepare(manifest: str, output: str | None, report: str | None) -> None:
+def prepare(manifest: str | None, from_env: bool, output: str | None, report: str | None) -> None:
     """Build the packed, loss-masked dataset of a TuningJob, as the trainer would.
 
     Reads spec.dataset (local paths or s3://), formats, redacts, tokenizes with the
@@ -86,6 +107,12 @@ def prepare(manifest: str, output: str | None, report: str | None) -> None:
     and a JSON report. Results are cached by a hash of the inputs
     ($KUBETUNE_SCRATCH_DIR, else ~/.cache/kubetune).
     """
+    if bool(manifest) == from_env:
+        raise click.UsageError("give exactly one of -f FILE or --from-env")
+    if from_env:
+        from kubetune.trainer.validate import validate_command
+
+        sys.exit(run_guarded(lambda: validate_command(_tuningjob_from_env, json_logs=None)))
 
     def run() -> None:
         from pathlib import Path
@@ -95,7 +122,7 @@ def prepare(manifest: str, output: str | None, report: str | None) -> None:
         from kubetune.trainer.scratch import default_workdir
         from kubetune.trainer.tokenizer import fetch_tokenizer, needs_pad_token
 
-        job = load_tuningjob(manifest)
+        job = load_tuningjob(manifest or "")
         workdir = default_workdir()
         tokenizer = fetch_tokenizer(
             job.spec.model, job.spec.s3, workdir, needs_pad=needs_pad_token(job.spec.training)
@@ -167,20 +194,7 @@ def train(
             from kubetune.api.manifest import load_tuningjob
 
             return load_tuningjob(filename)
-        import os
-
-        from kubetune.api.contract import SPEC_ENV
-        from kubetune.api.manifest import parse_tuningjob_json
-
-        text = os.environ.get(SPEC_ENV)
-        if not text:
-            from kubetune.api.manifest import Problem
-
-            raise SpecError(
-                f"${SPEC_ENV}",
-                [Problem("", "is empty or unset; the operator puts the TuningJob there")],
-            )
-        return parse_tuningjob_json(text, f"${SPEC_ENV}")
+        return _tuningjob_from_env()
 
     from pathlib import Path
 
@@ -206,7 +220,12 @@ def train(
 @click.option(
     "-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True
 )
-def render(filename: str, output: str) -> None:
+@click.option(
+    "--validating-step",
+    is_flag=True,
+    help="Print the Validating step's Job (the CPU pod that checks the data first) instead.",
+)
+def render(filename: str, output: str, validating_step: bool) -> None:
     """Print the Job the operator would create for a TuningJob; no cluster needed.
 
     Uses the operator settings from the environment (KUBETUNE_OPERATOR_*), such as the
@@ -216,7 +235,7 @@ def render(filename: str, output: str) -> None:
     def action() -> None:
         from kubetune.operator.render import render as render_job
 
-        click.echo(render_job(filename, output), nl=False)
+        click.echo(render_job(filename, output, validating_step=validating_step), nl=False)
 
     run_guarded(action)
 
@@ -258,3 +277,245 @@ def operator() -> None:
         run()
 
     run_guarded(action)
+
+
+# --- Following runs: status, logs, wait, plot (the user's kubeconfig) -----------------
+
+
+def _cluster_options(function: Callable[..., T]) -> Callable[..., T]:
+    for option in reversed(
+        [
+            click.option(
+                "-n",
+                "--namespace",
+                help="The TuningJob's namespace. Default: the kubeconfig context's, else default.",
+            ),
+            click.option("--context", help="The kubeconfig context to use."),
+            click.option(
+                "--kubeconfig",
+                type=click.Path(dir_okay=False),
+                help="The kubeconfig file. Default: $KUBECONFIG, else ~/.kube/config.",
+            ),
+        ]
+    ):
+        function = option(function)
+    return function
+
+
+def _complete_names(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[click.shell_completion.CompletionItem]:
+    """Shell completion of TuningJob names, from the cluster (nothing when unreachable)."""
+    try:
+        from kubetune.client.cluster import Cluster
+
+        cluster = Cluster(
+            namespace=ctx.params.get("namespace"),
+            context=ctx.params.get("context"),
+            kubeconfig=ctx.params.get("kubeconfig"),
+        )
+        names = cluster.names()
+        cluster.close()
+    except Exception:
+        return []
+    return [click.shell_completion.CompletionItem(n) for n in names if n.startswith(incomplete)]
+
+
+def _client_guarded(action: Callable[[], int | None]) -> None:
+    """Client errors become a message and their exit code (3: no such TuningJob)."""
+    from kubetune.client.cluster import ClientError
+    from kubetune.client.curves import CurveError
+
+    try:
+        code = action()
+    except ClientError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except CurveError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    sys.exit(code or 0)
+
+
+def _connect(namespace: str | None, context: str | None, kubeconfig: str | None):  # type: ignore[no-untyped-def]
+    from kubetune.client.cluster import Cluster
+
+    return Cluster(namespace=namespace, context=context, kubeconfig=kubeconfig)
+
+
+@main.command()
+@click.argument("name", shell_complete=_complete_names)
+@_cluster_options
+@click.option(
+    "-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+def status(
+    name: str, namespace: str | None, context: str | None, kubeconfig: str | None, output: str
+) -> None:
+    """Say how a TuningJob is doing: phase, progress, loss, ETA, reason, adapter.
+
+    Exits 3 when there is no such TuningJob.
+    """
+
+    def action() -> int:
+        import json
+
+        from kubetune.client.view import describe
+
+        cluster = _connect(namespace, context, kubeconfig)
+        body = cluster.tuningjob(name)
+        if output == "json":
+            click.echo(json.dumps(body.get("status") or {}, indent=2, sort_keys=True))
+        else:
+            click.echo(describe(body))
+        return 0
+
+    _client_guarded(action)
+
+
+@main.command()
+@click.argument("name", shell_complete=_complete_names)
+@_cluster_options
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming new lines until the pod ends.")
+@click.option("--tail", type=int, default=None, help="Only the last N lines.")
+def logs(
+    name: str,
+    namespace: str | None,
+    context: str | None,
+    kubeconfig: str | None,
+    follow: bool,
+    tail: int | None,
+) -> None:
+    """Print the log of a TuningJob's trainer (its newest pod)."""
+
+    def action() -> int:
+        cluster = _connect(namespace, context, kubeconfig)
+        for line in cluster.logs(name, follow=follow, tail=tail):
+            click.echo(line)
+        return 0
+
+    _client_guarded(action)
+
+
+@main.command()
+@click.argument("name", shell_complete=_complete_names)
+@_cluster_options
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    help="Give up after this many seconds (exit 4). Default: wait as long as it takes.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing while waiting.")
+def wait(
+    name: str,
+    namespace: str | None,
+    context: str | None,
+    kubeconfig: str | None,
+    timeout: float | None,
+    quiet: bool,
+) -> None:
+    """Wait until a TuningJob ends; the exit code says how.
+
+    0 Succeeded, 1 Failed, 3 no such TuningJob (or deleted while waiting), 4 timed out.
+    For scripts that prefer kubectl: `kubectl wait --for=condition=Succeeded tj/NAME`.
+    """
+
+    def action() -> int:
+        from kubetune.client.view import WaitExit
+
+        cluster = _connect(namespace, context, kubeconfig)
+        seen: list[str] = []
+
+        def report(body: dict) -> None:
+            status = body.get("status") or {}
+            progress = (status.get("progress") or {}).get("summary") or ""
+            line = " ".join(
+                part
+                for part in (status.get("phase") or "Pending", status.get("reason"), progress)
+                if part
+            )
+            if not quiet and (not seen or seen[-1] != line):
+                seen.append(line)
+                click.echo(f"{name}: {line}", err=True)
+
+        ended, body = cluster.wait(name, timeout, report)
+        status = (body or {}).get("status") or {}
+        if ended is WaitExit.SUCCEEDED:
+            adapter = (status.get("output") or {}).get("adapter")
+            click.echo(f"{name} succeeded" + (f"; the adapter is at {adapter}" if adapter else ""))
+        elif ended is WaitExit.FAILED:
+            click.echo(f"{name} failed ({status.get('reason')}): {status.get('message')}")
+        else:
+            click.echo(f"{name}: still {status.get('phase') or 'Pending'} after {timeout:g}s")
+        return int(ended)
+
+    _client_guarded(action)
+
+
+@main.command()
+@click.argument("target", shell_complete=_complete_names)
+@_cluster_options
+@click.option(
+    "-o",
+    "--output",
+    "png",
+    type=click.Path(dir_okay=False),
+    help="Where to write the PNG. Default: NAME-loss.png (metrics-loss.png for a file).",
+)
+@click.option("--no-png", is_flag=True, help="Only print the text sparkline.")
+@click.option(
+    "--s3-endpoint",
+    help="S3 endpoint to read from, when the TuningJob's spec.s3.endpoint is an in-cluster address.",
+)
+def plot(
+    target: str,
+    namespace: str | None,
+    context: str | None,
+    kubeconfig: str | None,
+    png: str | None,
+    no_png: bool,
+    s3_endpoint: str | None,
+) -> None:
+    """Plot a run's training and validation loss and learning rate.
+
+    TARGET is a TuningJob's name (its metrics are read from spec.output.destination), or
+    the location of a metrics.jsonl: s3://BUCKET/KEY or a local path. Prints a text
+    sparkline and writes a PNG (needs matplotlib: pip install 'kubetune[plot]'). S3
+    credentials come from the environment, as for the AWS CLI.
+    """
+
+    def action() -> int:
+        from pathlib import Path
+
+        from kubetune.api.contract import OutputLayout
+        from kubetune.client.curves import read_metrics, save_png, summary
+
+        if "/" in target or target.endswith(".jsonl"):
+            location, title, endpoint = target, target, s3_endpoint
+            s3: dict = {}
+            default_png = "metrics-loss.png"
+        else:
+            body = _connect(namespace, context, kubeconfig).tuningjob(target)
+            spec = body.get("spec") or {}
+            location = spec["output"]["destination"].rstrip("/") + "/" + OutputLayout.METRICS
+            s3 = spec.get("s3") or {}
+            endpoint = s3_endpoint or s3.get("endpoint")
+            title, default_png = f"TuningJob {target}", f"{target}-loss.png"
+        curves = read_metrics(
+            location,
+            endpoint=endpoint,
+            region=s3.get("region"),
+            addressing_style=s3.get("addressingStyle", "auto"),
+        )
+        if curves.empty():
+            click.echo(f"{location}: no loss recorded yet", err=True)
+            return 1
+        click.echo(summary(curves))
+        if not no_png:
+            path = Path(png or default_png)
+            save_png(curves, path, title)
+            click.echo(f"wrote {path}")
+        return 0
+
+    _client_guarded(action)

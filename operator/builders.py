@@ -18,14 +18,20 @@ import re
 from typing import Any
 
 from kubetune.api.contract import (
+    CA_BUNDLE_DIR,
+    CA_BUNDLE_ENV,
+    CA_BUNDLE_FILE,
+    HF_TOKEN_KEY,
     METRICS_PORT,
     METRICS_PORT_NAME,
     PERMANENT_EXIT_CODES,
+    PREPARED_ENV,
     PVC_MOUNT_ROOT,
     SCRATCH_DIR_ENV,
     SPEC_ENV,
     TERMINATION_LOG,
     ExitCode,
+    OutputLayout,
 )
 from kubetune.api.locations import pvc_claim
 from kubetune.api.v1alpha1 import API_VERSION, KIND, TuningJob
@@ -33,6 +39,11 @@ from kubetune.operator.settings import Settings
 
 CONTAINER = "trainer"
 COMMAND = ["kubetune", "train", "--from-env"]
+# The Validating step (phase Validating): the same image and environment, on CPU.
+VALIDATE_COMMAND = ["kubetune", "prepare", "--from-env"]
+# On the Validating step's Job and pod; the GPU Job has none.
+STAGE_LABEL = "kubetune.dev/stage"
+VALIDATE_STAGE = "validate"
 
 # Labels on the Job and its pods. TUNINGJOB_LABEL carries the TuningJob's name (made
 # label-safe by `child_name`); the operator finds children by it.
@@ -63,11 +74,29 @@ def child_name(tuningjob_name: str) -> str:
     return f"{stem}-{digest}"
 
 
+def validate_job_name(tuningjob_name: str) -> str:
+    """The Validating step's Job: deterministic too, and distinct from the GPU Job's name."""
+    return child_name(f"{child_name(tuningjob_name)}-validate")
+
+
+def is_validate_job(job: Any) -> bool:
+    return ((job.get("metadata") or {}).get("labels") or {}).get(STAGE_LABEL) == VALIDATE_STAGE
+
+
 def labels(tuningjob_name: str) -> dict[str, str]:
+    """The Job's and its pods' labels: Kubernetes' recommended ones, and the TuningJob's.
+
+    No app.kubernetes.io/version: the image (spec.runtime.image) may be any, so the
+    operator cannot know the trainer's version.
+    """
+    name = child_name(tuningjob_name)
     return {
         "app.kubernetes.io/name": "kubetune-trainer",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": "trainer",
+        "app.kubernetes.io/part-of": "kubetune",
         "app.kubernetes.io/managed-by": MANAGED_BY,
-        TUNINGJOB_LABEL: child_name(tuningjob_name),
+        TUNINGJOB_LABEL: name,
     }
 
 
@@ -112,7 +141,7 @@ def pod_spec_document(tuningjob: TuningJob, settings: Settings) -> str:
 
 
 def credentials_secret(tuningjob: TuningJob, settings: Settings) -> str | None:
-    return tuningjob.spec.s3.credentials_secret or settings.s3_credentials_secret
+    return tuningjob.spec.s3.credentials_secret or settings.s3_auth_ref
 
 
 def build_job(
@@ -152,8 +181,8 @@ def build_job(
         "podFailurePolicy": pod_failure_policy(),
         "template": {
             "metadata": {
-                "labels": dict(job_labels),
-                "annotations": {"kubectl.kubernetes.io/default-container": CONTAINER},
+                "labels": pod_labels(tuningjob, settings),
+                "annotations": pod_annotations(tuningjob, settings),
             },
             "spec": pod_spec(tuningjob, settings),
         },
@@ -163,6 +192,90 @@ def build_job(
     if spec.runtime.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = spec.runtime.ttl_seconds_after_finished
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+
+
+def build_validate_job(
+    tuningjob: TuningJob,
+    settings: Settings,
+    *,
+    owner_uid: str | None = None,
+    generation: int | None = None,
+) -> dict[str, Any]:
+    """The Validating step's Job: `kubetune prepare --from-env` on CPU, before any GPU.
+
+    Same image, identity and environment as the trainer (so it reads S3 and the model's
+    tokenizer as the trainer would); the admin's and the TuningJob's node selector and
+    tolerations, none of the GPU pool's, no GPU, no affinity (which usually targets GPU
+    nodes); small resources from the operator's settings; not queued (Kueue admits GPU
+    Jobs). It fails at once on a permanent exit code, like the trainer.
+    """
+    job = build_job(tuningjob, settings, owner_uid=owner_uid, generation=generation)
+    spec = tuningjob.spec
+    job["metadata"]["name"] = validate_job_name(tuningjob.metadata.name)
+    job["metadata"]["labels"][STAGE_LABEL] = VALIDATE_STAGE
+    job["metadata"]["labels"].pop(QUEUE_LABEL, None)
+    job_spec = job["spec"]
+    job_spec["suspend"] = spec.suspend
+    job_spec["backoffLimit"] = 1
+    job_spec["activeDeadlineSeconds"] = settings.validate_deadline_seconds
+    job_spec.pop("ttlSecondsAfterFinished", None)
+    template = job_spec["template"]
+    template["metadata"]["labels"][STAGE_LABEL] = VALIDATE_STAGE
+    for key in ("prometheus.io/scrape", "prometheus.io/port", "prometheus.io/path"):
+        template["metadata"]["annotations"].pop(key, None)
+    pod = template["spec"]
+    for key in ("affinity", "runtimeClassName", "nodeSelector", "tolerations"):
+        pod.pop(key, None)
+    node_selector = {**settings.default_node_selector, **spec.scheduling.node_selector}
+    tolerations = [
+        t.model_dump(by_alias=True, exclude_none=True)
+        for t in [*settings.default_tolerations, *spec.scheduling.tolerations]
+    ]
+    if node_selector:
+        pod["nodeSelector"] = node_selector
+    if tolerations:
+        pod["tolerations"] = tolerations
+    pod["volumes"] = [
+        {"name": "scratch", "emptyDir": {"sizeLimit": settings.validate_scratch_size}},
+        *(v for v in pod["volumes"] if v["name"] not in ("scratch", "dshm")),
+    ]
+    (container,) = pod["containers"]
+    container["command"] = list(VALIDATE_COMMAND)
+    container.pop("ports", None)
+    container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != "dshm"]
+    cpu, memory = settings.validate_cpu, settings.validate_memory
+    container["resources"] = {
+        "requests": {
+            "cpu": cpu,
+            "memory": memory,
+            "ephemeral-storage": settings.validate_scratch_size,
+        },
+        "limits": {"cpu": cpu, "memory": memory},
+    }
+    return job
+
+
+def pod_labels(tuningjob: TuningJob, settings: Settings) -> dict[str, str]:
+    """The admin's default labels, then the TuningJob's, then the operator's own (which
+    the API forbids either to set: the operator finds its pods by them)."""
+    return {
+        **settings.default_pod_labels,
+        **tuningjob.spec.runtime.pod_labels,
+        **labels(tuningjob.metadata.name),
+    }
+
+
+def pod_annotations(tuningjob: TuningJob, settings: Settings) -> dict[str, str]:
+    annotations = {**settings.default_pod_annotations, **tuningjob.spec.runtime.pod_annotations}
+    if settings.pod_scrape_annotations:
+        # For Prometheus' annotation-based discovery (clusters without the Prometheus Operator).
+        annotations |= {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(METRICS_PORT),
+            "prometheus.io/path": "/metrics",
+        }
+    annotations["kubectl.kubernetes.io/default-container"] = CONTAINER
+    return annotations
 
 
 def pod_failure_policy() -> dict[str, Any]:
@@ -200,12 +313,13 @@ def pod_spec(tuningjob: TuningJob, settings: Settings) -> dict[str, Any]:
     spec = tuningjob.spec
     gpus = spec.resources.gpus
     node_selector = {
+        **settings.default_node_selector,
         **(settings.gpu_node_selector if gpus else {}),
         **spec.scheduling.node_selector,
     }
     tolerations = [
         t.model_dump(by_alias=True, exclude_none=True)
-        for t in (settings.gpu_tolerations if gpus else [])
+        for t in [*settings.default_tolerations, *(settings.gpu_tolerations if gpus else [])]
     ]
     tolerations += [
         t.model_dump(by_alias=True, exclude_none=True) for t in spec.scheduling.tolerations
@@ -239,8 +353,8 @@ def pod_spec(tuningjob: TuningJob, settings: Settings) -> dict[str, Any]:
         pod["runtimeClassName"] = spec.scheduling.runtime_class_name
     if spec.runtime.service_account_name:
         pod["serviceAccountName"] = spec.runtime.service_account_name
-    if settings.image_pull_secrets:
-        pod["imagePullSecrets"] = [{"name": n} for n in settings.image_pull_secrets]
+    if settings.image_pull_auth_refs:
+        pod["imagePullSecrets"] = [{"name": n} for n in settings.image_pull_auth_refs]
     return pod
 
 
@@ -277,6 +391,10 @@ def container(tuningjob: TuningJob, settings: Settings) -> dict[str, Any]:
         # A crash before the trainer could write its message still says something.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    if spec.runtime.env_from:
+        out["envFrom"] = [
+            source.model_dump(by_alias=True, exclude_none=True) for source in spec.runtime.env_from
+        ]
     pull_policy = spec.runtime.image_pull_policy or settings.trainer_image_pull_policy
     if pull_policy:
         out["imagePullPolicy"] = pull_policy
@@ -284,6 +402,7 @@ def container(tuningjob: TuningJob, settings: Settings) -> dict[str, Any]:
 
 
 def environment(tuningjob: TuningJob, settings: Settings) -> list[dict[str, Any]]:
+    spec = tuningjob.spec
     env: list[dict[str, Any]] = [
         {"name": SPEC_ENV, "value": pod_spec_document(tuningjob, settings)},
         {"name": SCRATCH_DIR_ENV, "value": SCRATCH_MOUNT},
@@ -305,6 +424,30 @@ def environment(tuningjob: TuningJob, settings: Settings) -> list[dict[str, Any]
             if optional:
                 ref["optional"] = True
             env.append({"name": key, "valueFrom": {"secretKeyRef": ref}})
+    if spec.model.access_secret:
+        # huggingface_hub reads HF_TOKEN: gated and private repositories, as a reference only.
+        env.append(
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {
+                    "secretKeyRef": {"name": spec.model.access_secret, "key": HF_TOKEN_KEY}
+                },
+            }
+        )
+    if spec.s3.ca_bundle:
+        env.append({"name": CA_BUNDLE_ENV, "value": f"{CA_BUNDLE_DIR}/{CA_BUNDLE_FILE}"})
+    if settings.validate_data:
+        # Where the Validating step publishes the prepared data, and the trainer takes it.
+        prepared = spec.output.destination.rstrip("/") + "/" + OutputLayout.PREPARED
+        env.append({"name": PREPARED_ENV, "value": prepared})
+    # The admin's defaults, then the TuningJob's own; the API keeps both off the names above.
+    own = {var.name for var in spec.runtime.env}
+    env += [
+        var.model_dump(by_alias=True, exclude_none=True)
+        for var in settings.default_env
+        if var.name not in own
+    ]
+    env += [var.model_dump(by_alias=True, exclude_none=True) for var in spec.runtime.env]
     return env
 
 
@@ -326,6 +469,14 @@ def volumes(tuningjob: TuningJob, settings: Settings) -> list[dict[str, Any]]:
     ]
     for name, claim in pvc_volumes(tuningjob):
         out.append({"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+    ca = tuningjob.spec.s3.ca_bundle
+    if ca:
+        out.append(
+            {
+                "name": "s3-ca",
+                "configMap": {"name": ca.name, "items": [{"key": ca.key, "path": CA_BUNDLE_FILE}]},
+            }
+        )
     return out
 
 
@@ -356,4 +507,6 @@ def volume_mounts(tuningjob: TuningJob) -> list[dict[str, Any]]:
     ]
     for name, claim in pvc_volumes(tuningjob):
         mounts.append({"name": name, "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
+    if tuningjob.spec.s3.ca_bundle:
+        mounts.append({"name": "s3-ca", "mountPath": CA_BUNDLE_DIR, "readOnly": True})
     return mounts

@@ -132,7 +132,7 @@ class LeaseElector:
                 return False  # held by a live leader
             ours = holder == config.identity
             transitions = int(spec.get("leaseTransitions") or 0) + (0 if ours else 1)
-            acquired = spec.get("acquireTime") if ours and spec.get("acquireTime") else now
+            acquired: str = (spec.get("acquireTime") if ours else None) or now
             updated = {
                 **lease,
                 "spec": self._spec(acquired=acquired, renewed=now, transitions=transitions),

@@ -29,23 +29,29 @@ log = logging.getLogger(__name__)
 
 CHILDREN = {TUNINGJOB_LABEL: kopf.PRESENT}
 
+# KOPF_CALLBACKS: kopf calls handlers with keyword arguments and types each kind of
+# callback as a Protocol that names all of them, `namespace: str | None` included. These
+# handlers take the few they use (namespace is never None for these namespaced
+# resources; the startup handler receives the indices by their names) and `**_` for
+# the rest, which kopf supports but its Protocols cannot express: hence the ignores.
 
-@kopf.index(GROUP, VERSION, PLURAL)
+
+@kopf.index(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]  # see KOPF_CALLBACKS
 def tuningjob_index(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict:
     return {(namespace, child_name(name)): cache.tuningjob(body)}
 
 
-@kopf.index("batch", "v1", "jobs", labels=CHILDREN)
+@kopf.index("batch", "v1", "jobs", labels=CHILDREN)  # type: ignore[arg-type]  # see KOPF_CALLBACKS
 def job_index(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
     return {(namespace, labels[TUNINGJOB_LABEL]): cache.job(body)}
 
 
-@kopf.index("", "v1", "pods", labels=CHILDREN)
+@kopf.index("", "v1", "pods", labels=CHILDREN)  # type: ignore[arg-type]  # see KOPF_CALLBACKS
 def pod_index(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict:
     return {(namespace, labels[TUNINGJOB_LABEL]): cache.pod(body)}
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL)
+@kopf.on.event(GROUP, VERSION, PLURAL)  # type: ignore[arg-type]  # see KOPF_CALLBACKS
 async def tuningjob_changed(
     namespace: str, name: str, status: kopf.Status, memo: kopf.Memo, **_: Any
 ) -> None:
@@ -54,14 +60,14 @@ async def tuningjob_changed(
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=CHILDREN)
-@kopf.on.event("", "v1", "pods", labels=CHILDREN)
+@kopf.on.event("", "v1", "pods", labels=CHILDREN)  # type: ignore[arg-type]  # see KOPF_CALLBACKS
 async def child_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     # A pod passes through several states within moments (created, scheduled, started):
     # one status write for them all, rather than one per state.
     memo.runtime.wake_soon((namespace, labels[TUNINGJOB_LABEL]))
 
 
-@kopf.on.startup()
+@kopf.on.startup()  # type: ignore[arg-type]  # see KOPF_CALLBACKS
 async def startup(
     settings: kopf.OperatorSettings,
     memo: kopf.Memo,

@@ -75,7 +75,10 @@ async def serve(settings: Settings) -> int:
         raise
     state: dict[str, Any] = {"runtime": None, "leading": None}
     metrics = OperatorMetrics(
-        phases=lambda: state["runtime"].reconciler.known_phases() if state["runtime"] else ()
+        phases=lambda: state["runtime"].reconciler.known_phases() if state["runtime"] else (),
+        pending_since=lambda: (
+            state["runtime"].reconciler.pending_since() if state["runtime"] else ()
+        ),
     )
     servers = HttpServers(metrics, health=lambda: health_report(state["runtime"], state["leading"]))
     await servers.start(settings.metrics_port, settings.health_port)
@@ -151,7 +154,8 @@ async def require_tuningjobs(api: KubeApi, settings: Settings) -> None:
     says whether the resource is served (a 404 means no CRD) and readable.
     """
     crd = f"{PLURAL}.{GROUP}"
-    for namespace in settings.namespaces or [None]:
+    watched: list[str | None] = [*settings.namespaces] or [None]  # None: every namespace
+    for namespace in watched:
         where = f"namespace {namespace!r}" if namespace else "the cluster"
         try:
             await api.list_tuningjobs(namespace)
@@ -162,8 +166,9 @@ async def require_tuningjobs(api: KubeApi, settings: Settings) -> None:
             ) from None
         except Forbidden as e:
             raise ClusterNotReady(
-                f"the operator may not list {PLURAL} in {where}: {e.message}. Grant it the rules of "
-                "kubetune/operator/rbac.py (the Helm chart does, for its watchNamespaces)"
+                f"the operator may not list {PLURAL} in {where}: {e.message}. Grant it the Helm chart's "
+                "RBAC (charts/kubetune/templates/rbac.yaml; the chart does, for every namespace in "
+                "watchNamespaces, and `helm template` prints the rules)"
             ) from None
         except ApiError as e:
             raise ClusterNotReady(

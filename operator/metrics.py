@@ -1,6 +1,6 @@
 """The operator's own Prometheus metrics, and the small HTTP servers for /metrics and probes.
 
-Names follow DESIGN.md: kubetune_operator_tuningjobs{phase} (a gauge computed at
+Names (documented in docs/operator.md): kubetune_operator_tuningjobs{phase} (a gauge computed at
 scrape time from what the operator sees), _reconcile_seconds (histogram),
 _start_latency_seconds (TuningJob created → Job created; creationTimestamp has a
 resolution of one second, so this histogram does too: bench/ measures finer), and
@@ -10,6 +10,7 @@ _transitions_total{phase,reason}. Each operator run has its own registry.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -42,10 +43,33 @@ class _PhaseCollector(Collector):
         yield family
 
 
+class _PendingCollector(Collector):
+    """How long the longest-waiting TuningJob has been Pending (0 when none is): the
+    chart's TuningJobStuckPending alert fires on it."""
+
+    def __init__(self, pending_since: Callable[[], Iterable[float]], clock: Callable[[], float]):
+        self._pending_since = pending_since
+        self._clock = clock
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        since = list(self._pending_since())
+        yield GaugeMetricFamily(
+            "kubetune_operator_pending_oldest_seconds",
+            "Seconds the TuningJob that has waited longest in phase Pending has been waiting.",
+            value=max(0.0, self._clock() - min(since)) if since else 0.0,
+        )
+
+
 class OperatorMetrics:
-    def __init__(self, phases: Callable[[], Iterable[str | None]] = tuple):
+    def __init__(
+        self,
+        phases: Callable[[], Iterable[str | None]] = tuple,
+        pending_since: Callable[[], Iterable[float]] = tuple,
+        clock: Callable[[], float] = time.time,
+    ):
         self.registry = CollectorRegistry()
         self.registry.register(_PhaseCollector(phases))
+        self.registry.register(_PendingCollector(pending_since, clock))
         self.reconcile_seconds = Histogram(
             "kubetune_operator_reconcile_seconds",
             "Time to reconcile one TuningJob.",
@@ -95,7 +119,7 @@ class HttpServers:
         self._runners.append(runner)
         log.info(
             "serving %s on port %s",
-            ", ".join(r.resource.canonical for r in app.router.routes()),
+            ", ".join(r.resource.canonical for r in app.router.routes() if r.resource),
             port,
         )
 

@@ -12,10 +12,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from kubetune.api.contract import ExitCode, OutputLayout, TerminationMessage
-from kubetune.api.status import MESSAGE, Chosen, Condition, Output, Progress, TuningJobStatus
+from kubetune.api.status import (
+    MESSAGE,
+    Chosen,
+    Condition,
+    ConditionStatus,
+    ConditionType,
+    Output,
+    Phase,
+    Progress,
+    TuningJobStatus,
+)
 from kubetune.api.v1alpha1 import TuningJob
 from kubetune.operator.builders import CONTAINER
 from kubetune.operator.progress import decimal_string
@@ -27,7 +37,7 @@ Body = Mapping[str, Any]
 class Observation:
     """What the run is doing now, before it is folded into the status."""
 
-    phase: str
+    phase: Phase
     reason: str
     message: str
     start_time: str | None = None
@@ -39,8 +49,46 @@ class Observation:
     running_pod: Body | None = None  # the pod whose metrics give progress
 
 
-def invalid_spec(message: str) -> Observation:
-    return Observation("Failed", "InvalidSpec", message)
+class _Common(TypedDict):
+    """What every observation of a started Job carries."""
+
+    start_time: str | None
+    restarts: int
+    checkpoint: str | None
+
+
+def validating(observation: Observation) -> Observation:
+    """The phase of a TuningJob whose Validating step runs (`observe` of that step's Job).
+
+    Succeeded passes through (the GPU Job comes next); a failure fails the TuningJob
+    with the step's own reason and message (BadData with file, line and field); a
+    suspended step stays Suspended; anything else is phase Validating, with the pod's
+    own reason while it waits (Unschedulable, CreateContainerConfigError, ...).
+    """
+    obs = observation
+    if obs.phase == "Succeeded":
+        return obs
+    if obs.phase == "Failed":
+        return Observation(
+            "Failed",
+            obs.reason,
+            f"the Validating step (no GPU was requested): {obs.message}",
+            completion_time=obs.completion_time,
+        )
+    if obs.phase in ("Suspended", "Queued"):
+        return Observation(obs.phase, obs.reason, obs.message)
+    if obs.phase == "Running" and obs.reason == "Training":
+        pod = _get(obs.running_pod, "metadata", "name")
+        return Observation(
+            "Validating",
+            "PreparingData",
+            f"pod {pod} checks and prepares the dataset on CPU; no GPU is requested until it succeeds",
+        )
+    return Observation("Validating", obs.reason, obs.message.replace("trainer pod", "pod"))
+
+
+def invalid_spec(message: str, reason: str = "InvalidSpec") -> Observation:
+    return Observation("Failed", reason, message)
 
 
 def observe(tuningjob: TuningJob, job: Body, pods: Sequence[Body]) -> Observation:
@@ -52,11 +100,11 @@ def observe(tuningjob: TuningJob, job: Body, pods: Sequence[Body]) -> Observatio
         c.get("type"): c for c in job_status.get("conditions") or [] if c.get("status") == "True"
     }
     failed_pods = [p for p in pods if _get(p, "status", "phase") == "Failed"]
-    common = {
-        "start_time": _first_start(pods),
-        "restarts": max(int(job_status.get("failed") or 0), len(failed_pods)),
-        "checkpoint": _latest_checkpoint(pods),
-    }
+    common = _Common(
+        start_time=_first_start(pods),
+        restarts=max(int(job_status.get("failed") or 0), len(failed_pods)),
+        checkpoint=_latest_checkpoint(pods),
+    )
 
     done = true_conditions.get("Complete") or true_conditions.get("SuccessCriteriaMet")
     if done:
@@ -114,7 +162,7 @@ def observe(tuningjob: TuningJob, job: Body, pods: Sequence[Body]) -> Observatio
     )
 
 
-def _between_pods(pod: Body, common: dict[str, Any]) -> Observation:
+def _between_pods(pod: Body, common: _Common) -> Observation:
     """The trainer pod has ended and the Job has not said what follows yet.
 
     The Job's verdict (Complete, Failed, or a new pod) comes a moment later, from the
@@ -122,7 +170,7 @@ def _between_pods(pod: Body, common: dict[str, Any]) -> Observation:
     Pending would say that it waits for resources, which it does not (yet). Pending
     returns only with a new pod that waits for real.
     """
-    phase = "Running" if _ran(pod) else "Pending"
+    phase: Phase = "Running" if _ran(pod) else "Pending"
     if _get(pod, "status", "phase") == "Succeeded":
         name = _get(pod, "metadata", "name")
         return Observation(
@@ -146,7 +194,7 @@ def _ran(pod: Body) -> bool:
     return _exit_code(pod) is not None or _get(pod, "status", "phase") == "Succeeded"
 
 
-def _pod_observation(pod: Body, common: dict[str, Any]) -> Observation:
+def _pod_observation(pod: Body, common: _Common) -> Observation:
     name = _get(pod, "metadata", "name")
     node = _get(pod, "spec", "nodeName")
     state = _container_state(pod)
@@ -161,7 +209,7 @@ def _pod_observation(pod: Body, common: dict[str, Any]) -> Observation:
     if _get(pod, "metadata", "deletionTimestamp"):
         # Preempted, evicted or drained: its trainer checkpoints and exits, then the Job
         # starts a new pod. A pod that never ran was only waiting.
-        phase = "Running" if _ran(pod) else "Pending"
+        phase: Phase = "Running" if _ran(pod) else "Pending"
         return Observation(
             phase,
             "Restarting",
@@ -255,7 +303,7 @@ def next_status(
     obs = observation
     message = _clip(obs.message)
 
-    wanted: dict[str, tuple[str, str, str]] = {
+    wanted: dict[ConditionType, tuple[ConditionStatus, str, str]] = {
         "Suspended": ("True", obs.reason, message)
         if obs.phase in ("Suspended", "Queued")
         else ("False", "NotSuspended", ""),
@@ -268,14 +316,17 @@ def next_status(
     conditions = []
     for type_, (status, reason, text) in wanted.items():
         previous = old.condition(type_)
-        moved = previous is None or previous.status != status
         conditions.append(
             Condition(
                 type=type_,
                 status=status,
                 reason=reason,
                 message=text,
-                last_transition_time=now if moved else previous.last_transition_time,
+                last_transition_time=(
+                    previous.last_transition_time
+                    if previous is not None and previous.status == status
+                    else now
+                ),
                 observed_generation=generation,
             )
         )

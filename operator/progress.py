@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from kubetune.api.metrics import PREFIX, TrainerMetric
 from kubetune.api.status import Progress
+from kubetune.api.trainer_metrics import PREFIX, TrainerMetric
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,12 @@ from kubetune.api.manifest import SpecError, parse_tuningjob
 from kubetune.api.status import Progress, TuningJobStatus
 from kubetune.api.timestamps import micro_time, parse_rfc3339, rfc3339
 from kubetune.api.v1alpha1 import TuningJob
-from kubetune.operator.builders import build_job
+from kubetune.operator.builders import (
+    build_job,
+    build_validate_job,
+    child_name,
+    is_validate_job,
+)
 from kubetune.operator.events import WARNING_REASONS, transition_event
 from kubetune.operator.kubeapi import (
     ApiError,
@@ -38,7 +43,13 @@ from kubetune.operator.kubeapi import (
     NotFound,
 )
 from kubetune.operator.metrics import OperatorMetrics
-from kubetune.operator.observe import Observation, invalid_spec, next_status, observe
+from kubetune.operator.observe import (
+    Observation,
+    invalid_spec,
+    next_status,
+    observe,
+    validating,
+)
 from kubetune.operator.progress import MetricsSample, progress_from, scrape
 from kubetune.operator.settings import Settings
 from kubetune.operator.validation import validate
@@ -57,6 +68,11 @@ INDEX_GRACE = 10.0
 _WAITING_FOR_POD = Observation(
     "Pending", "PodCreating", "waiting for the Job controller to create the trainer pod"
 )
+_WAITING_FOR_VALIDATION = Observation(
+    "Validating",
+    "PodCreating",
+    "waiting for the Job controller to create the Validating step's pod (CPU only)",
+)
 
 
 @dataclass
@@ -66,6 +82,13 @@ class Views:
     tuningjob: Callable[[Key], Body | None]
     jobs: Callable[[Key], Sequence[Body]]
     pods: Callable[[Key], Sequence[Body]]
+
+
+@dataclass(frozen=True)
+class _Retry:
+    """The Job was not created: reconcile again after `after` seconds (None: on the next change)."""
+
+    after: float | None
 
 
 @dataclass
@@ -80,6 +103,7 @@ class _Memory:
     scraping: bool = False
     # When this replica created the Job, until the Job index shows it.
     job_created_at: float | None = None
+    created_name: str | None = None  # the Job created at job_created_at
 
 
 class Reconciler:
@@ -123,6 +147,17 @@ class Reconciler:
     def known_phases(self) -> list[str | None]:
         return [m.status.phase for m in self._memory.values()]
 
+    def pending_since(self) -> list[float]:
+        """When each Pending TuningJob started waiting: the last move of its Running condition."""
+        since = []
+        for memory in self._memory.values():
+            if memory.status.phase != "Pending":
+                continue
+            running = memory.status.condition("Running")
+            if running is not None and running.last_transition_time:
+                since.append(_timestamp(running.last_transition_time))
+        return since
+
     async def reconcile(self, key: Key) -> float | None:
         """Bring one TuningJob's Job and status up to date; return seconds until the next look."""
         body = self.views.tuningjob(key)
@@ -151,22 +186,23 @@ class Reconciler:
             return None
 
         job = self._owned_job(key, uid)
-        if job is not None:
-            memory.job_created_at = None
+        validation = self._owned_job(key, uid, validation=True)
+        shown = {j["metadata"]["name"] for j in (job, validation) if j is not None}
+        if memory.created_name in shown:
+            memory.job_created_at = memory.created_name = None
         elif (
             memory.job_created_at is not None and self.clock() - memory.job_created_at < INDEX_GRACE
         ):
             # Woken by our own status write before the Job's watch event arrived: the
             # Job exists and its event will wake this TuningJob again.
             return INDEX_GRACE
-        if job is None and not old.job_name:
+        if job is None and validation is None and not old.job_name:
             # Not started yet: the whole spec must be valid before anything runs.
             try:
                 tuningjob = validate(body, self.settings, source)
             except SpecError as e:
-                await self._observe_and_write(
-                    key, body, memory, invalid_spec(e.render()), job_name=None
-                )
+                refused = invalid_spec(e.render(), getattr(e, "reason", "InvalidSpec"))
+                await self._observe_and_write(key, body, memory, refused, job_name=None)
                 return None
         else:
             try:
@@ -177,11 +213,16 @@ class Reconciler:
                 )
                 return None
 
+        if job is None and self.settings.validate_data:
+            # The Validating step first: the GPU Job only once the data is known good.
+            waiting = await self._validate(key, body, memory, tuningjob, validation)
+            if waiting is not None:
+                return waiting.after
         if job is None:
-            outcome = await self._start(key, body, memory, tuningjob)
-            if not isinstance(outcome, dict):
-                return outcome
-            job = outcome
+            started = await self._start(key, body, memory, tuningjob)
+            if isinstance(started, _Retry):
+                return started.after
+            job = started
         else:
             job = await self._sync_suspend(tuningjob, job)
 
@@ -199,17 +240,62 @@ class Reconciler:
 
     # --- the Job --------------------------------------------------------------------
 
-    def _owned_job(self, key: Key, uid: str) -> Body | None:
-        return next((j for j in self.views.jobs(key) if _owned_by(j, uid)), None)
+    def _owned_job(self, key: Key, uid: str, *, validation: bool = False) -> Body | None:
+        """The GPU Job, or (validation=True) the Validating step's Job."""
+        return next(
+            (
+                j
+                for j in self.views.jobs(key)
+                if _owned_by(j, uid) and is_validate_job(j) == validation
+            ),
+            None,
+        )
+
+    async def _validate(
+        self,
+        key: Key,
+        body: Body,
+        memory: _Memory,
+        tuningjob: TuningJob,
+        validation: Body | None,
+    ) -> _Retry | None:
+        """Run the Validating step: None once it succeeded, else when to look again."""
+        if validation is None:
+            started = await self._start(key, body, memory, tuningjob, validate=True)
+            if isinstance(started, _Retry):
+                return started
+            validation = started
+        else:
+            validation = await self._sync_suspend(tuningjob, validation, queued=False)
+        uid = validation["metadata"].get("uid")
+        pods = [p for p in self.views.pods(key) if _owned_by(p, uid)]
+        observation = validating(observe(tuningjob, validation, pods))
+        if observation.phase == "Succeeded":
+            return None
+        await self._observe_and_write(
+            key, body, memory, observation, job_name=memory.status.job_name
+        )
+        if memory.status.terminal:
+            return _Retry(None)
+        return _Retry(self.settings.progress_interval_seconds)
 
     async def _start(
-        self, key: Key, body: Body, memory: _Memory, tuningjob: TuningJob
-    ) -> Body | float | None:
-        """Lock the spec (status.jobName), then create the Job. Returns the Job, or when to retry."""
+        self,
+        key: Key,
+        body: Body,
+        memory: _Memory,
+        tuningjob: TuningJob,
+        *,
+        validate: bool = False,
+    ) -> Body | _Retry:
+        """Lock the spec (status.jobName), then create the Job (the GPU Job, or the
+        Validating step's with validate=True). Returns the Job, or when to retry."""
         metadata = body["metadata"]
         namespace, generation = metadata["namespace"], int(metadata.get("generation") or 1)
-        job = build_job(tuningjob, self.settings, owner_uid=metadata["uid"], generation=generation)
-        name = job["metadata"]["name"]
+        make = build_validate_job if validate else build_job
+        job = make(tuningjob, self.settings, owner_uid=metadata["uid"], generation=generation)
+        # status.jobName is always the GPU Job's: the spec is locked from the first Job on.
+        name = child_name(tuningjob.metadata.name)
         if memory.status.job_name != name:
             # The CRD's CEL rule forbids spec changes once status.jobName is set. Setting it
             # against the resourceVersion we validated means the Job runs the stored spec.
@@ -217,7 +303,7 @@ class Reconciler:
             # the Job needs no second status write.
             locked = next_status(
                 memory.status,
-                _WAITING_FOR_POD,
+                _WAITING_FOR_VALIDATION if validate else _WAITING_FOR_POD,
                 generation=generation,
                 job_name=name,
                 progress=None,
@@ -229,13 +315,15 @@ class Reconciler:
                 )
             except Conflict:
                 log.debug("%s changed since it was read; looking again", key)
-                return STALE_RETRY
+                return _Retry(STALE_RETRY)
+        name = job["metadata"]["name"]
         try:
             created = await self.api.create_job(job)
-            memory.job_created_at = self.clock()
-            self.metrics.start_latency_seconds.observe(
-                max(0.0, self.clock() - _timestamp(metadata.get("creationTimestamp")))
-            )
+            memory.job_created_at, memory.created_name = self.clock(), name
+            if not validate:
+                self.metrics.start_latency_seconds.observe(
+                    max(0.0, self.clock() - _timestamp(metadata.get("creationTimestamp")))
+                )
             log.info("created Job %s/%s", namespace, name)
             return created
         except Conflict:
@@ -249,7 +337,7 @@ class Reconciler:
             await self._observe_and_write(
                 key, body, memory, Observation("Pending", "JobConflict", message), job_name=name
             )
-            return self.settings.resync_seconds
+            return _Retry(self.settings.resync_seconds)
         except (Invalid, BadRequest) as e:
             # The API server rejected the pod spec (e.g. a malformed affinity): the spec must change.
             await self._observe_and_write(
@@ -259,7 +347,7 @@ class Reconciler:
                 invalid_spec(f"the Job was rejected by the API server: {e.message}"),
                 job_name=None,
             )
-            return None
+            return _Retry(None)
         except Forbidden as e:
             # A ResourceQuota or an admission policy: it may pass later.
             await self._observe_and_write(
@@ -271,13 +359,14 @@ class Reconciler:
                 ),
                 job_name=name,
             )
-            return self.settings.resync_seconds
+            return _Retry(self.settings.resync_seconds)
 
-    async def _sync_suspend(self, tuningjob: TuningJob, job: Body) -> Body:
-        """spec.suspend drives the Job's suspend flag; with a queue, Kueue decides un-suspending."""
+    async def _sync_suspend(self, tuningjob: TuningJob, job: Body, *, queued: bool = True) -> Body:
+        """spec.suspend drives the Job's suspend flag; with a queue, Kueue decides un-suspending
+        (queued=False: the Validating step's Job, which no queue holds)."""
         current = bool((job.get("spec") or {}).get("suspend"))
         wanted: bool | None = True if tuningjob.spec.suspend else None
-        if not tuningjob.spec.suspend and not tuningjob.spec.scheduling.queue_name:
+        if not tuningjob.spec.suspend and not (queued and tuningjob.spec.scheduling.queue_name):
             wanted = False
         if wanted is None or wanted == current:
             return job

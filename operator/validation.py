@@ -7,19 +7,30 @@ depends on the operator's settings: URIs a pod can reach, PVC names, /dev/shm th
 fits in the memory limit. A problem here is permanent: the TuningJob goes to phase
 Failed with reason InvalidSpec and a message that says what to change; nothing is
 retried until the spec changes.
+
+The admin's policy (operator settings ALLOWED_TRAINER_IMAGES, ALLOWED_SERVICE_ACCOUNTS)
+is checked here too, before any Job exists: a TuningJob outside it fails with reason
+NotAllowed and a message naming the setting it broke.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from kubetune.api.locations import location_kind, pvc_claim
 from kubetune.api.manifest import Problem, SpecError, parse_tuningjob
 from kubetune.api.quantity import parse_quantity
 from kubetune.api.v1alpha1 import TuningJob
-from kubetune.operator.settings import Settings
+from kubetune.operator.settings import ENV_PREFIX, Settings
+
+
+class PolicyError(SpecError):
+    """A TuningJob the operator's settings do not allow; the message names the setting."""
+
+    reason = "NotAllowed"
+
 
 _S3 = re.compile(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -32,7 +43,51 @@ def validate(document: Mapping[str, Any], settings: Settings, source: str) -> Tu
     problems = semantic_problems(tuningjob, settings)
     if problems:
         raise SpecError(source, problems)
+    refusals = policy_problems(tuningjob, settings)
+    if refusals:
+        raise PolicyError(source, refusals)
     return tuningjob
+
+
+def policy_problems(tuningjob: TuningJob, settings: Settings) -> list[Problem]:
+    """What the admin's allowlists refuse in this TuningJob, each naming its setting."""
+    runtime = tuningjob.spec.runtime
+    problems: list[Problem] = []
+    image = runtime.image
+    if (
+        image
+        and settings.allowed_trainer_images
+        and image != settings.trainer_image
+        and not _allowed(image, settings.allowed_trainer_images)
+    ):
+        problems.append(
+            Problem(
+                "spec.runtime.image",
+                f"{image!r} is not allowed by the operator setting {ENV_PREFIX}ALLOWED_TRAINER_IMAGES "
+                f"(chart value operator.allowedTrainerImages: {', '.join(settings.allowed_trainer_images)}); "
+                "leave spec.runtime.image unset for the default trainer image, or ask your cluster admin",
+            )
+        )
+    account = runtime.service_account_name
+    if (
+        account
+        and settings.allowed_service_accounts
+        and not _allowed(account, settings.allowed_service_accounts)
+    ):
+        problems.append(
+            Problem(
+                "spec.runtime.serviceAccountName",
+                f"{account!r} is not allowed by the operator setting "
+                f"{ENV_PREFIX}ALLOWED_SERVICE_ACCOUNTS (chart value operator.allowedServiceAccounts: "
+                f"{', '.join(settings.allowed_service_accounts)}); use one of those, or ask your cluster admin",
+            )
+        )
+    return problems
+
+
+def _allowed(value: str, patterns: Sequence[str]) -> bool:
+    """A pattern matches itself exactly, or as a prefix when it ends in *."""
+    return any(value.startswith(p[:-1]) if p.endswith("*") else value == p for p in patterns)
 
 
 def semantic_problems(tuningjob: TuningJob, settings: Settings) -> list[Problem]:
@@ -52,7 +107,11 @@ def semantic_problems(tuningjob: TuningJob, settings: Settings) -> list[Problem]
             )
     elif kind == "s3":
         problems += _s3_problems("spec.model.source", model)
-    elif kind != "hf":
+    elif kind == "hf":
+        repo = model[len("hf://") :].strip("/")
+        if repo.count("/") != 1 or not all(repo.split("/")):
+            problems.append(Problem("spec.model.source", f"write hf://ORG/NAME (got {model!r})"))
+    else:
         problems.append(
             Problem(
                 "spec.model.source",

@@ -1,4 +1,4 @@
-"""Test tiers follow the folders: tests/unit, tests/integration, tests/e2e.
+"""Test tiers follow the folders: tests/unit, tests/integration, tests/e2e, tests/kind.
 
 A test is marked with its folder's tier automatically, so `-m unit` (and so on)
 selects a tier without every file repeating the marker. Fixtures for the real
@@ -16,13 +16,15 @@ from pathlib import Path
 
 import pytest
 
-TIERS = ("unit", "integration", "e2e")
+TIERS = ("unit", "integration", "e2e", "kind")
 
-# Real servers as fixtures (tests/ground/); tiny models and runs for the trainer (tests/support/).
+# Real servers as fixtures (tests/ground/); tiny models and runs for the trainer, and
+# kubetune's built images (tests/support/).
 pytest_plugins = [
     "tests.ground.fixtures",
     "tests.ground.s3_fixtures",
     "tests.support.training_fixtures",
+    "tests.support.images",
 ]
 
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from kubetune.api.contract import OutputLayout
 from kubetune.trainer.errors import InvalidConfigError
 from kubetune.trainer.model import is_peft_model, load_full_weights, save_full_weights
-from kubetune.trainer.state import Progress, restore_rng
+from kubetune.trainer.state import TrainState, restore_rng
 from kubetune.trainer.storage import Storage, join_uri, parse_uri
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ class CheckpointStore:
         self,
         step: int,
         objects: TrainingObjects,
-        progress: Progress,
+        progress: TrainState,
         rng: dict[str, Any],
         *,
         rank: int,
@@ -209,7 +209,7 @@ class CheckpointStore:
 
 def load_checkpoint(
     folder: Path, objects: TrainingObjects, *, rank: int, device: torch.device
-) -> tuple[Progress, dict[str, Any]]:
+) -> tuple[TrainState, dict[str, Any]]:
     """Restore adapters, optimizer, scheduler, scaler and this rank's RNG from `folder`."""
     import torch
 
@@ -234,7 +234,7 @@ def load_checkpoint(
     if not rng_path.exists():
         rng_path = folder / rng_file(0)
     restore_rng(torch.load(rng_path, weights_only=True))
-    return Progress.load(folder)
+    return TrainState.load(folder)
 
 
 def load_adapter_weights(model: Any, folder: Path, device: torch.device) -> None:

@@ -13,7 +13,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     import torch
@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 # How long a collective may wait for the slowest rank: long enough for rank 0 to
 # upload a checkpoint or export while the others wait at a barrier.
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=60)
+
+T = TypeVar("T")
 
 
 def launched_by_torchrun() -> bool:
@@ -70,7 +72,7 @@ class Dist:
 
             td.barrier()
 
-    def broadcast_object(self, value: object) -> object:
+    def broadcast_object(self, value: T) -> T:
         """Rank 0's value, on every rank (for small Python objects such as a resume decision)."""
         if not self.active:
             return value

@@ -50,6 +50,13 @@ class StorageUnavailableError(TrainerError):
 
 
 class Preempted(TrainerError):
-    """SIGTERM arrived and a checkpoint was saved: retrying resumes from it."""
+    """SIGTERM arrived: retrying resumes from `checkpoint`, the one saved on the way out.
+
+    `checkpoint` is None when the stop came before training started (nothing to save).
+    """
 
     exit_code = ExitCode.PREEMPTED
+
+    def __init__(self, message: str, checkpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint

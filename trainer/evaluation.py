@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from kubetune.trainer.batch import IGNORE_INDEX
 from kubetune.trainer.distributed import Dist
+from kubetune.trainer.logs import terminal_progress
 from kubetune.trainer.loop import (
     Collate,
     StopSignal,
@@ -75,7 +76,8 @@ def evaluate_loss(
     total = torch.zeros(4, dtype=torch.float64, device=device)
     indices = list(range(dist.rank, len(split), dist.world_size))
     interrupted = False
-    with torch.no_grad():
+    bar = terminal_progress(len(indices), desc="evaluating", unit="row", enabled=dist.is_main)
+    with torch.no_grad(), bar:
         for start in range(0, len(indices), batch_size):
             if stop is not None and stop.requested:
                 interrupted = True
@@ -88,6 +90,7 @@ def evaluate_loss(
             total[1] += trained
             total[2] += len(indices[start : start + batch_size])
             total[3] += hits.double()
+            bar.update(len(indices[start : start + batch_size]))
     model.train()
     if dist.any(interrupted, device):
         return None

@@ -138,6 +138,11 @@ from transformers import {imports}
 base = AutoModelForCausalLM.from_pretrained("<the base model>"{load_kwargs})
 model = PeftModel.from_pretrained(base, "<this folder>")
 tokenizer = AutoTokenizer.from_pretrained("<this folder>")"""
+    held_out_sources = "".join(
+        f"| {split} source | {held.source} |\n"
+        for split in ("validation", "test")
+        if (held := getattr(spec.dataset, split)) is not None and held.source
+    )
     return f"""---
 library_name: {library}
 base_model: {spec.model.source}
@@ -167,7 +172,7 @@ on `{spec.dataset.source}`.
 | | |
 |---|---|
 | source | {spec.dataset.source} |
-| format / template | {spec.dataset.format} / {_short(spec.dataset.template)} |
+{held_out_sources}| format / template | {spec.dataset.format} / {_short(spec.dataset.template)} |
 {data_rows}
 
 ## Metrics

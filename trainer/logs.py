@@ -94,6 +94,37 @@ def configure_logging(
     return json_logs
 
 
+class _NoBar:
+    """What terminal_progress gives where no bar is shown: updates go nowhere."""
+
+    def update(self, n: float = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+
+def terminal_progress(
+    total: float, *, desc: str, unit: str = "it", unit_scale: bool = False, enabled: bool = True
+) -> Any:
+    """A tqdm bar for a long step (model download, data preparation, evaluation), shown
+    only on a terminal and where `enabled` (rank 0): a pod's log gets log lines, not bars.
+    Usable as a context manager; update(n) is safe from several threads."""
+    if not (enabled and on_terminal()):
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, desc=desc, unit=unit, unit_scale=unit_scale, dynamic_ncols=True, leave=False
+    )
+
+
 class ProgressBar:
     """A tqdm bar over optimizer steps, on a terminal only (and rank 0 only)."""
 

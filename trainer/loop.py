@@ -52,7 +52,7 @@ from kubetune.trainer.distributed import Dist
 from kubetune.trainer.errors import TrainerError
 from kubetune.trainer.plan import TrainPlan
 from kubetune.trainer.sampling import Schedule, epoch_micro_batches
-from kubetune.trainer.state import Progress, capture_rng
+from kubetune.trainer.state import TrainState, capture_rng
 
 if TYPE_CHECKING:
     import torch
@@ -209,7 +209,7 @@ class TrainLoop:
         dist: Dist,
         device: torch.device,
         stop: StopSignal,
-        progress: Progress,
+        progress: TrainState,
         lengths: Sequence[int] | None = None,
     ) -> None:
         self.model = model

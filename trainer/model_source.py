@@ -53,7 +53,7 @@ def fetch_model(model: ModelSpec, storage: Storage, scratch: Path) -> Path:
     kind = location_kind(source)
     if kind == "s3":
         folder = scratch / "models" / _slug(source)
-        storage.download_prefix(as_prefix(source), folder)
+        storage.download_prefix(as_prefix(source), folder, progress=True)
         return folder
     if kind == "pvc":
         return _pvc_path(source)

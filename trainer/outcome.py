@@ -23,11 +23,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kubetune.api.contract import TERMINATION_LOG, TERMINATION_LOG_ENV, ExitCode, TerminationMessage
 from kubetune.api.manifest import SpecError
+from kubetune.trainer.errors import Preempted, TrainerError
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +65,9 @@ def outcome_of(error: BaseException) -> Outcome:
             ExitCode.INVALID_CONFIG,
             TerminationMessage(ExitCode.INVALID_CONFIG.reason, error.render()),
         )
-    code = getattr(error, "exit_code", None)
-    if isinstance(code, ExitCode):
-        checkpoint = getattr(error, "checkpoint", None)
+    if isinstance(error, TrainerError):
+        code = error.exit_code
+        checkpoint = error.checkpoint if isinstance(error, Preempted) else None
         return Outcome(code, TerminationMessage(code.reason, str(error), checkpoint=checkpoint))
     if isinstance(error, KeyboardInterrupt):
         return Outcome(ExitCode.FAILED, TerminationMessage(ExitCode.FAILED.reason, "interrupted"))
@@ -131,7 +133,7 @@ def read_outcomes(folder: Path) -> dict[int, Outcome]:
     }
 
 
-def _finite(metrics: dict[str, float]) -> dict[str, float]:
+def _finite(metrics: Mapping[str, object]) -> dict[str, float]:
     # JSON has no NaN/Infinity; the operator parses this.
     import math
 

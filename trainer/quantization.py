@@ -46,7 +46,7 @@ class _DemoteHubKernelNotice(logging.Filter):
             log.debug(
                 "bitsandbytes: no fused CPU 4-bit kernel from the hub (%s); its native CPU kernel "
                 "serves instead (training does not use either)",
-                record.args[0] if record.args else "",
+                record.args[0] if isinstance(record.args, tuple) and record.args else "",
             )
             return False
         return True

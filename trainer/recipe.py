@@ -61,7 +61,7 @@ from kubetune.trainer.plan import Hardware, TrainPlan, make_plan
 from kubetune.trainer.quantization import quiet_bitsandbytes_import
 from kubetune.trainer.sampling import Schedule
 from kubetune.trainer.scratch import scratch_folder
-from kubetune.trainer.state import Progress, seed_everything
+from kubetune.trainer.state import TrainState, seed_everything
 from kubetune.trainer.step_window import StepWindow, read_records
 from kubetune.trainer.stopping import BestWeights, best_evaluation, early_stop_reason
 from kubetune.trainer.storage import ByteCounter, Storage, join_uri
@@ -223,8 +223,10 @@ class _Run:
         self.telemetry.step.set(progress.step)
         if self.dist.is_main:
             log.info(
-                "training: %d examples, %d steps (%d per epoch), from step %d",
+                "training: %s examples in %d %s, %d steps (%d per epoch), from step %d",
+                data.summary.get("train examples"),
                 len(data.train),
+                "packed rows" if self.training.packing else "rows",
                 total_steps,
                 schedule.steps_per_epoch,
                 progress.step,
@@ -298,7 +300,7 @@ class _Run:
         scaler = torch.amp.GradScaler("cuda") if self.plan.compute_dtype == "fp16" else None
         return TrainingObjects(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
 
-    def _resume(self, objects: TrainingObjects) -> Progress:
+    def _resume(self, objects: TrainingObjects) -> TrainState:
         """Load the latest complete checkpoint at the destination, if any; else start fresh."""
         found = self.dist.broadcast_object(
             self.checkpoints.latest_complete() if self.dist.is_main else None
@@ -309,7 +311,7 @@ class _Run:
                 self.checkpoints.prune()  # partial leftovers of an earlier attempt
                 if self.keep_best:
                     self.best_weights.clear()  # another run's
-            return Progress()
+            return TrainState()
         folder = self._on_main_first(lambda: self.checkpoints.download(found))
         progress, extra = load_checkpoint(folder, objects, rank=self.dist.rank, device=self.device)
         self.last_checkpoint, self.last_checkpoint_step = found.uri, progress.step
@@ -391,12 +393,11 @@ class _Run:
             bar.close()
             if self.last_checkpoint_step != progress.step:
                 self._checkpoint(loop, objects, rng=loop.boundary_rng)
-            error = Preempted(
+            raise Preempted(
                 f"stopped by {self.stop.reason} at step {progress.step} of {loop.total_steps}; "
-                f"checkpoint saved to {self.last_checkpoint}; a new attempt resumes from it"
-            )
-            error.checkpoint = self.last_checkpoint  # type: ignore[attr-defined]
-            raise error from None
+                f"checkpoint saved to {self.last_checkpoint}; a new attempt resumes from it",
+                checkpoint=self.last_checkpoint,
+            ) from None
         finally:
             bar.close()
         # Always end on a checkpoint: a pod lost during export resumes here, not earlier.
@@ -583,7 +584,7 @@ class _Run:
 
     def _summary(
         self,
-        progress: Progress,
+        progress: TrainState,
         total_steps: int,
         schedule: Schedule,
         metrics: dict[str, float],

@@ -18,7 +18,7 @@ PROGRESS_FILE = "trainer_state.json"
 
 
 @dataclass
-class Progress:
+class TrainState:
     """Counters at an optimizer-step boundary (all global: summed over ranks)."""
 
     step: int = 0  # optimizer steps done
@@ -33,7 +33,7 @@ class Progress:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> Progress:
+    def from_json(cls, text: str) -> TrainState:
         data = json.loads(text)
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
@@ -46,7 +46,7 @@ class Progress:
         )
 
     @classmethod
-    def load(cls, folder: Path) -> tuple[Progress, dict[str, Any]]:
+    def load(cls, folder: Path) -> tuple[TrainState, dict[str, Any]]:
         text = (folder / PROGRESS_FILE).read_text(encoding="utf-8")
         return cls.from_json(text), json.loads(text)
 

@@ -1,6 +1,6 @@
 """Training that knows when to stop: early stopping on eval loss, and the best weights.
 
-Early stopping reads only the evaluations the run has recorded (`Progress.evaluations`,
+Early stopping reads only the evaluations the run has recorded (`TrainState.evaluations`,
 which checkpoints carry), so a resumed run takes the same decision an uninterrupted one
 would have taken, with no state of its own. Every rank computes the same global eval
 loss, so every rank stops at the same step.

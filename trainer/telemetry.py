@@ -1,7 +1,7 @@
 """What the trainer tells the world while it runs: Prometheus metrics and metrics.jsonl.
 
 The operator reads progress from the Prometheus endpoint; the metric names and the
-phases are part of that contract and live, with their table, in `kubetune.api.metrics`.
+phases are part of that contract and live, with their table, in `kubetune.api.trainer_metrics`.
 Only rank 0 serves and records: it sees global figures (token counts and losses are
 summed over ranks before they get here).
 """
@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from kubetune.api.metrics import TRAINER_PHASES, TrainerMetric, TrainerPhase
+from kubetune.api.trainer_metrics import TRAINER_PHASES, TrainerMetric, TrainerPhase
 
 log = logging.getLogger(__name__)
 

@@ -29,6 +29,25 @@ class PreparedSplits:
     report: dict[str, Any] | None = None  # the pipeline's full report: prepare-report.json
 
 
+def data_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The model card's and training-summary.json's data figures, split by split.
+
+    The training split's figures alone say what the adapter was trained on; the
+    report's totals would count the held-out splits too. A packed row holds several
+    examples: both counts are given.
+    """
+    summary: dict[str, Any] = {}
+    for split, figures in report.get("splits", {}).items():
+        summary[f"{split} examples"] = figures.get("examples")
+        summary[f"{split} rows"] = figures.get("rows")
+        summary[f"{split} tokens"] = figures.get("tokens")
+        summary[f"{split} trained tokens"] = figures.get("trainedTokens")
+    summary["packing efficiency"] = report.get("packingEfficiency")
+    summary["packing"] = report.get("settings", {}).get("packing")  # off for small data
+    summary["template"] = report.get("template")
+    return summary
+
+
 def prepare_data(job: TuningJob, workdir: Path, tokenizer: Any, storage: Storage) -> PreparedSplits:
     """Run the data pipeline (`kubetune.trainer.data`, docs/data.md) and adapt it for the loop.
 
@@ -54,16 +73,6 @@ def prepare_data(job: TuningJob, workdir: Path, tokenizer: Any, storage: Storage
         collate=pipeline.make_collator(job.spec.training, tokenizer),
         lengths=lengths,
         packing_efficiency=prepared.packing_efficiency,
-        summary={
-            "examples": report.get("examples", {}).get("kept"),
-            "tokens": report.get("tokens"),
-            "trained tokens": report.get("trainedTokens"),
-            "packing efficiency": report.get("packingEfficiency"),
-            "template": report.get("template"),
-            "packing": report.get("settings", {}).get("packing"),
-            "validation examples": report.get("splits", {})
-            .get("validation", {})
-            .get("examples", 0),
-        },
+        summary=data_summary(report),
         report=report,
     )

@@ -18,6 +18,14 @@ from typing import Any
 # it; those come from a Secret through the AWS_* variables.
 SPEC_ENV = "KUBETUNE_TUNINGJOB"
 
+# The Validating step: the operator first runs `kubetune prepare --from-env` in a small
+# CPU pod, which checks, formats, masks and packs the dataset and publishes the result
+# under this URI (PREPARED_DIR of spec.output.destination), one folder per cache key of
+# the pipeline. The GPU pod gets the same variable: its trainer takes the published
+# data for its cache key instead of preparing again. Unset (`kubetune train -f`): the
+# trainer prepares the data itself.
+PREPARED_ENV = "KUBETUNE_PREPARED"
+
 # The pod's scratch volume (an emptyDir): downloaded model, data cache, local
 # checkpoints. Unset when running `kubetune train` on a workstation: a cache folder is used.
 SCRATCH_DIR_ENV = "KUBETUNE_SCRATCH_DIR"
@@ -27,6 +35,16 @@ SCRATCH_DIR_ENV = "KUBETUNE_SCRATCH_DIR"
 # PVC_MOUNT_ROOT/CLAIM/PATH.
 PVC_MOUNT_ROOT = "/mnt/pvc"
 
+
+# spec.s3.caBundle: the operator mounts the ConfigMap key here and points AWS_CA_BUNDLE
+# (which boto3 honours for every TLS connection it opens) at the file.
+CA_BUNDLE_DIR = "/etc/kubetune/s3-ca"
+CA_BUNDLE_FILE = "ca.crt"
+CA_BUNDLE_ENV = "AWS_CA_BUNDLE"
+
+# spec.model.accessSecret: the Secret key the operator passes as HF_TOKEN, the variable
+# huggingface_hub reads for gated and private repositories.
+HF_TOKEN_KEY = "HF_TOKEN"
 
 # The trainer's Prometheus endpoint: a container port with this name and number.
 METRICS_PORT_NAME = "metrics"
@@ -132,7 +150,7 @@ class TerminationMessage:
 
 
 class OutputLayout:
-    """Paths under spec.output.destination (see DESIGN.md)."""
+    """Paths under spec.output.destination (docs/trainer.md, "Outputs")."""
 
     ADAPTER = "adapter/"
     # method.type full: the whole trained model (safetensors, config, tokenizer); the
@@ -146,6 +164,7 @@ class OutputLayout:
     CHECKPOINT_MARKER = "COMPLETE"  # written last: a checkpoint without it is partial
     METRICS = "metrics.jsonl"
     PREPARE_REPORT = "prepare-report.json"
+    PREPARED = "prepared/"  # the Validating step's packed splits, by cache key
     TRAINING_SUMMARY = "training-summary.json"
 
     @staticmethod

@@ -13,16 +13,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 from kubetune.api.v1alpha1 import SHORT, URI
 
-Phase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Suspended"]
+Phase = Literal["Pending", "Validating", "Queued", "Running", "Succeeded", "Failed", "Suspended"]
 TERMINAL_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed"})
 
 ConditionType = Literal["Suspended", "Running", "Succeeded", "Failed"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 
-DATE_TIME = {"format": "date-time"}
+DATE_TIME: JsonDict = {"format": "date-time"}
 MESSAGE = 32768  # a condition message, as in metav1.Condition
 REASON = 1024
 

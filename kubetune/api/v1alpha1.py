@@ -18,6 +18,7 @@ Conventions:
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -80,6 +81,18 @@ class ApiModel(BaseModel):
 
 
 class ModelSpec(ApiModel):
+    # The same rule as _access_secret_needs_hub, for the API server.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.accessSecret) || self.source.startsWith('hf://')",
+                    "message": "accessSecret holds a Hugging Face token and applies only to an hf:// source",
+                }
+            ]
+        }
+    )
+
     source: str = Field(
         min_length=1,
         max_length=URI,
@@ -96,6 +109,25 @@ class ModelSpec(ApiModel):
         max_length=SHORT,
         description="For hf:// sources: the branch, tag or commit to use. Ignored elsewhere.",
     )
+    access_secret: str | None = Field(
+        default=None,
+        max_length=SHORT,
+        description=(
+            "For hf:// sources: name of a Secret in the TuningJob's namespace with the key HF_TOKEN, "
+            "a Hugging Face access token that may read the repository (needed for gated models "
+            "such as Llama or Gemma, and for private ones). It reaches the training pod only as "
+            "a Secret reference (the HF_TOKEN variable)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _access_secret_needs_hub(self) -> ModelSpec:
+        if self.access_secret is not None and not self.source.startswith("hf://"):
+            raise ValueError(
+                "accessSecret holds a Hugging Face token and applies only to an hf:// source; "
+                "remove it, or use an hf://ORG/NAME source"
+            )
+        return self
 
 
 # ---------------------------------------------------------------------------
@@ -104,6 +136,18 @@ class ModelSpec(ApiModel):
 DatasetFormat = Literal[
     "auto", "alpaca", "dolly", "messages", "sharegpt", "prompt-completion", "text"
 ]
+# The chat templates the trainer knows by name (kubetune/trainer/data/templates.py
+# BUILTIN, plus auto and tokenizer); anything else must be an inline Jinja template.
+TEMPLATE_NAMES = ("auto", "tokenizer", "chatml", "llama3", "mistral", "alpaca", "zephyr")
+_TEMPLATE_HINT = f"use one of {', '.join(TEMPLATE_NAMES)}, or an inline Jinja chat template (containing {{% or {{{{)"
+
+
+def _check_template(value: str) -> str:
+    if value in TEMPLATE_NAMES or "{%" in value or "{{" in value:
+        return value
+    raise ValueError(f"unknown template {value!r}; {_TEMPLATE_HINT}")
+
+
 RedactionKind = Literal["email", "phone", "credit-card", "ipv4", "ipv6", "iban", "us-ssn", "url"]
 
 
@@ -147,6 +191,24 @@ class SplitSpec(ApiModel):
 
 
 class DatasetSpec(ApiModel):
+    # The same rules as the validators below, for the API server.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": (
+                        "!has(self.validation) || !has(self.test) || !has(self.validation.fraction) || "
+                        "!has(self.test.fraction) || self.validation.fraction + self.test.fraction < 1.0"
+                    ),
+                    "message": (
+                        "validation.fraction + test.fraction must be less than 1, so that training keeps "
+                        "some examples"
+                    ),
+                },
+            ]
+        }
+    )
+
     source: str = Field(
         min_length=1,
         max_length=URI,
@@ -176,8 +238,17 @@ class DatasetSpec(ApiModel):
             "example {instruction: question, output: answer} for an alpaca-like file."
         ),
     )
-    template: str = Field(
+    template: Annotated[str, AfterValidator(_check_template)] = Field(
         default="auto",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"self in {list(TEMPLATE_NAMES)!r} || self.contains('{{%') "
+                    "|| self.contains('{{')",
+                    "message": _TEMPLATE_HINT,
+                }
+            ]
+        },
         min_length=1,
         max_length=TEMPLATE,
         description=(
@@ -228,6 +299,20 @@ class DatasetSpec(ApiModel):
         ge=1,
         description="Use only the first N training examples (for trials and demos).",
     )
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> DatasetSpec:
+        fractions = [
+            split.fraction
+            for split in (self.validation, self.test)
+            if split is not None and split.fraction is not None
+        ]
+        if sum(fractions) >= 1:
+            raise ValueError(
+                f"validation.fraction + test.fraction is {sum(fractions):g}; it must be less than 1, "
+                "so that training keeps some examples"
+            )
+        return self
 
 
 # ---------------------------------------------------------------------------
@@ -585,6 +670,20 @@ class OutputSpec(ApiModel):
     )
 
 
+class ConfigMapKey(ApiModel):
+    name: str = Field(
+        min_length=1,
+        max_length=SHORT,
+        description="Name of a ConfigMap in the TuningJob's namespace.",
+    )
+    key: str = Field(
+        default="ca.crt",
+        min_length=1,
+        max_length=SHORT,
+        description="The key that holds the PEM bundle.",
+    )
+
+
 class S3Spec(ApiModel):
     endpoint: str | None = Field(
         default=None,
@@ -605,6 +704,15 @@ class S3Spec(ApiModel):
             "Name of a Secret in the TuningJob's namespace with the keys AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY (and optionally AWS_SESSION_TOKEN). Unset: the operator's "
             "default Secret, else the pod's own identity (IRSA, workload identity)."
+        ),
+    )
+    ca_bundle: ConfigMapKey | None = Field(
+        default=None,
+        description=(
+            "For an endpoint whose TLS certificate is signed by a private CA: a ConfigMap key that "
+            "holds the CA certificates (PEM). It is mounted read-only in the pods and the S3 "
+            "client trusts it (AWS_CA_BUNDLE). For `kubetune train` on a workstation, set "
+            "AWS_CA_BUNDLE yourself."
         ),
     )
 
@@ -700,7 +808,15 @@ class SchedulingSpec(ApiModel):
     )
     affinity: dict[str, Any] | None = Field(
         default=None,
-        description="A core/v1 Affinity for the training pod, passed through unchanged.",
+        description=(
+            "A core/v1 Affinity for the training pod, passed through unchanged (the API server "
+            "checks it when the operator creates the Job; `kubectl explain pod.spec.affinity` "
+            "describes its fields). nodeAffinity picks nodes by label more flexibly than "
+            "nodeSelector, e.g. requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms: "
+            "[{matchExpressions: [{key: nvidia.com/gpu.product, operator: In, values: "
+            "[NVIDIA-H100-80GB-HBM3]}]}]; podAffinity/podAntiAffinity place it near or away from "
+            "other pods. A malformed affinity fails the TuningJob (InvalidSpec) before it runs."
+        ),
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
     priority_class_name: str | None = Field(
@@ -721,6 +837,232 @@ class SchedulingSpec(ApiModel):
     )
 
 
+# Environment for the training pod, in Kubernetes' own shapes (core/v1 EnvVar and
+# EnvFromSource), restricted to what a trainer needs: literal values and references to
+# Secrets and ConfigMaps in the TuningJob's namespace. Values from Secrets travel only
+# as references: they never appear in the Job, the status, Events or logs.
+
+# The classic C identifier rule for variable names (what every shell can read).
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# Names the operator sets itself; a TuningJob may not override them.
+RESERVED_ENV_PREFIX = "KUBETUNE_"
+RESERVED_ENV = frozenset(
+    {
+        "HOME",
+        "TMPDIR",
+        "PYTHONUNBUFFERED",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_CA_BUNDLE",
+        "HF_TOKEN",
+    }
+)
+_RESERVED_ENV_HINT = (
+    "is set by the operator; use spec.s3.credentialsSecret for AWS credentials, "
+    "spec.s3.caBundle for AWS_CA_BUNDLE and spec.model.accessSecret for HF_TOKEN"
+)
+
+
+def reserved_env_name(name: str) -> bool:
+    return name.startswith(RESERVED_ENV_PREFIX) or name in RESERVED_ENV
+
+
+class KeyReference(ApiModel):
+    name: str = Field(
+        min_length=1,
+        max_length=SHORT,
+        description="Name of the Secret or ConfigMap, in the TuningJob's namespace.",
+    )
+    key: str = Field(min_length=1, max_length=SHORT, description="The key to read.")
+    optional: bool | None = Field(
+        default=None,
+        description="True: a missing object or key leaves the variable unset instead of holding the pod back.",
+    )
+
+
+class EnvVarSource(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.secretKeyRef) != has(self.configMapKeyRef)",
+                    "message": "set exactly one of secretKeyRef or configMapKeyRef",
+                }
+            ]
+        }
+    )
+
+    secret_key_ref: KeyReference | None = Field(
+        default=None, description="A key of a Secret (the value never appears in the Job)."
+    )
+    config_map_key_ref: KeyReference | None = Field(
+        default=None, description="A key of a ConfigMap."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EnvVarSource:
+        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
+            raise ValueError("set exactly one of secretKeyRef or configMapKeyRef")
+        return self
+
+
+class EnvVar(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!(has(self.value) && has(self.valueFrom))",
+                    "message": "set value or valueFrom, not both",
+                },
+                {
+                    "rule": "!self.name.startsWith('KUBETUNE_') && !(self.name in "
+                    + repr(sorted(RESERVED_ENV))
+                    + ")",
+                    "message": f"this variable {_RESERVED_ENV_HINT}",
+                },
+            ]
+        }
+    )
+
+    name: str = Field(
+        min_length=1,
+        max_length=SHORT,
+        pattern=ENV_NAME_PATTERN,
+        description="The variable's name (letters, digits and underscores, not starting with a digit).",
+    )
+    value: str | None = Field(
+        default=None,
+        max_length=TEMPLATE,
+        description="A literal value. Put anything secret in a Secret and use valueFrom instead.",
+    )
+    value_from: EnvVarSource | None = Field(
+        default=None, description="The value from a key of a Secret or a ConfigMap."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvVar:
+        if self.value is not None and self.value_from is not None:
+            raise ValueError(f"{self.name}: set value or valueFrom, not both")
+        if reserved_env_name(self.name):
+            raise ValueError(f"{self.name} {_RESERVED_ENV_HINT}")
+        return self
+
+
+class ObjectReference(ApiModel):
+    name: str = Field(
+        min_length=1,
+        max_length=SHORT,
+        description="Name of the Secret or ConfigMap, in the TuningJob's namespace.",
+    )
+    optional: bool | None = Field(
+        default=None,
+        description="True: a missing object is ignored instead of holding the pod back.",
+    )
+
+
+class EnvFromSource(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.secretRef) != has(self.configMapRef)",
+                    "message": "set exactly one of secretRef or configMapRef",
+                }
+            ]
+        }
+    )
+
+    prefix: str | None = Field(
+        default=None,
+        max_length=SHORT,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Put before every key's name, e.g. PROXY_. Must not be KUBETUNE_.",
+    )
+    secret_ref: ObjectReference | None = Field(
+        default=None, description="Every key of a Secret becomes a variable."
+    )
+    config_map_ref: ObjectReference | None = Field(
+        default=None, description="Every key of a ConfigMap becomes a variable."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EnvFromSource:
+        if (self.secret_ref is None) == (self.config_map_ref is None):
+            raise ValueError("set exactly one of secretRef or configMapRef")
+        if self.prefix and self.prefix.startswith(RESERVED_ENV_PREFIX):
+            raise ValueError(
+                f"prefix: {RESERVED_ENV_PREFIX} is reserved for the operator's variables"
+            )
+        return self
+
+
+# Label and annotation keys: an optional DNS-subdomain prefix and a name (qualified names).
+_QUALIFIED_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
+# Keys the operator sets on its pods and finds them by, and those of the Job controller.
+RESERVED_METADATA_PREFIXES = ("kubetune.dev/", "batch.kubernetes.io/", "app.kubernetes.io/")
+RESERVED_METADATA_KEYS = frozenset({"controller-uid", "job-name", "kueue.x-k8s.io/queue-name"})
+
+
+def metadata_key_problem(key: str) -> str | None:
+    if not _QUALIFIED_KEY.match(key) or len(key) > SHORT + 64:
+        return f"{key!r} is not a valid key: an optional DNS prefix and '/', then up to 63 letters, digits, '-', '_' or '.'"
+    if key in RESERVED_METADATA_KEYS or key.startswith(RESERVED_METADATA_PREFIXES):
+        return (
+            f"{key!r} is set by the operator or the Job controller; keys under "
+            f"{', '.join(RESERVED_METADATA_PREFIXES)} are reserved"
+        )
+    return None
+
+
+def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+    for key, value in labels.items():
+        problem = metadata_key_problem(key)
+        if problem:
+            raise ValueError(problem)
+        if not _LABEL_VALUE.match(value):
+            raise ValueError(
+                f"label {key}: {value!r} is not a valid label value (up to 63 letters, digits, "
+                "'-', '_' or '.', starting and ending with a letter or digit)"
+            )
+    return labels
+
+
+def _check_annotations(annotations: dict[str, str]) -> dict[str, str]:
+    for key in annotations:
+        problem = metadata_key_problem(key)
+        if problem:
+            raise ValueError(problem)
+    return annotations
+
+
+_RESERVED_KEYS_RULE = {
+    "rule": "self.all(k, "
+    + " && ".join(f"!k.startsWith('{prefix}')" for prefix in RESERVED_METADATA_PREFIXES)
+    + f" && !(k in {sorted(RESERVED_METADATA_KEYS)!r}))",
+    "message": (
+        "keys under kubetune.dev/, batch.kubernetes.io/ and app.kubernetes.io/, and controller-uid, "
+        "job-name and kueue.x-k8s.io/queue-name, are set by the operator or the Job controller"
+    ),
+}
+
+PodLabels = Annotated[
+    # (Key lengths are checked by metadata_key_problem: a CRD schema cannot bound map keys.)
+    dict[str, Annotated[str, Field(max_length=63)]],
+    Field(max_length=64, json_schema_extra={"x-kubernetes-validations": [_RESERVED_KEYS_RULE]}),
+    AfterValidator(_check_labels),
+]
+PodAnnotations = Annotated[
+    dict[str, Annotated[str, Field(max_length=TEMPLATE)]],
+    Field(max_length=64, json_schema_extra={"x-kubernetes-validations": [_RESERVED_KEYS_RULE]}),
+    AfterValidator(_check_annotations),
+]
+
+
 class RuntimeSpec(ApiModel):
     image: str | None = Field(
         default=None,
@@ -734,6 +1076,32 @@ class RuntimeSpec(ApiModel):
         default=None,
         max_length=SHORT,
         description="ServiceAccount the training pod runs as (e.g. for IRSA).",
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=128,
+        description=(
+            "Environment variables of the training pod, as in a container's env: a literal value, "
+            "or valueFrom a secretKeyRef or configMapKeyRef (for proxies, tokens, tracing). "
+            "KUBETUNE_* and the variables the operator sets (HOME, TMPDIR, AWS credentials, "
+            "AWS_CA_BUNDLE, HF_TOKEN) are reserved."
+        ),
+    )
+    env_from: list[EnvFromSource] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Every key of a Secret (secretRef) or ConfigMap (configMapRef) as a variable, as in a container's envFrom.",
+    )
+    pod_labels: PodLabels = Field(
+        default_factory=dict,
+        description=(
+            "Labels for the training pod (e.g. for cost allocation or network policies). Keys under "
+            "kubetune.dev/, app.kubernetes.io/ and batch.kubernetes.io/ are the operator's."
+        ),
+    )
+    pod_annotations: PodAnnotations = Field(
+        default_factory=dict,
+        description="Annotations for the training pod (e.g. for a service mesh or log routing).",
     )
     backoff_limit: int = Field(
         default=3,
@@ -792,7 +1160,45 @@ class TuningJobSpec(ApiModel):
         description="True stops the run (its pod is deleted after a checkpoint) and keeps it stopped; false resumes it.",
     )
 
-    model_config = ConfigDict(protected_namespaces=())
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                # The same rules as the validators below, for the API server.
+                {
+                    "rule": "self.resources.gpus > 0 || (self.method.computeDtype != 'fp16' && "
+                    "self.method.baseWeights != 'fp16' && self.training.optimizer != 'paged-adamw-8bit')",
+                    "message": (
+                        "fp16 (method.computeDtype, method.baseWeights) and training.optimizer "
+                        "paged-adamw-8bit need a CUDA GPU, and resources.gpus is 0; use auto, or request a GPU"
+                    ),
+                },
+                {
+                    "rule": "!self.training.evalExactMatch || has(self.dataset.test)",
+                    "message": (
+                        "training.evalExactMatch generates answers for the test split; add dataset.test "
+                        "or set evalExactMatch: false"
+                    ),
+                },
+            ]
+        },
+    )
+
+    @model_validator(mode="after")
+    def _cpu_only_settings(self) -> TuningJobSpec:
+        if self.resources.gpus:
+            return self
+        for field, value, need in (
+            ("method.computeDtype", self.method.compute_dtype, "fp16"),
+            ("method.baseWeights", self.method.base_weights, "fp16"),
+            ("training.optimizer", self.training.optimizer, "paged-adamw-8bit"),
+        ):
+            if value == need:
+                raise ValueError(
+                    f"{field}: {need} needs a CUDA GPU, and resources.gpus is 0 (training on CPU); "
+                    "use auto, or request a GPU"
+                )
+        return self
 
     @model_validator(mode="after")
     def _best_needs_a_validation_split(self) -> TuningJobSpec:

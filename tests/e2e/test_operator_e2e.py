@@ -21,12 +21,12 @@ import yaml
 from kubernetes import watch
 from urllib3.exceptions import ProtocolError
 
-from kubetune.trainer.tiny import save_tiny
 from tests.ground.cluster import Cluster
 from tests.ground.localnode import LocalNode
 from tests.ground.s3 import S3Endpoint
 from tests.integration.operator_support import GROUP, PLURAL, VERSION, OperatorProcess, install_crds
 from tests.support.data import DOLLY
+from tests.support.tiny import save_tiny
 
 # A phase may stay or move forward along this order, never back (Pending → Running → end).
 PHASE_ORDER = {"Pending": 0, "Running": 1, "Succeeded": 2, "Failed": 2}

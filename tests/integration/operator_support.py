@@ -63,6 +63,8 @@ class OperatorProcess:
             "DEFAULT_EPHEMERAL_STORAGE": "1Gi",
             "DEFAULT_SCRATCH_SIZE": "1Gi",
             "DEFAULT_SHM_SIZE": "256Mi",
+            # Most tests follow the GPU Job alone; the Validating step's own tests turn it on.
+            "VALIDATE_DATA": "false",
             **{k.upper(): v for k, v in settings.items()},
         }
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUBETUNE_OPERATOR_")}

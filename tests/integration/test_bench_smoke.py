@@ -43,7 +43,7 @@ def smoke(tmp_path: Path, *command: str) -> dict[str, Any]:
 
 
 def test_data_pipeline_benchmark(tmp_path: Path) -> None:
-    (row,) = smoke(tmp_path, "bench/data_pipeline.py")
+    (row,) = smoke(tmp_path, "-m", "bench.data_pipeline")
     assert row["kubetune"]["packs"] >= row["fewestPossiblePacks"] > 0
     assert row["trl"]["packsSameTokens"] >= row["fewestPossiblePacks"]
 
@@ -102,7 +102,7 @@ def run_plain(*command: str) -> str:
 
 
 def test_trainer_cpu_benchmark() -> None:
-    out = run_plain("bench/trainer_cpu.py", "--quick")
+    out = run_plain("-m", "bench.trainer_cpu", "--quick")
     summary = json.loads(out.strip().splitlines()[-1])
     assert set(summary["results"]) == {"qlora (nf4)", "lora int8", "lora bf16", "lora fp32"}
     assert summary["hf_trainer_step_seconds"] > 0

@@ -77,7 +77,9 @@ def release(
     values.write_text(yaml.safe_dump({
         "watchNamespaces": [watched],
         "replicaCount": 0,
-        "operator": {"s3": {"endpoint": "http://s3.invalid:8333", "credentialsSecret": SECRET}},
+        # The GPU Job's path (the Validating step has its own tests: test_operator_validating).
+        "operator": {"s3": {"endpoint": "http://s3.invalid:8333", "credentialsSecret": SECRET},
+                     "validation": {"enabled": False}},
     }))  # fmt: skip
     # The operator tests may have applied the CRD with kubectl already: the release adopts it.
     result = helm(cluster, "install", RELEASE, str(CHART), "--namespace", namespace, "--values", str(values),

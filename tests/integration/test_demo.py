@@ -16,7 +16,8 @@ def test_the_demo_runs_end_to_end_through_s3(tmp_path: Path) -> None:
     result = subprocess.run(
         [
             sys.executable,
-            "hack/demo.py",
+            "-m",
+            "hack.demo",
             "--workdir",
             str(tmp_path / "demo"),
             "--steps",

@@ -82,4 +82,6 @@ def test_without_permission_to_list_tuningjobs_the_operator_says_so_and_exits(
     result = run_operator(kubeconfig, namespace)
     assert result.returncode == ExitCode.INVALID_CONFIG, result.stderr
     assert f"the operator may not list tuningjobs in namespace '{namespace}'" in result.stderr
-    assert "kubetune/operator/rbac.py" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        "charts/kubetune/templates/rbac.yaml" in result.stderr and "Traceback" not in result.stderr
+    )

@@ -13,9 +13,9 @@ import yaml
 from click.testing import CliRunner
 
 from kubetune.cli import main
-from kubetune.trainer.tiny import build_tokenizer
 from tests.ground.s3 import S3Endpoint
 from tests.support.data import DOLLY
+from tests.support.tiny import build_tokenizer
 
 
 @pytest.fixture

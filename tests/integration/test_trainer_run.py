@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from pathlib import Path
@@ -91,11 +92,30 @@ def learned(
 
     patch = pytest.MonkeyPatch()
     patch.setattr(model_module, "load_model", spy)
+    logged = LogLines()
+    logger = logging.getLogger("kubetune")
+    level = logger.level
+    # setLevel, not the attribute: it also clears the loggers' cached isEnabledFor answers.
+    logger.setLevel(logging.INFO)
+    logger.addHandler(logged)
     try:
         result = train(the_job, root / "scratch")
     finally:
+        logger.removeHandler(logged)
+        logger.setLevel(level)
         patch.undo()
-    return {"result": result, "out": root / "out", "job": the_job, **kept}
+    return {"result": result, "out": root / "out", "job": the_job, "log": logged.lines, **kept}
+
+
+class LogLines(logging.Handler):
+    """Keeps the trainer's log messages (a module-scoped fixture has no caplog)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
 def test_validation_loss_falls_by_the_stated_factor(learned: dict[str, Any]) -> None:
@@ -191,6 +211,22 @@ def test_the_output_holds_card_summary_metrics_and_the_final_checkpoint(
         "PeftModel.from_pretrained",
     ):
         assert expected in card
+    # The data figures are the training split's, each held-out split's apart (a test
+    # source here, a validation fraction of the training source).
+    splits = json.loads((out / "prepare-report.json").read_text())["splits"]
+    assert set(splits) == {"train", "validation", "test"}
+    for split, figures in splits.items():
+        for name, key in (("examples", "examples"), ("rows", "rows"), ("tokens", "tokens")):
+            assert summary["data"][f"{split} {name}"] == figures[key]
+            assert f"| {split} {name} | {figures[key]} |" in card
+        assert summary["data"][f"{split} trained tokens"] == figures["trainedTokens"]
+    assert "examples" not in summary["data"]
+    # The log says how many examples, and in how many packed rows.
+    train = splits["train"]
+    (started,) = [line for line in learned["log"] if line.startswith("training: ")]
+    assert started.startswith(
+        f"training: {train['examples']} examples in {train['rows']} packed rows, "
+    ), started
     train_records = [r for r in records(out / "metrics.jsonl") if r["kind"] == "train"]
     assert [r["step"] for r in train_records] == list(range(5, LEARNING_STEPS + 1, 5))
     assert all(r["tokens_per_second"] > 0 and r["learning_rate"] >= 0 for r in train_records)

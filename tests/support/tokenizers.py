@@ -2,7 +2,7 @@
 
 mistral-common (a dev dependency, not in the trainer image) ships the Mistral 7B v0.1
 SentencePiece model; converting it gives realistic token counts where the tiny
-tokenizers of `kubetune.trainer.tiny` would not.
+tokenizers of `tests.support.tiny` would not.
 """
 
 from __future__ import annotations

@@ -45,11 +45,11 @@ def synthetic_records(count: int, seed: int = 0) -> list[dict[str, str]]:
 def save_tiny_model(
     path: Path, arch: str = "llama", *, hidden: int = 64, layers: int = 2, seed: int = 0
 ) -> Path:
-    """A tiny random model (kubetune.trainer.tiny) whose tokenizer knows the task's words.
+    """A tiny random model (tests.support.tiny) whose tokenizer knows the task's words.
 
     init_std 0.2 (not 0.02): see tiny.build_model; with it LoRA alone learns the task.
     """
-    from kubetune.trainer.tiny import save_tiny
+    from tests.support.tiny import save_tiny
 
     texts = [r["instruction"] + " " + r["response"] for r in synthetic_records(64)]
     return save_tiny(

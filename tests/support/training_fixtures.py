@@ -1,7 +1,7 @@
 """Pytest fixtures for trainer tests (loaded by tests/conftest.py).
 
 - `tiny_model` (session): a folder with a tiny random Llama (hidden 64, 2 layers) and its
-  tokenizer (kubetune.trainer.tiny), built once.
+  tokenizer (tests.support.tiny), built once.
 - `synthetic_data` (session): a JSONL file of the synthetic classification task.
 
 Torch runs on one thread in tests (OMP_NUM_THREADS=1, set before torch is imported,

@@ -34,7 +34,9 @@ def tuningjob(**spec_updates: Any) -> TuningJob:
 
 
 def settings(**values: Any) -> Settings:
-    return Settings(**values)
+    """Operator settings; without the Validating step unless asked for (validate_data=True):
+    most tests here are about the GPU Job itself."""
+    return Settings(**{"validate_data": False, **values})
 
 
 def job(

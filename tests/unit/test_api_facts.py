@@ -15,9 +15,9 @@ from kubetune.api.locations import (
     pvc_claim,
     pvc_local_path,
 )
-from kubetune.api.metrics import PREFIX, TRAINER_PHASES, TrainerMetric
 from kubetune.api.quantity import check_positive_quantity, parse_quantity
 from kubetune.api.timestamps import micro_time, parse_rfc3339, rfc3339
+from kubetune.api.trainer_metrics import PREFIX, TRAINER_PHASES, TrainerMetric
 
 QUANTITIES = [
     "64Gi", "500m", "1e3", "1E3", "8", "0.5Gi", "+1", ".5", "1k", "2Ei", "5Ei", "1n", "1u",

@@ -20,9 +20,12 @@ import yaml
 
 from kubetune import __version__
 from kubetune.api.contract import METRICS_PORT, METRICS_PORT_NAME
+from kubetune.api.manifest import parse_tuningjob
+from kubetune.api.trainer_metrics import TRAINER_PHASES as PHASES
 from kubetune.operator import builders
 from kubetune.operator.metrics import OperatorMetrics
 from kubetune.operator.settings import ENV_PREFIX, Settings, load_settings
+from tests.support.sensitive_names import flagged_by
 from tests.unit.chart_support import (
     CHART,
     CI_VALUES,
@@ -148,7 +151,10 @@ def test_replicas_are_safe_only_with_leader_election() -> None:
     ha = render(ci("ha-monitoring"))
     assert ha.deployment["spec"]["replicas"] == 2
     assert ha.operator_env[ENV_PREFIX + "LEADER_ELECTION"] == "true"
-    assert ha.one("PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    pdb = ha.one("PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    # Crash-looping replicas (not Ready) may still be evicted, or they would block a drain.
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     # One replica without a Lease: never two pods at once, even during a rollout.
     single = render(ci("external-crds"))
     assert single.deployment["spec"]["strategy"] == {"type": "Recreate"}
@@ -200,7 +206,7 @@ def test_every_operator_setting_is_reachable_from_values(monkeypatch: pytest.Mon
     assert settings.trainer_image == (
         "registry.example.com/kubetune-trainer@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
     )
-    assert settings.image_pull_secrets == ["pull-a", "pull-b"]
+    assert settings.image_pull_auth_refs == ["pull-a", "pull-b"]
     assert settings.gpu_resource_name == "nvidia.com/mig-3g.40gb"
     assert settings.gpu_node_selector == {"nvidia.com/gpu.product": "A100-SXM4-80GB"}
     assert [t.model_dump(by_alias=True, exclude_none=True) for t in settings.gpu_tolerations] == [
@@ -217,7 +223,7 @@ def test_every_operator_setting_is_reachable_from_values(monkeypatch: pytest.Mon
     assert (settings.metrics_port, settings.health_port) == (9090, 9091)
     assert settings.lease_name == "kubetune-research"
     assert settings.lease_namespace == NAMESPACE
-    assert settings.s3_credentials_secret == "team-s3"
+    assert settings.s3_auth_ref == "team-s3"
 
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
@@ -239,11 +245,21 @@ def test_unset_optional_settings_are_left_to_the_operator(default: Rendered) -> 
     for name in (
         "NAMESPACES",
         "S3_ENDPOINT",
-        "S3_CREDENTIALS_SECRET",
+        "S3_AUTH_REF",
         "TRAINER_IMAGE_PULL_POLICY",
-        "IMAGE_PULL_SECRETS",
+        "IMAGE_PULL_AUTH_REFS",
     ):
         assert ENV_PREFIX + name not in env
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
+def test_no_operator_variable_looks_like_a_credential_to_security_linters(values: Path) -> None:
+    """kube-linter env-var-secret and polaris sensitiveContainerEnvVar pass the Deployment."""
+    rendered = render(values)
+    pod = rendered.deployment["spec"]["template"]["spec"]
+    names = [e["name"] for c in pod["containers"] for e in c.get("env", [])]
+    assert ENV_PREFIX + "TRAINER_IMAGE" in names
+    assert {name: flagged_by(name) for name in names if flagged_by(name)} == {}
 
 
 # --- RBAC ----------------------------------------------------------------------------
@@ -382,7 +398,7 @@ def test_service_monitor_scrapes_the_metrics_service() -> None:
     assert render().of_kind("ServiceMonitor") == render().of_kind("PodMonitor") == []
 
 
-# The trainer's metric names (DESIGN.md "Metrics"; the trainer defines them).
+# The trainer's metric names (kubetune.api.trainer_metrics; the trainer registers them).
 TRAINER_METRICS = {
     "kubetune_trainer_step", "kubetune_trainer_total_steps", "kubetune_trainer_loss", "kubetune_trainer_eval_loss",
     "kubetune_trainer_learning_rate", "kubetune_trainer_grad_norm", "kubetune_trainer_tokens_total",
@@ -419,6 +435,28 @@ def test_dashboard_queries_only_metrics_that_exist() -> None:
     assert all('tuningjob=~"$tuningjob"' in e for e in exprs if "kubetune_trainer_" in e)
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def dashboard_file() -> dict[str, Any]:
+    return json.loads((CHART / "files" / "dashboards" / "kubetune.json").read_text())
+
+
+def test_dashboard_ranges_follow_the_scrape_interval() -> None:
+    """A fixed range such as [1m] goes blank when Prometheus scrapes every 30 s or more."""
+    exprs = [t["expr"] for p in dashboard_file()["panels"] for t in p.get("targets", [])]
+    ranges = {r for e in exprs for r in re.findall(r"\[([^\]]*)\]", e)}
+    assert ranges == {"$__rate_interval"}
+
+
+def test_every_dashboard_panel_is_described() -> None:
+    panels = [p for p in dashboard_file()["panels"] if p["type"] != "row"]
+    assert [p["title"] for p in panels if not p.get("description", "").strip()] == []
+
+
+def test_trainer_phase_panel_names_the_phases_the_trainer_has() -> None:
+    (panel,) = [p for p in dashboard_file()["panels"] if p["title"] == "Trainer phase"]
+    named = panel["description"].split("in order: ")[-1].rstrip(".").split(", ")
+    assert named == list(PHASES)
 
 
 # --- NetworkPolicy ----------------------------------------------------------------------
@@ -512,3 +550,126 @@ def test_images_are_pinned_by_digest_when_given() -> None:
     rendered = render(values={"image": {"digest": digest}})
     assert rendered.operator_container["image"] == f"ghcr.io/kubetune/operator@{digest}"
     assert render().operator_container["image"] == f"ghcr.io/kubetune/operator:{__version__}"
+
+
+# --- Registry, labels, pull Secrets, extra volumes ---------------------------------------
+
+
+def test_global_registry_replaces_every_images_registry_and_labels_reach_every_object(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rendered = render(ci("ha-monitoring"))
+    assert rendered.operator_container["image"] == (
+        f"mirror.example.com:5000/kubetune/operator:{__version__}"
+    )
+    assert operator_settings(rendered, monkeypatch).trainer_image == (
+        f"mirror.example.com:5000/kubetune/trainer:{__version__}"
+    )
+    # A repository without a registry gets the mirror put before it.
+    plain = render(
+        values={"global": {"imageRegistry": "mirror.corp"}, "image": {"repository": "kubetune/op"}}
+    )
+    assert plain.operator_container["image"] == f"mirror.corp/kubetune/op:{__version__}"
+    for obj in rendered.objects:
+        if obj["kind"] != "CustomResourceDefinition":
+            assert obj["metadata"]["labels"]["team"] == "ml-platform", obj["kind"]
+    pod = rendered.deployment["spec"]["template"]
+    assert pod["metadata"]["labels"]["team"] == "ml-platform"
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "mirror-pull"}]
+    assert {"name": "corp-ca", "configMap": {"name": "corp-ca"}} in pod["spec"]["volumes"]
+    assert {
+        "name": "corp-ca",
+        "mountPath": "/etc/ssl/corp",
+        "readOnly": True,
+    } in rendered.operator_container["volumeMounts"]
+
+
+def test_pull_secrets_in_both_forms() -> None:
+    rendered = render(values={"imagePullSecrets": ["a", {"name": "b"}]})
+    assert rendered.deployment["spec"]["template"]["spec"]["imagePullSecrets"] == [
+        {"name": "a"},
+        {"name": "b"},
+    ]
+    refused = render_raw(values={"imagePullSecrets": [{"secret": "a"}]})
+    assert refused.returncode != 0 and "imagePullSecrets" in refused.stderr
+
+
+def test_trainer_defaults_and_allowlists_reach_the_operator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = operator_settings(render(ci("all-settings")), monkeypatch)
+    assert [e.model_dump(by_alias=True, exclude_none=True) for e in settings.default_env] == [
+        {"name": "HTTPS_PROXY", "value": "http://proxy.example.com:3128"},
+        {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "token"}}},
+    ]
+    assert settings.default_pod_labels == {"cost-center": "ml-research"}
+    assert settings.default_node_selector == {"team": "research"}
+    assert settings.pod_scrape_annotations is True
+    assert settings.allowed_trainer_images == ["registry.example.com/kubetune-trainer*"]
+    assert settings.allowed_service_accounts == ["trainer", "team-*"]
+    # The rendered trainer Job with these settings: defaults in, scrape annotations on.
+    job = builders.build_job(
+        parse_tuningjob(
+            {
+                "apiVersion": "kubetune.dev/v1alpha1",
+                "kind": "TuningJob",
+                "metadata": {"name": "x", "namespace": "research"},
+                "spec": {
+                    "model": {"source": "s3://m/x/"},
+                    "dataset": {"source": "s3://d/x.jsonl"},
+                    "output": {"destination": "s3://o/x/"},
+                },
+            }
+        ),
+        settings,
+    )
+    template = job["spec"]["template"]
+    assert template["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    assert template["metadata"]["labels"]["cost-center"] == "ml-research"
+    assert template["spec"]["nodeSelector"]["team"] == "research"
+
+
+# --- Monitors and alerts ------------------------------------------------------------------
+
+
+def test_monitors_take_extra_relabelings() -> None:
+    rendered = render(ci("ha-monitoring"))
+    (endpoint,) = rendered.one("ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["metricRelabelings"][0]["action"] == "drop"
+    (pod_endpoint,) = rendered.one("PodMonitor")["spec"]["podMetricsEndpoints"]
+    targets = [r["targetLabel"] for r in pod_endpoint["relabelings"]]
+    assert targets == ["tuningjob", "namespace", "pod", "node"]  # the chart's own first
+
+
+def test_prometheus_rule_alerts_on_metrics_that_exist() -> None:
+    rendered = render(ci("ha-monitoring"))
+    rule = rendered.one("PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert set(alerts) == {
+        "TuningJobFailed",
+        "TuningJobStuckPending",
+        "TuningJobNoProgress",
+        "KubetuneOperatorDown",
+    }
+    used = {m for r in alerts.values() for m in re.findall(r"\bkubetune_[a-z0-9_]+", r["expr"])}
+    assert used - (TRAINER_METRICS | operator_series()) == set()
+    assert "> 2700" in alerts["TuningJobStuckPending"]["expr"]  # pendingMinutes: 45
+    # The operator-down alert names the job the ServiceMonitor scrapes: the metrics Service.
+    service = rendered.one("Service")["metadata"]["name"]
+    assert f'job="{service}"' in alerts["KubetuneOperatorDown"]["expr"]
+    # The trainer alert groups by the labels the PodMonitor adds.
+    assert "by (namespace, tuningjob)" in alerts["TuningJobNoProgress"]["expr"]
+    assert not render().of_kind("PrometheusRule")
+
+
+def test_pending_metric_measures_the_longest_wait() -> None:
+    from prometheus_client import generate_latest
+
+    metrics = OperatorMetrics(pending_since=lambda: [100.0, 160.0], clock=lambda: 400.0)
+    text = generate_latest(metrics.registry).decode()
+    assert "kubetune_operator_pending_oldest_seconds 300.0" in text
+    assert (
+        "kubetune_operator_pending_oldest_seconds 0.0"
+        in generate_latest(OperatorMetrics().registry).decode()
+    )

@@ -96,7 +96,7 @@ def test_kind_up_installs_the_chart_with_valid_values(monkeypatch: pytest.Monkey
     settings = operator_settings(rendered, monkeypatch)
     assert settings.trainer_image == "kubetune-trainer:dev"
     assert settings.s3_endpoint == "http://seaweedfs.storage:8333"
-    assert rendered.operator_env[ENV_PREFIX + "S3_CREDENTIALS_SECRET"] == "s3-credentials"
+    assert rendered.operator_env[ENV_PREFIX + "S3_AUTH_REF"] == "s3-credentials"
     # The walkthrough's TuningJob becomes a Job that runs on the kind worker, on CPU.
     tuningjob = load_tuningjob(ROOT / "hack" / "kind" / "tuningjob.yaml")
     job = build_job(tuningjob, settings)

@@ -7,9 +7,10 @@ import json
 import pytest
 
 from kubetune.api.contract import METRICS_PORT, SCRATCH_DIR_ENV, SPEC_ENV, ExitCode
-from kubetune.api.manifest import parse_tuningjob_json
+from kubetune.api.manifest import parse_tuningjob, parse_tuningjob_json
 from kubetune.operator.builders import build_job, child_name, pod_spec_document
-from tests.unit.operator_fixtures import settings, tuningjob
+from tests.support.sensitive_names import flagged_by
+from tests.unit.operator_fixtures import manifest, settings, tuningjob
 
 
 def _container(job: dict) -> dict:
@@ -53,6 +54,42 @@ def test_child_names_fit_labels_and_hostnames(name: str, expected_prefix: str) -
         assert child != child_name(name + "y")
 
 
+RECOMMENDED_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/managed-by",
+)
+
+
+@pytest.mark.parametrize("name", ["dolly", "team.dolly"])
+def test_job_and_pods_carry_the_recommended_labels_alike(name: str) -> None:
+    """app.kubernetes.io/instance tells one TuningJob's objects from another's."""
+    document = manifest(scheduling={"queueName": "gpu-queue"})
+    document["metadata"]["name"] = name
+    job = build_job(parse_tuningjob(document), settings())
+    job_labels = job["metadata"]["labels"]
+    pod_labels = job["spec"]["template"]["metadata"]["labels"]
+    for labels in (job_labels, pod_labels):
+        assert {k: labels.get(k) for k in RECOMMENDED_LABELS} == {
+            "app.kubernetes.io/name": "kubetune-trainer",
+            "app.kubernetes.io/instance": child_name(name),
+            "app.kubernetes.io/component": "trainer",
+            "app.kubernetes.io/part-of": "kubetune",
+            "app.kubernetes.io/managed-by": "kubetune-operator",
+        }
+        assert labels["kubetune.dev/tuningjob"] == child_name(name)
+    # The pods carry every label of the Job except Kueue's, which belongs to the Job.
+    assert job_labels == {**pod_labels, "kueue.x-k8s.io/queue-name": "gpu-queue"}
+    document["metadata"]["name"] = "other"
+    other = build_job(parse_tuningjob(document), settings())
+    assert (
+        other["metadata"]["labels"]["app.kubernetes.io/instance"]
+        != job_labels["app.kubernetes.io/instance"]
+    )
+
+
 def test_pod_runs_the_contract_command_with_the_whole_spec() -> None:
     tj = tuningjob(
         training={"epochs": 1, "learningRate": 1e-3},
@@ -87,8 +124,16 @@ def test_credentials_travel_only_as_secret_references() -> None:
         assert env[key]["valueFrom"]["secretKeyRef"]["name"] == "s3-credentials"
         assert env[key]["valueFrom"]["secretKeyRef"]["key"] == key
     assert env["AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    # What security linters take for a credential comes only from a Secret (kube-linter's
+    # env-var-secret and kubescape look at literal values only; boto3 needs these names).
+    assert [n for n, e in env.items() if "value" in e and flagged_by(n)] == []
+    assert {n for n in env if flagged_by(n)} == {
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    }
     # The operator's default Secret applies when the spec names none; no Secret: no AWS_* at all.
-    default = build_job(tuningjob(s3={}), settings(s3_credentials_secret="shared-s3"))
+    default = build_job(tuningjob(s3={}), settings(s3_auth_ref="shared-s3"))
     assert _env(default)["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "shared-s3"
     assert not any(k.startswith("AWS_") for k in _env(build_job(tuningjob(s3={}), settings())))
 
@@ -253,7 +298,7 @@ def test_image_and_pull_settings() -> None:
     config = settings(
         trainer_image="registry.local/trainer:1",
         trainer_image_pull_policy="IfNotPresent",
-        image_pull_secrets=["regcred"],
+        image_pull_auth_refs=["regcred"],
     )
     job = build_job(tuningjob(), config)
     assert _container(job)["image"] == "registry.local/trainer:1"
@@ -276,7 +321,8 @@ def test_image_and_pull_settings() -> None:
 def test_spec_document_is_json_without_credentials() -> None:
     document = json.loads(pod_spec_document(tuningjob(), settings()))
     assert set(document) == {"apiVersion", "kind", "metadata", "spec"}
-    assert "secret" not in json.dumps(document).lower().replace("credentialssecret", "")
+    text = json.dumps(document).lower()
+    assert "secret" not in text.replace("credentialssecret", "").replace("accesssecret", "")
 
 
 def test_pvc_datasets_are_mounted_read_only_once_per_claim() -> None:

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from kubetune.operator.settings import ENV_PREFIX, Settings, SettingsError, load_settings
+from kubetune.operator.settings import (
+    ENV_PREFIX,
+    RENAMED,
+    Settings,
+    SettingsError,
+    load_settings,
+)
+from tests.support.sensitive_names import flagged_by
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,3 +81,25 @@ def test_every_setting_is_documented_in_docs_operator_md() -> None:
     assert documented == expected
     for name, field in Settings.model_fields.items():
         assert field.description, name
+
+
+def test_no_setting_looks_like_a_credential_to_security_linters() -> None:
+    """The Deployment's variables hold Secret names: kube-linter and polaris must not fail on them."""
+    names = [ENV_PREFIX + name.upper() for name in Settings.model_fields]
+    assert {name: flagged_by(name) for name in names if flagged_by(name)} == {}
+    # The checker is not vacuous: it flags the old names, and the issue's example of a
+    # rename that would not have helped.
+    for old in (*RENAMED, ENV_PREFIX + "S3_CREDENTIALS_SECRET_NAME"):
+        assert "kube-linter env-var-secret" in flagged_by(old), old
+        assert "polaris sensitiveContainerEnvVar" in flagged_by(old), old
+    assert flagged_by("HF_TOKEN") and flagged_by("AZURE_STORAGE_KEY") and not flagged_by("HOME")
+
+
+@pytest.mark.parametrize(("old", "new"), sorted(RENAMED.items()))
+def test_a_renamed_setting_fails_fast_giving_its_new_name(
+    monkeypatch: pytest.MonkeyPatch, old: str, new: str
+) -> None:
+    monkeypatch.setenv(old, "team-s3")
+    with pytest.raises(SettingsError, match=re.escape(f"{old} is now {new}")):
+        load_settings()
+    assert new.removeprefix(ENV_PREFIX).lower() in Settings.model_fields

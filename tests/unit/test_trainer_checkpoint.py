@@ -10,7 +10,7 @@ import torch
 
 from kubetune.trainer.checkpoint import MARKER, CheckpointStore, TrainingObjects, load_checkpoint
 from kubetune.trainer.errors import InvalidConfigError
-from kubetune.trainer.state import Progress, capture_rng
+from kubetune.trainer.state import TrainState, capture_rng
 from kubetune.trainer.storage import Storage
 
 
@@ -41,7 +41,7 @@ def save(store: CheckpointStore, step: int) -> str:
     return store.save(
         step,
         objects(),
-        Progress(step=step, epoch=1, examples_into_epoch=8, tokens_total=100 * step),
+        TrainState(step=step, epoch=1, examples_into_epoch=8, tokens_total=100 * step),
         capture_rng(),
         rank=0,
         is_main=True,
@@ -121,7 +121,7 @@ def test_loading_restores_adapters_optimizer_scheduler_rng_and_counters(tmp_path
     torch.manual_seed(123)
     rng = capture_rng()
     expected_draw = torch.rand(3)
-    progress = Progress(step=7, epoch=2, examples_into_epoch=4, tokens_total=900)
+    progress = TrainState(step=7, epoch=2, examples_into_epoch=4, tokens_total=900)
     store.save(
         7,
         saved,

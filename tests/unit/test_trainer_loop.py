@@ -23,7 +23,7 @@ from kubetune.trainer.loop import (
 from kubetune.trainer.model import load_model
 from kubetune.trainer.plan import Hardware, make_plan
 from kubetune.trainer.sampling import Schedule
-from kubetune.trainer.state import Progress
+from kubetune.trainer.state import TrainState
 
 X = IGNORE_INDEX
 collate_packed = PackedCollator(pad_token_id=0)
@@ -117,7 +117,7 @@ def one_step(
         dist=Dist.single(),
         device=torch.device("cpu"),
         stop=StopSignal(),
-        progress=Progress(),
+        progress=TrainState(),
     )
     reports = list(loop.steps())
     assert len(reports) == 1 and loop.progress.step == 1
@@ -180,7 +180,7 @@ def test_a_stop_between_micro_batches_discards_the_partial_step(tiny_model: Path
         dist=Dist.single(),
         device=torch.device("cpu"),
         stop=stop,
-        progress=Progress(),
+        progress=TrainState(),
     )
     original = loop._step
 

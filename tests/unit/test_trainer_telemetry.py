@@ -6,10 +6,10 @@ import json
 import urllib.request
 from pathlib import Path
 
-from kubetune.api.metrics import TRAINER_PHASES
+from kubetune.api.trainer_metrics import TRAINER_PHASES, TrainerMetric
 from kubetune.trainer.telemetry import Telemetry
 
-# The contract with the operator (DESIGN.md): these exact names.
+# The contract with the operator (kubetune.api.trainer_metrics, docs/trainer.md): these exact names.
 CONTRACT_METRICS = [
     "kubetune_trainer_step",
     "kubetune_trainer_total_steps",
@@ -85,3 +85,10 @@ def test_ranks_other_than_zero_record_nothing(tmp_path: Path) -> None:
     telemetry.write_record({"step": 1})
     assert telemetry.serve(0) is None
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_the_trainer_registers_exactly_the_metrics_the_contract_names(tmp_path: Path) -> None:
+    telemetry = Telemetry(tmp_path / "metrics.jsonl")
+    registered = {family.name for family in telemetry.registry.collect()}
+    named = {value for key, value in vars(TrainerMetric).items() if key.isupper()}
+    assert registered == named

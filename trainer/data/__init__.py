@@ -4,12 +4,10 @@ The trainer's API (see docs/data.md):
 
     prepared = prepare(job, workdir, tokenizer)      # PreparedData: train/validation/test, report
     collate = make_collator(job.spec.training, tokenizer)
-    LengthBucketedBatchSampler(lengths, batch_size, seed)   # when training.packing is off
 """
 
 from kubetune.trainer.batch import IGNORE_INDEX, MODEL_INPUTS
 from kubetune.trainer.data.collate import (
-    LengthBucketedBatchSampler,
     PackedCollator,
     PaddedCollator,
     make_collator,
@@ -19,7 +17,6 @@ from kubetune.trainer.data.pipeline import PreparedData, prepare
 __all__ = [
     "IGNORE_INDEX",
     "MODEL_INPUTS",
-    "LengthBucketedBatchSampler",
     "PackedCollator",
     "PaddedCollator",
     "PreparedData",

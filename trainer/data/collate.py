@@ -1,7 +1,8 @@
-"""Batches for the model: padding-free packed batches, or padded length-bucketed ones.
+"""Batches for the model: padding-free packed batches, or padded ones.
 
-The trainer uses one collator (`make_collator`) with a torch DataLoader. A batch is a
-dict: the model inputs (`MODEL_INPUTS` present in it: `input_ids`, `position_ids`
+The trainer uses one collator (`make_collator`): its loop (trainer/loop.py) takes each
+micro-batch's row indices from `sampling.epoch_micro_batches` and collates those rows.
+A batch (`kubetune.trainer.batch`) is a dict: the model inputs (`MODEL_INPUTS` present in it: `input_ids`, `position_ids`
 for packed rows or `attention_mask` for padded ones), `labels` (-100 where not
 trained), and counts: `num_trained_tokens` (the loss terms: labels other than -100,
 none of which is the first token of an example, so it is also the number of
@@ -28,13 +29,13 @@ proves the isolation (logits of a packed row equal each example's logits alone).
   flash-attention, whose cost does not grow with the flattened length squared.
 
 Without packing (`PaddedCollator`), each row is one example, right-padded with an
-attention mask; `LengthBucketedBatchSampler` groups examples of similar length so
-that little is padded.
+attention mask; `sampling.epoch_micro_batches` groups examples of similar length into
+micro-batches so that little is padded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -117,53 +118,6 @@ class PaddedCollator:
             "num_tokens": int(mask.sum()),
             "num_examples": len(rows),
         }
-
-
-class LengthBucketedBatchSampler:
-    """Batches of indices of similar length, in a seeded random order (a DataLoader batch_sampler).
-
-    Each epoch: shuffle all indices, cut them into mega-batches of `bucket` batches,
-    sort each mega-batch by length (longest first) and cut it into batches, then
-    shuffle the batches. Call `set_epoch(n)` before each epoch for a new order.
-    """
-
-    def __init__(
-        self,
-        lengths: Sequence[int],
-        batch_size: int,
-        seed: int,
-        drop_last: bool = False,
-        bucket: int = 50,
-    ):
-        self.lengths = np.asarray(lengths)
-        self.batch_size = batch_size
-        self.seed = seed
-        self.drop_last = drop_last
-        self.bucket = bucket
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        n = len(self.lengths)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        rng = np.random.default_rng((self.seed, self.epoch))
-        order = rng.permutation(len(self.lengths))
-        span = self.batch_size * self.bucket
-        batches = []
-        for start in range(0, len(order), span):
-            mega = order[start : start + span]
-            mega = mega[np.argsort(-self.lengths[mega], kind="stable")]
-            batches += [
-                mega[i : i + self.batch_size].tolist() for i in range(0, len(mega), self.batch_size)
-            ]
-        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
-            batches.pop()
-        for k in rng.permutation(len(batches)):
-            yield batches[k]
 
 
 def make_collator(

@@ -38,7 +38,7 @@ import numpy as np
 
 from kubetune.trainer.batch import IGNORE_INDEX
 from kubetune.trainer.data.formats import Example
-from kubetune.trainer.data.problems import Problem
+from kubetune.trainer.data.problems import RecordProblem
 from kubetune.trainer.data.templates import ChatTemplate, Renderer
 from kubetune.trainer.errors import InvalidConfigError
 
@@ -58,7 +58,7 @@ class Encoded:
     dropped: Counter[str] = field(default_factory=Counter)  # reason -> examples
     truncated: int = 0
     eos_appended: int = 0
-    problems: list[Problem] = field(default_factory=list)  # records that could not be encoded
+    problems: list[RecordProblem] = field(default_factory=list)  # records that could not be encoded
 
     def extend(self, other: Encoded) -> None:
         self.input_ids += other.input_ids
@@ -129,7 +129,7 @@ class Encoder:
             try:
                 text, trained = self._render(example)
             except _Unusable as e:
-                out.problems.append(Problem(example.where, e.reason, e.message))
+                out.problems.append(RecordProblem(example.where, e.reason, e.message))
                 continue
             texts.append(text)
             spans.append(trained)

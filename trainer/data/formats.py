@@ -12,7 +12,7 @@
 `auto` detects the format from the first record's columns (after `dataset.columns`
 renames them), per file. A conversation must start with a user turn (after an
 optional system message), alternate user and assistant, and contain an assistant
-turn; anything else is a `Problem` naming the record and the field.
+turn; anything else is a `RecordProblem` naming the record and the field.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubetune.trainer.data.problems import Problem
+from kubetune.trainer.data.problems import RecordProblem
 from kubetune.trainer.errors import BadDataError
 
 FORMATS = ("alpaca", "dolly", "messages", "sharegpt", "prompt-completion", "text")
@@ -94,7 +94,7 @@ class Formatter:
                 renamed[expected] = renamed.pop(actual)
         return renamed
 
-    def __call__(self, where: str, record: dict[str, Any]) -> Example | Problem:
+    def __call__(self, where: str, record: dict[str, Any]) -> Example | RecordProblem:
         record = self.rename(record)
         try:
             if self.format == "text":
@@ -106,7 +106,7 @@ class Formatter:
                 messages.insert(0, {"role": "system", "content": self.system_prompt})
             _check_turns(messages)
         except _Invalid as e:
-            return Problem(where, e.reason, e.message)
+            return RecordProblem(where, e.reason, e.message)
         return Example(where, messages, group=self._group(record))
 
     # -- formats
@@ -201,7 +201,7 @@ class Formatter:
                     "wrong-type", f"{at} must be an object with {role_key!r} and {content_key!r}"
                 )
             role, content = message.get(role_key), message.get(content_key)
-            if role not in roles:
+            if not isinstance(role, str) or role not in roles:
                 known = ", ".join(sorted(roles))
                 raise _Invalid(
                     "unknown-role", f"{at}.{role_key} is {role!r}; expected one of {known}"

@@ -36,19 +36,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kubetune import __version__
+from kubetune.api.contract import PREPARED_ENV
 from kubetune.api.locations import local_path, location_kind
 from kubetune.api.v1alpha1 import DatasetSpec, TrainingSpec, TuningJob
 from kubetune.trainer.batch import IGNORE_INDEX
 from kubetune.trainer.data.encode import Encoded, Encoder
 from kubetune.trainer.data.formats import Example, Formatter, detect_format
 from kubetune.trainer.data.packing import build_packs, lower_bound, plan_packs
-from kubetune.trainer.data.problems import Problem, ProblemLog
+from kubetune.trainer.data.problems import ProblemLog, RecordProblem
 from kubetune.trainer.data.redact import Redactor
 from kubetune.trainer.data.remote import download_remote, list_remote, pvc_path
 from kubetune.trainer.data.sources import SourceFile, file_kind, list_local, read_records
 from kubetune.trainer.data.splits import split_indices
 from kubetune.trainer.data.templates import ChatTemplate, resolve_template
 from kubetune.trainer.errors import BadDataError, InvalidConfigError
+from kubetune.trainer.logs import terminal_progress
 from kubetune.trainer.storage import Storage
 
 if TYPE_CHECKING:
@@ -129,6 +131,9 @@ def prepare(
     if (entry / COMPLETE_MARKER).exists():
         log.info("prepared data found in the cache (%s): not tokenizing again", entry)
         return _load(entry, from_cache=True)
+    published = os.environ.get(PREPARED_ENV)
+    if published and fetch_published(published, key, entry, storage):
+        return _load(entry, from_cache=True)
 
     problems = ProblemLog(dataset.on_invalid)
     report: dict[str, Any] = {
@@ -168,7 +173,7 @@ def prepare(
     encoded: dict[str, Encoded] = {}
     with stages("encode"):
         for split, split_examples in examples.items():
-            encoded[split] = _encode(encoder, split_examples)
+            encoded[split] = _encode(encoder, split_examples, split)
             for problem in encoded[split].problems:
                 problems.add(problem)
     problems.check()
@@ -314,19 +319,19 @@ def _read_examples(
         records = 0
         for item in read_records(file):
             records += 1
-            if isinstance(item, Problem):
+            if isinstance(item, RecordProblem):
                 problems.add(item)
                 continue
             where, record = item
             if formatter is None:
-                fmt = dataset.format
+                fmt: str = dataset.format
                 if fmt == "auto":
                     fmt = detect_format(Formatter("text", dataset.columns).rename(record), where)
                 formatter = Formatter(
                     fmt, dataset.columns, dataset.system_prompt, dataset.stratify_by
                 )
             result = formatter(where, record)
-            if isinstance(result, Problem):
+            if isinstance(result, RecordProblem):
                 problems.add(result)
             else:
                 examples.append(result)
@@ -352,7 +357,9 @@ def _split(
         if (held := getattr(dataset, split)) is not None and held.fraction is not None
     }
     train = examples["train"]
-    out = {split: examples[split] for split in ("validation", "test") if split in examples}
+    out: dict[str, list[Example]] = {
+        split: examples[split] for split in ("validation", "test") if split in examples
+    }
     if fractions:
         if sum(fractions.values()) >= 1:
             raise InvalidConfigError(
@@ -373,15 +380,17 @@ def _redact(example: Example, redactor: Redactor) -> None:
             message["content"] = redactor(message["content"])
 
 
-def _encode(encoder: Encoder, examples: list[Example]) -> Encoded:
+def _encode(encoder: Encoder, examples: list[Example], split: str = "train") -> Encoded:
     out = Encoded()
-    for start in range(0, len(examples), ENCODE_CHUNK):
-        chunk = examples[start : start + ENCODE_CHUNK]
-        # Plain texts and conversations tokenize differently; a chunk holds one kind.
-        for plain in (True, False):
-            part = [e for e in chunk if (e.messages is None) == plain]
-            if part:
-                out.extend(encoder.encode(part))
+    with terminal_progress(len(examples), desc=f"tokenizing {split}", unit="ex") as bar:
+        for start in range(0, len(examples), ENCODE_CHUNK):
+            chunk = examples[start : start + ENCODE_CHUNK]
+            # Plain texts and conversations tokenize differently; a chunk holds one kind.
+            for plain in (True, False):
+                part = [e for e in chunk if (e.messages is None) == plain]
+                if part:
+                    out.extend(encoder.encode(part))
+            bar.update(len(chunk))
     return out
 
 
@@ -509,6 +518,58 @@ def _load(entry: Path, from_cache: bool) -> PreparedData:
         directory=entry,
         from_cache=from_cache,
     )
+
+
+def published_uri(base: str, key: str) -> str:
+    """Where the Validating step publishes the prepared data for cache key `key`."""
+    return base.rstrip("/") + "/" + key[:32] + "/"
+
+
+def publish(prepared: PreparedData, base: str, storage: Storage) -> str:
+    """Upload a cache entry under `base` (the Validating step); the marker goes last, so a
+    reader never takes a half-written entry for complete. Returns its URI."""
+    uri = published_uri(base, prepared.report["cacheKey"])
+    with tempfile.TemporaryDirectory(prefix="publish-") as folder:
+        staging = Path(folder)
+        for split in SPLITS:
+            source = prepared.directory / f"{split}.parquet"
+            if source.exists():
+                shutil.copyfile(source, staging / source.name)
+        shutil.copyfile(prepared.directory / REPORT_FILE, staging / REPORT_FILE)
+        storage.upload_dir(staging, uri)
+    storage.write_bytes(uri + COMPLETE_MARKER, b"")
+    return uri
+
+
+def fetch_published(base: str, key: str, entry: Path, storage: Storage) -> bool:
+    """Take the Validating step's data for this cache key, if it published it complete.
+
+    The key covers the data files, the tokenizer, the template and every setting that
+    shapes the data, so data published for anything else is never taken (the trainer
+    then prepares it again, and says so).
+    """
+    uri = published_uri(base, key)
+    if not storage.exists(uri + COMPLETE_MARKER):
+        log.warning(
+            "no prepared data for this run's cache key at %s (the Validating step prepared "
+            "it with another tokenizer or data): preparing it here",
+            uri,
+        )
+        return False
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
+    try:
+        storage.download_prefix(uri, staging)
+        (staging / ".kubetune-cache.json").unlink(missing_ok=True)
+        (staging / COMPLETE_MARKER).write_text("")
+        if entry.exists():
+            shutil.rmtree(entry)
+        os.replace(staging, entry)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("prepared data from the Validating step: %s (not tokenizing again)", uri)
+    return True
 
 
 def _ensure(folder: str | Path) -> Path:

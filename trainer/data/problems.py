@@ -1,6 +1,6 @@
 """Problems found in the data, and the policy that decides what they cost.
 
-A record that cannot be used becomes a `Problem` (where, which field, what, what to
+A record that cannot be used becomes a `RecordProblem` (where, which field, what, what to
 do). `ProblemLog` applies `dataset.onInvalid`: with `fail` (the default) the run fails
 after reading, listing the first few problems and how many there were in all; with
 `skip` the records are dropped and counted by reason in the report. Problems with a
@@ -20,7 +20,7 @@ SHOWN = 5
 
 
 @dataclass(frozen=True)
-class Problem:
+class RecordProblem:
     """One unusable record."""
 
     where: str  # "data.jsonl:12", "data.parquet row 7", "data.json [3]"
@@ -36,10 +36,10 @@ class ProblemLog:
     """Collects problems; `check()` raises under onInvalid: fail."""
 
     on_invalid: Literal["fail", "skip"]
-    first: list[Problem] = field(default_factory=list)
+    first: list[RecordProblem] = field(default_factory=list)
     by_reason: Counter[str] = field(default_factory=Counter)
 
-    def add(self, problem: Problem) -> None:
+    def add(self, problem: RecordProblem) -> None:
         self.by_reason[problem.reason] += 1
         if len(self.first) < SHOWN:
             self.first.append(problem)

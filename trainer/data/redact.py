@@ -14,6 +14,7 @@ numbers, ...) so that the more specific pattern claims a span first.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -115,9 +116,7 @@ class Redactor:
 
     def __call__(self, text: str) -> str:
         for name, kind in self.kinds:
-            text = kind.pattern.sub(
-                lambda m, name=name, kind=kind: self._replace(m, name, kind), text
-            )
+            text = kind.pattern.sub(functools.partial(self._replace, name=name, kind=kind), text)
         return text
 
     def _replace(self, match: re.Match[str], name: str, kind: _Kind) -> str:

@@ -4,7 +4,7 @@
 `SourceFile`s, each with a fingerprint (a SHA-256 of a local file's bytes, an S3
 object's ETag) so that the prepared data can be cached by what went in without
 downloading anything. `read_records(file)` yields each record as (where, dict), or a
-`Problem` saying where and why a record could not be read.
+`RecordProblem` saying where and why a record could not be read.
 
 Formats by extension: JSON Lines (`.jsonl`, `.ndjson`), JSON (`.json`: an array of
 objects, or JSON Lines despite the name, as many published datasets are), Parquet
@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from kubetune.trainer.data.problems import Problem
+from kubetune.trainer.data.problems import RecordProblem
 from kubetune.trainer.errors import BadDataError, StorageAccessError
 
 DATA_SUFFIXES = {
@@ -98,8 +98,8 @@ def _local_file(path: Path) -> SourceFile:
     )
 
 
-def read_records(file: SourceFile) -> Iterator[tuple[str, dict] | Problem]:
-    """Every record in `file` in order, as (where, record), or a Problem where one cannot be read.
+def read_records(file: SourceFile) -> Iterator[tuple[str, dict] | RecordProblem]:
+    """Every record in `file` in order, as (where, record), or a RecordProblem where one cannot be read.
 
     Raises BadDataError when the file as a whole cannot be read (empty, not UTF-8
     where that cannot be narrowed to a record, not Parquet, no CSV header).
@@ -139,7 +139,7 @@ def _read_bytes(file: SourceFile) -> bytes:
     return data
 
 
-def _read_jsonl(file: SourceFile, raw: bytes) -> Iterator[tuple[str, dict] | Problem]:
+def _read_jsonl(file: SourceFile, raw: bytes) -> Iterator[tuple[str, dict] | RecordProblem]:
     for number, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():
             continue
@@ -147,7 +147,7 @@ def _read_jsonl(file: SourceFile, raw: bytes) -> Iterator[tuple[str, dict] | Pro
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as e:
-            yield Problem(
+            yield RecordProblem(
                 where,
                 "not-utf8",
                 f"bytes that are not UTF-8 at column {e.start + 1}; re-encode the file as UTF-8",
@@ -156,19 +156,19 @@ def _read_jsonl(file: SourceFile, raw: bytes) -> Iterator[tuple[str, dict] | Pro
         try:
             record = json.loads(text)
         except ValueError as e:
-            yield Problem(
+            yield RecordProblem(
                 where, "invalid-json", f"invalid JSON ({e}); each line must be one JSON object"
             )
             continue
         if not isinstance(record, dict):
-            yield Problem(
+            yield RecordProblem(
                 where, "not-an-object", f"expected a JSON object, got {_json_type(record)}"
             )
             continue
         yield where, record
 
 
-def _read_json_array(file: SourceFile, raw: bytes) -> Iterator[tuple[str, dict] | Problem]:
+def _read_json_array(file: SourceFile, raw: bytes) -> Iterator[tuple[str, dict] | RecordProblem]:
     text = _decode_whole(file, raw)
     try:
         records = json.loads(text)
@@ -190,14 +190,14 @@ def _read_json_array(file: SourceFile, raw: bytes) -> Iterator[tuple[str, dict] 
         if isinstance(record, dict):
             yield f"{file.uri} [{index}]", record
         else:
-            yield Problem(
+            yield RecordProblem(
                 f"{file.uri} [{index}]",
                 "not-an-object",
                 f"expected a JSON object, got {_json_type(record)}",
             )
 
 
-def _read_csv(file: SourceFile, raw: bytes) -> Iterator[tuple[str, dict] | Problem]:
+def _read_csv(file: SourceFile, raw: bytes) -> Iterator[tuple[str, dict] | RecordProblem]:
     text = _decode_whole(file, raw)
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
@@ -213,14 +213,16 @@ def _read_csv(file: SourceFile, raw: bytes) -> Iterator[tuple[str, dict] | Probl
         except StopIteration:
             return
         except csv.Error as e:
-            yield Problem(f"{file.uri}:{line + 1}", "invalid-csv", f"unreadable CSV row ({e})")
+            yield RecordProblem(
+                f"{file.uri}:{line + 1}", "invalid-csv", f"unreadable CSV row ({e})"
+            )
             return  # the reader cannot resynchronise after a broken quote
         where = f"{file.uri}:{line + 1}"
         line = reader.line_num
         if not row:
             continue
         if len(row) != len(header):
-            yield Problem(
+            yield RecordProblem(
                 where,
                 "ragged-row",
                 f"{len(row)} fields where the header names {len(header)}; quote fields that contain commas or newlines",
@@ -229,7 +231,7 @@ def _read_csv(file: SourceFile, raw: bytes) -> Iterator[tuple[str, dict] | Probl
         yield where, dict(zip(header, row, strict=True))
 
 
-def _read_parquet(file: SourceFile) -> Iterator[tuple[str, dict] | Problem]:
+def _read_parquet(file: SourceFile) -> Iterator[tuple[str, dict] | RecordProblem]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 

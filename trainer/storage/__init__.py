@@ -16,7 +16,7 @@ The modules, one job each:
 - `backend`: the operations every backend provides, and the values they exchange;
 - `s3`: boto3, the transfer settings and the error policy;
 - `local`: the file system;
-- `cache`: which remote version each downloaded file came from;
+- `download_cache`: which remote version each downloaded file came from;
 - `atomic`: writing a file whole or not at all.
 
 Failures become `StorageAccessError` (missing bucket or key, access denied, wrong
@@ -33,7 +33,7 @@ from kubetune.trainer.storage.backend import (
     ObjectInfo,
     TransferSummary,
 )
-from kubetune.trainer.storage.cache import CACHE_MANIFEST
+from kubetune.trainer.storage.download_cache import CACHE_MANIFEST
 from kubetune.trainer.storage.facade import Storage
 from kubetune.trainer.storage.s3 import (
     DEFAULT_MAX_ATTEMPTS,

@@ -11,8 +11,9 @@ from typing import Any
 
 from kubetune.api.v1alpha1 import S3Spec
 from kubetune.trainer.errors import StorageAccessError
+from kubetune.trainer.logs import terminal_progress
 from kubetune.trainer.storage.backend import Backend, ByteCallback, ObjectInfo, TransferSummary
-from kubetune.trainer.storage.cache import CACHE_MANIFEST, DownloadCache
+from kubetune.trainer.storage.download_cache import CACHE_MANIFEST, DownloadCache
 from kubetune.trainer.storage.local import LocalBackend, local_errors
 from kubetune.trainer.storage.s3 import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENCY, S3Backend
 from kubetune.trainer.storage.uri import Location, S3Location, join_uri, parse_uri
@@ -106,8 +107,12 @@ class Storage:
         backend.download([(info, location, dest)], on_done=lambda info: None)
         return dest
 
-    def download_prefix(self, uri: str | Path, dest_dir: Path) -> TransferSummary:
+    def download_prefix(
+        self, uri: str | Path, dest_dir: Path, *, progress: bool = False
+    ) -> TransferSummary:
         """Copy every object under `uri` into `dest_dir`, in parallel, keeping relative paths.
+
+        progress=True shows a bar of the bytes on a terminal (the model download).
 
         A file already downloaded from the same object version (size and ETag, as
         recorded in dest_dir/.kubetune-cache.json) and unchanged since is skipped: a
@@ -130,14 +135,23 @@ class Storage:
         for _, _, path in jobs:
             path.parent.mkdir(parents=True, exist_ok=True)
         done: list[ObjectInfo] = []
+        bar = terminal_progress(
+            sum(info.size for info in wanted),
+            desc=f"downloading {uri}",
+            unit="B",
+            unit_scale=True,
+            enabled=progress and bool(wanted),
+        )
 
         def finished(info: ObjectInfo) -> None:
             cache.record(info)
             done.append(info)
+            bar.update(info.size)
 
         try:
             backend.download(jobs, on_done=finished)
         finally:
+            bar.close()
             # Also after a failure: what did arrive is reused by the next attempt.
             cache.save()
         summary = TransferSummary(

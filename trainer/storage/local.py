@@ -12,7 +12,7 @@ from pathlib import Path
 from kubetune.trainer.errors import StorageAccessError
 from kubetune.trainer.storage.atomic import atomic_file
 from kubetune.trainer.storage.backend import DownloadJob, ObjectInfo, UploadJob
-from kubetune.trainer.storage.cache import CACHE_MANIFEST
+from kubetune.trainer.storage.download_cache import CACHE_MANIFEST
 
 
 class LocalBackend:

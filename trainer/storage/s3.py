@@ -213,6 +213,7 @@ class S3Backend:
             HTTPClientError,
             NoCredentialsError,
             PartialCredentialsError,
+            SSLError,
         )
         from s3transfer.exceptions import RetriesExceededError, S3DownloadFailedError
 
@@ -230,6 +231,13 @@ class S3Backend:
             raise StorageAccessError(
                 f"{location}: no usable S3 credentials ({error}); set AWS_ACCESS_KEY_ID and "
                 f"AWS_SECRET_ACCESS_KEY{self._secret_hint()}"
+            ) from None
+        except SSLError as error:
+            # A certificate the client does not trust does not pass with retries.
+            raise StorageAccessError(
+                f"{location}: the TLS connection to {self.endpoint} failed ({error}); if its "
+                "certificate comes from a private CA, put the CA in a ConfigMap and set "
+                "spec.s3.caBundle (AWS_CA_BUNDLE for `kubetune train` on a workstation)"
             ) from None
         except ConnectionError as error:  # refused, DNS, TLS, connect timeout: after retries
             # Retryable: a network outage passes, and a wrong endpoint fails again

@@ -12,7 +12,20 @@
 {{- end }}
 {{- $_ := set $env "TRAINER_IMAGE" (include "kubetune.image" (list $trainer.image .)) }}
 {{- with $trainer.image.pullPolicy }}{{ $_ := set $env "TRAINER_IMAGE_PULL_POLICY" . }}{{ end }}
-{{- with $trainer.imagePullSecrets }}{{ $_ := set $env "IMAGE_PULL_SECRETS" (join "," .) }}{{ end }}
+{{- with $trainer.imagePullSecrets }}{{ $_ := set $env "IMAGE_PULL_AUTH_REFS" (include "kubetune.pullSecretNames" .) }}{{ end }}
+{{- with $trainer.env }}{{ $_ := set $env "DEFAULT_ENV" (toJson .) }}{{ end }}
+{{- with $trainer.podLabels }}{{ $_ := set $env "DEFAULT_POD_LABELS" (toJson .) }}{{ end }}
+{{- with $trainer.podAnnotations }}{{ $_ := set $env "DEFAULT_POD_ANNOTATIONS" (toJson .) }}{{ end }}
+{{- with $trainer.nodeSelector }}{{ $_ := set $env "DEFAULT_NODE_SELECTOR" (toJson .) }}{{ end }}
+{{- with $trainer.tolerations }}{{ $_ := set $env "DEFAULT_TOLERATIONS" (toJson .) }}{{ end }}
+{{- if $trainer.scrapeAnnotations }}{{ $_ := set $env "POD_SCRAPE_ANNOTATIONS" "true" }}{{ end }}
+{{- $_ := set $env "VALIDATE_DATA" $op.validation.enabled }}
+{{- $_ := set $env "VALIDATE_CPU" $op.validation.cpu }}
+{{- $_ := set $env "VALIDATE_MEMORY" $op.validation.memory }}
+{{- $_ := set $env "VALIDATE_SCRATCH_SIZE" $op.validation.scratchSize }}
+{{- $_ := set $env "VALIDATE_DEADLINE_SECONDS" $op.validation.deadlineSeconds }}
+{{- with $op.allowedTrainerImages }}{{ $_ := set $env "ALLOWED_TRAINER_IMAGES" (join "," .) }}{{ end }}
+{{- with $op.allowedServiceAccounts }}{{ $_ := set $env "ALLOWED_SERVICE_ACCOUNTS" (join "," .) }}{{ end }}
 {{- $_ := set $env "RUN_AS_USER" $trainer.runAsUser }}
 {{- $_ := set $env "RUN_AS_GROUP" $trainer.runAsGroup }}
 {{- $_ := set $env "FS_GROUP" $trainer.fsGroup }}
@@ -26,7 +39,7 @@
 {{- $_ := set $env "DEFAULT_SCRATCH_SIZE" $op.defaults.scratchSize }}
 {{- $_ := set $env "DEFAULT_SHM_SIZE" $op.defaults.shmSize }}
 {{- with $op.s3.endpoint }}{{ $_ := set $env "S3_ENDPOINT" . }}{{ end }}
-{{- with $op.s3.credentialsSecret }}{{ $_ := set $env "S3_CREDENTIALS_SECRET" . }}{{ end }}
+{{- with $op.s3.credentialsSecret }}{{ $_ := set $env "S3_AUTH_REF" . }}{{ end }}
 {{- $_ := set $env "WORKERS" $op.workers }}
 {{- $_ := set $env "PROGRESS_INTERVAL_SECONDS" $op.progressIntervalSeconds }}
 {{- $_ := set $env "PROGRESS_TIMEOUT_SECONDS" $op.progressTimeoutSeconds }}

@@ -50,6 +50,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: kubetune
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/* Labels of the operator's objects. */}}
@@ -67,15 +70,35 @@ app.kubernetes.io/managed-by: kubetune-operator
 
 {{/* Images ----------------------------------------------------------------------- */}}
 
-{{/* An image reference from {repository, tag, digest}; the tag defaults to appVersion. */}}
+{{/* An image reference from {repository, tag, digest}; the tag defaults to appVersion.
+     global.imageRegistry replaces the repository's registry (its first part, when that
+     looks like a host: it has a dot or a port, or is localhost), or is put before it. */}}
 {{- define "kubetune.image" -}}
 {{- $image := index . 0 }}
 {{- $root := index . 1 }}
-{{- if $image.digest }}
-{{- printf "%s@%s" $image.repository $image.digest }}
-{{- else }}
-{{- printf "%s:%s" $image.repository (default $root.Chart.AppVersion $image.tag) }}
+{{- $repository := $image.repository }}
+{{- with (($root.Values.global | default dict).imageRegistry) }}
+{{- $parts := splitList "/" $repository }}
+{{- $first := first $parts }}
+{{- if and (gt (len $parts) 1) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) }}
+{{- $repository = join "/" (rest $parts) }}
 {{- end }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .) $repository }}
+{{- end }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repository (default $root.Chart.AppVersion $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Names of pull Secrets given as `- name: x` (the pod-spec form) or as plain names. */}}
+{{- define "kubetune.pullSecretNames" -}}
+{{- $names := list }}
+{{- range . }}
+{{- if kindIs "map" . }}{{ $names = append $names .name }}{{ else }}{{ $names = append $names . }}{{ end }}
+{{- end }}
+{{- join "," $names }}
 {{- end }}
 
 {{/* RBAC ------------------------------------------------------------------------- */}}

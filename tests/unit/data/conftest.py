@@ -10,7 +10,7 @@ import pytest
 
 from kubetune.api.manifest import parse_tuningjob
 from kubetune.api.v1alpha1 import TuningJob
-from kubetune.trainer.tiny import build_tokenizer
+from tests.support.tiny import build_tokenizer
 from tests.support.tokenizers import mistral_tokenizer
 
 

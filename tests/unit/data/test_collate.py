@@ -1,4 +1,4 @@
-"""Collators: model inputs, trained-token counts, padding, length buckets."""
+"""Collators: model inputs, trained-token counts, padding."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import torch
 
 from kubetune.api.v1alpha1 import TrainingSpec
 from kubetune.trainer.data import (
-    LengthBucketedBatchSampler,
     PackedCollator,
     PaddedCollator,
     make_collator,
@@ -63,15 +62,3 @@ def test_make_collator_follows_packing_and_works_with_a_dataloader(tokenizer):
     loader = torch.utils.data.DataLoader(PACKS, batch_size=2, collate_fn=packed, pin_memory=False)
     (batch,) = list(loader)
     assert batch["input_ids"].shape == (2, 5) and batch["num_trained_tokens"] == 4
-
-
-def test_length_buckets_group_similar_lengths_and_reshuffle_per_epoch():
-    lengths = [1, 100] * 50
-    sampler = LengthBucketedBatchSampler(lengths, batch_size=10, seed=0, bucket=10)
-    batches = list(sampler)
-    assert len(batches) == len(sampler) == 10
-    assert sorted(i for b in batches for i in b) == list(range(100))
-    assert all(len({lengths[i] for i in b}) == 1 for b in batches)  # no batch mixes short and long
-    assert list(sampler) == batches
-    sampler.set_epoch(1)
-    assert list(sampler) != batches

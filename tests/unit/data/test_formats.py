@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from kubetune.trainer.data.formats import Example, Formatter, detect_format
-from kubetune.trainer.data.problems import Problem
+from kubetune.trainer.data.problems import RecordProblem
 from kubetune.trainer.errors import BadDataError
 
 U, A, S = "user", "assistant", "system"
 
 
-def _turns(result: Example | Problem) -> list[tuple[str, str]]:
+def _turns(result: Example | RecordProblem) -> list[tuple[str, str]]:
     assert isinstance(result, Example), result
     assert result.messages is not None
     return [(m["role"], m["content"]) for m in result.messages]
@@ -99,7 +99,7 @@ def test_columns_map_names_and_errors_use_the_users_names():
     formatter = Formatter("alpaca", {"instruction": "question", "output": "answer"})
     assert _turns(formatter("x", {"question": "q", "answer": "a"})) == [(U, "q"), (A, "a")]
     problem = formatter("f.jsonl:3", {"question": "q"})
-    assert isinstance(problem, Problem) and problem.reason == "missing-field"
+    assert isinstance(problem, RecordProblem) and problem.reason == "missing-field"
     assert "'answer' (mapped to output by dataset.columns)" in problem.message
 
 
@@ -173,7 +173,7 @@ def test_system_prompt_is_added_where_there_is_none():
 )
 def test_bad_records_are_problems_with_reason_and_field(fmt, record, reason, words):
     problem = Formatter(fmt)("data.jsonl:7", record)
-    assert isinstance(problem, Problem)
+    assert isinstance(problem, RecordProblem)
     assert (problem.where, problem.reason) == ("data.jsonl:7", reason)
     assert words in problem.message
 

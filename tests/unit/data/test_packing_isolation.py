@@ -15,7 +15,7 @@ import torch
 from kubetune.trainer.batch import IGNORE_INDEX, MODEL_INPUTS
 from kubetune.trainer.data.collate import PackedCollator
 from kubetune.trainer.data.packing import build_packs
-from kubetune.trainer.tiny import build_model, build_tokenizer
+from tests.support.tiny import build_model, build_tokenizer
 
 TEXTS = [
     "What is the capital of France? Paris is the capital of France.",

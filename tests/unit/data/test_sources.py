@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kubetune.trainer.data.problems import Problem
+from kubetune.trainer.data.problems import RecordProblem
 from kubetune.trainer.data.sources import list_local, read_records
 from kubetune.trainer.errors import BadDataError, StorageAccessError
 
@@ -57,7 +57,7 @@ def test_jsonl_problems_name_the_line(tmp_path):
         b'{"prompt": "a", "completion": "b"}\n{"prompt": \n[1, 2]\n{"text": "\xff"}\n',
     )
     items = _read(path)
-    problems = [i for i in items if isinstance(i, Problem)]
+    problems = [i for i in items if isinstance(i, RecordProblem)]
     assert [(p.where, p.reason) for p in problems] == [
         (f"{path}:2", "invalid-json"),
         (f"{path}:3", "not-an-object"),
@@ -69,7 +69,7 @@ def test_ragged_csv_rows_are_problems_with_their_line(tmp_path):
     path = _write(tmp_path / "d.csv", 'prompt,completion\na,b\nc,d,e\n"x\ny",z\n')
     items = _read(path)
     assert (
-        isinstance(items[1], Problem)
+        isinstance(items[1], RecordProblem)
         and items[1].where == f"{path}:3"
         and items[1].reason == "ragged-row"
     )
@@ -100,7 +100,7 @@ def test_unreadable_files_raise_bad_data_with_the_place(tmp_path, name, content,
 def test_scalar_json_lines_are_records_problems(tmp_path):
     # A .json file that is not an array is read as JSON Lines: a scalar line is not an object.
     items = _read(_write(tmp_path / "scalar.json", b'"text"\n'))
-    assert isinstance(items[0], Problem) and items[0].reason == "not-an-object"
+    assert isinstance(items[0], RecordProblem) and items[0].reason == "not-an-object"
 
 
 def test_folders_read_data_files_and_list_the_rest(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from kubetune.trainer.tiny import IM_END, build_tokenizer, save_tiny
+from tests.support.tiny import IM_END, build_tokenizer, save_tiny
 
 
 def test_tokenizer_is_deterministic_and_has_chat_controls():
