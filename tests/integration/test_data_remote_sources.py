@@ -20,7 +20,7 @@ import pytest
 from kubetune.api.manifest import parse_tuningjob
 from kubetune.trainer.data import prepare
 from kubetune.trainer.errors import InvalidConfigError, StorageAccessError
-from kubetune.trainer.tiny import build_tokenizer
+from tests.support.tiny import build_tokenizer
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
