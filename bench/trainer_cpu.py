@@ -7,7 +7,11 @@
    4-bit or int8 training kernels: both dequantize every step).
 2. kubetune's loop against transformers' Trainer: the same model (NF4 base), packed
    rows and steps; tokens per second of each, to show the own loop costs nothing.
-3. 4-bit generation on CPU: bitsandbytes' default (eval-mode layers repacked for its
+3. Methods: the same model and rows trained with QLoRA, LoRA, DoRA, rsLoRA, prompt
+   tuning (20 virtual tokens) and full fine-tuning (all fp32): trainable parameters,
+   model memory, gradient and AdamW-state memory (measured from the tensors after the
+   steps), their sum, and step time, as ratios to LoRA fp32.
+4. 4-bit generation on CPU: bitsandbytes' default (eval-mode layers repacked for its
    fused AVX512-BF16 kernel) against kubetune's setting (repacking off, see
    trainer/quantization.py): greedy tokens per second, what the correctness fix costs.
 
@@ -88,6 +92,14 @@ def collate(rows: list[dict[str, list[int]]]) -> dict[str, Any]:
     }
 
 
+def padded_collate(rows: list[dict[str, list[int]]]) -> dict[str, Any]:
+    """The packed rows' tokens as one unpacked row (prompt tuning prepends to every row)."""
+    batch = collate(rows)
+    del batch["position_ids"]
+    batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+    return batch
+
+
 def spec_for(method: dict[str, Any]) -> TuningJobSpec:
     return TuningJobSpec.model_validate(
         {
@@ -96,8 +108,58 @@ def spec_for(method: dict[str, Any]) -> TuningJobSpec:
             "output": {"destination": "o/"},
             "resources": {"gpus": 0},
             "method": method,
+            "training": {"packing": method.get("type") != "prompt-tuning"},
         }
     )
+
+
+def tensor_bytes(tensors: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def train_method(
+    folder: Path, method: dict[str, Any], rows: list[dict[str, list[int]]], warmup: int
+) -> dict[str, Any]:
+    """Train `method` for len(rows) steps: memory by part, and the median step time."""
+    spec = spec_for(method)
+    plan = make_plan(spec, Hardware.probe())
+    model = load_model(folder, "m", plan, spec.method, torch.device("cpu"), seed=0)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=1e-4)
+    loop = TrainLoop(
+        model=model,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+        scaler=None,
+        plan=plan,
+        training=TrainingSpec(batch_size=1, gradient_accumulation=1, max_steps=len(rows)),
+        train_split=rows,
+        collate=padded_collate if spec.method.type == "prompt-tuning" else collate,
+        schedule=Schedule(len(rows), 1, 1, 1),
+        total_steps=len(rows),
+        dist=Dist.single(),
+        device=torch.device("cpu"),
+        stop=StopSignal(),
+        progress=TrainState(),
+    )
+    reports = list(loop.steps())
+    result = {
+        "trainable_parameters": sum(p.numel() for p in parameters),
+        "model_bytes": memory_bytes(model),
+        # Gradients exist during each step, one per trainable parameter, in its dtype.
+        "gradient_bytes": tensor_bytes(parameters),
+        "optimizer_bytes": tensor_bytes(
+            t for state in optimizer.state.values() for t in state.values()
+        ),
+        "step_seconds": statistics.median(r.seconds for r in reports[warmup:]),
+        "tokens": reports[0].input_tokens,
+    }
+    result["training_bytes"] = (
+        result["model_bytes"] + result["gradient_bytes"] + result["optimizer_bytes"]
+    )
+    del model, optimizer, loop
+    gc.collect()
+    return result
 
 
 METHODS = {
@@ -107,6 +169,19 @@ METHODS = {
     "lora fp32": {"type": "lora", "baseWeights": "fp32"},
 }
 LORA = LoraSpec(r=16, alpha=32, dropout=0.0)
+_LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
+TRAINED = {
+    "qlora": {"type": "qlora", "lora": _LORA},
+    "lora fp32": {"type": "lora", "baseWeights": "fp32", "lora": _LORA},
+    "dora fp32": {"type": "lora", "baseWeights": "fp32", "lora": {**_LORA, "useDora": True}},
+    "rslora fp32": {"type": "lora", "baseWeights": "fp32", "lora": {**_LORA, "useRslora": True}},
+    "prompt-tuning fp32": {
+        "type": "prompt-tuning",
+        "baseWeights": "fp32",
+        "promptTuning": {"virtualTokens": 20},
+    },
+    "full fp32": {"type": "full", "baseWeights": "fp32"},
+}
 
 
 def memory_bytes(model: torch.nn.Module) -> int:
@@ -261,6 +336,22 @@ def main() -> None:
                 f"| {r['step_seconds']:.3f} | {r['tokens'] / r['step_seconds']:.0f} | {r['step_seconds'] / reference['step_seconds']:.2f}x |"
             )
 
+        methods = {name: train_method(folder, m, rows, warmup) for name, m in TRAINED.items()}
+        base = methods["lora fp32"]
+        print(
+            "\n| method | trainable params | model (MiB) | grads + AdamW (MiB) | training total (MiB) "
+            "| vs lora fp32 | step (s) | step vs lora fp32 |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        mib = 2**20
+        for name, r in methods.items():
+            print(
+                f"| {name} | {r['trainable_parameters']:,} | {r['model_bytes'] / mib:.1f} "
+                f"| {(r['gradient_bytes'] + r['optimizer_bytes']) / mib:.1f} "
+                f"| {r['training_bytes'] / mib:.1f} | {r['training_bytes'] / base['training_bytes']:.2f}x "
+                f"| {r['step_seconds']:.3f} | {r['step_seconds'] / base['step_seconds']:.2f}x |"
+            )
+
         hf = statistics.median(time_hf_trainer(folder, rows, warmup, workdir))
         ours = results["qlora (nf4)"]["step_seconds"]
         print("\n| loop (qlora, same rows) | step (s) | tokens/s |")
@@ -279,6 +370,7 @@ def main() -> None:
         print(f"kubetune / default: {plain / repacked:.2f}x")
         summary = {
             "results": results,
+            "methods": methods,
             "hf_trainer_step_seconds": hf,
             "generation_tokens_per_second": {"repacked": repacked, "plain": plain},
         }

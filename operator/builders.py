@@ -469,11 +469,8 @@ def volumes(tuningjob: TuningJob, settings: Settings) -> list[dict[str, Any]]:
             },
         },
     ]
-    claim = pvc_claim(tuningjob.spec.model.source)
-    if claim:
-        out.append(
-            {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
-        )
+    for name, claim in pvc_volumes(tuningjob):
+        out.append({"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
     ca = tuningjob.spec.s3.ca_bundle
     if ca:
         out.append(
@@ -485,14 +482,33 @@ def volumes(tuningjob: TuningJob, settings: Settings) -> list[dict[str, Any]]:
     return out
 
 
+def pvc_volumes(tuningjob: TuningJob) -> list[tuple[str, str]]:
+    """(volume name, claim) for every PersistentVolumeClaim the spec reads from, once each.
+
+    The model's claim is the volume "model"; other claims (datasets on a PVC) are
+    "data-0", "data-1", ... (claim names can be longer than a volume name may be).
+    """
+    spec = tuningjob.spec
+    sources = [spec.dataset.source] + [
+        held.source
+        for held in (spec.dataset.validation, spec.dataset.test)
+        if held is not None and held.source is not None
+    ]
+    model_claim = pvc_claim(spec.model.source)
+    volumes = [("model", model_claim)] if model_claim else []
+    for claim in dict.fromkeys(c for c in map(pvc_claim, sources) if c):
+        if claim != model_claim:
+            volumes.append((f"data-{len(volumes) - bool(model_claim)}", claim))
+    return volumes
+
+
 def volume_mounts(tuningjob: TuningJob) -> list[dict[str, Any]]:
     mounts: list[dict[str, Any]] = [
         {"name": "scratch", "mountPath": SCRATCH_MOUNT},
         {"name": "dshm", "mountPath": SHM_MOUNT},
     ]
-    claim = pvc_claim(tuningjob.spec.model.source)
-    if claim:
-        mounts.append({"name": "model", "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
+    for name, claim in pvc_volumes(tuningjob):
+        mounts.append({"name": name, "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
     if tuningjob.spec.s3.ca_bundle:
         mounts.append({"name": "s3-ca", "mountPath": CA_BUNDLE_DIR, "readOnly": True})
     return mounts

@@ -17,6 +17,7 @@ from typing import Any, TypedDict
 from kubetune.api.contract import ExitCode, OutputLayout, TerminationMessage
 from kubetune.api.status import (
     MESSAGE,
+    Chosen,
     Condition,
     ConditionStatus,
     ConditionType,
@@ -114,7 +115,8 @@ def observe(tuningjob: TuningJob, job: Body, pods: Sequence[Body]) -> Observatio
         return Observation(
             "Succeeded",
             "Succeeded",
-            f"the adapter is at {adapter}",
+            # method.type full exports a whole model (OutputLayout.MODEL) instead of an adapter.
+            f"the {'model' if adapter.endswith(OutputLayout.MODEL) else 'adapter'} is at {adapter}",
             completion_time=job_status.get("completionTime") or done.get("lastTransitionTime"),
             adapter=adapter,
             final_metrics=dict(message.metrics) if message else {},
@@ -355,7 +357,20 @@ def next_status(
         restarts=obs.restarts if job_name else None,
         progress=progress,
         output=output,
+        chosen=_chosen(obs.final_metrics) or old.chosen,
     )
+
+
+def _chosen(metrics: Mapping[str, float]) -> Chosen | None:
+    """The trainer's choices for auto settings, from its termination message's metrics."""
+    values: dict[str, Any] = {}
+    for name, key in (("epochs", "chosen_epochs"), ("learning_rate", "chosen_learning_rate")):
+        if metrics.get(key) is not None:
+            values[name] = f"{metrics[key]:g}"
+    for name in ("batch_size", "gradient_accumulation"):
+        if metrics.get(f"chosen_{name}") is not None:
+            values[name] = int(metrics[f"chosen_{name}"])
+    return Chosen(**values) if values else None
 
 
 def _final_progress(progress: Progress | None, metrics: Mapping[str, float]) -> Progress | None:

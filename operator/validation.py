@@ -120,12 +120,14 @@ def semantic_problems(tuningjob: TuningJob, settings: Settings) -> list[Problem]
         )
 
     dataset = spec.dataset
-    problems += _s3_only("spec.dataset.source", dataset.source)
+    problems += _data_source("spec.dataset.source", dataset.source)
     if dataset.validation is not None and dataset.validation.source is not None:
-        problems += _s3_only("spec.dataset.validation.source", dataset.validation.source)
+        problems += _data_source("spec.dataset.validation.source", dataset.validation.source)
     if dataset.test is not None and dataset.test.source is not None:
-        problems += _s3_only("spec.dataset.test.source", dataset.test.source)
+        problems += _data_source("spec.dataset.test.source", dataset.test.source)
     problems += _s3_only("spec.output.destination", spec.output.destination)
+    if spec.method.init_adapter is not None:
+        problems += _s3_only("spec.method.initAdapter", spec.method.init_adapter)
 
     memory = spec.resources.memory or settings.default_memory
     shm = spec.resources.shm_size or settings.default_shm_size
@@ -138,6 +140,31 @@ def semantic_problems(tuningjob: TuningJob, settings: Settings) -> list[Problem]
             )
         )
     return problems
+
+
+def _data_source(field: str, uri: str) -> list[Problem]:
+    """Data comes from S3, a PVC or over HTTP(S) (the trainer's fsspec reader) in a cluster."""
+    if uri.startswith(("https://", "http://")):
+        return []
+    if location_kind(uri) == "pvc":
+        claim = pvc_claim(uri)
+        if not claim or len(claim) > 253 or not _DNS_SUBDOMAIN.match(claim):
+            return [
+                Problem(
+                    field,
+                    f"pvc:// needs a PersistentVolumeClaim name, as pvc://CLAIM/PATH (got {uri!r})",
+                )
+            ]
+        return []
+    if location_kind(uri) == "unsupported":
+        return [
+            Problem(
+                field,
+                f"use an s3://bucket/key, pvc://CLAIM/PATH or https:// URI in a cluster (got {uri!r}); other fsspec "
+                "schemes work with `kubetune train` where their filesystem is installed",
+            )
+        ]
+    return _s3_only(field, uri)
 
 
 def _s3_only(field: str, uri: str) -> list[Problem]:

@@ -3,6 +3,7 @@
 A checkpoint holds everything needed to continue as if never stopped:
 
     adapter_model.safetensors, adapter_config.json   the adapters (peft; loadable as is)
+                                                     (method.type full: model.safetensors)
     optimizer.pt, scheduler.pt, [grad_scaler.pt]     their state dicts
     rng-rank-00000.pt, ...                           each rank's RNG states
     trainer_state.json                               step, epoch, data position, counters
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from kubetune.api.contract import OutputLayout
 from kubetune.trainer.errors import InvalidConfigError, StorageUnavailableError
+from kubetune.trainer.model import is_peft_model, load_full_weights, save_full_weights
 from kubetune.trainer.state import TrainState, restore_rng
 from kubetune.trainer.storage import Storage, join_uri, parse_uri
 
@@ -140,8 +142,11 @@ class CheckpointStore:
         barrier()
         torch.save(rng, folder / rng_file(rank))
         if is_main:
-            objects.model.save_pretrained(str(folder), safe_serialization=True)
-            (folder / "README.md").unlink(missing_ok=True)  # peft's placeholder card
+            if is_peft_model(objects.model):
+                objects.model.save_pretrained(str(folder), safe_serialization=True)
+                (folder / "README.md").unlink(missing_ok=True)  # peft's placeholder card
+            else:  # method.type full: every weight
+                save_full_weights(objects.model, folder)
             torch.save(objects.optimizer.state_dict(), folder / OPTIMIZER_FILE)
             torch.save(objects.scheduler.state_dict(), folder / SCHEDULER_FILE)
             if objects.scaler is not None:
@@ -234,21 +239,11 @@ def load_checkpoint(
 ) -> tuple[TrainState, dict[str, Any]]:
     """Restore adapters, optimizer, scheduler, scaler and this rank's RNG from `folder`."""
     import torch
-    from peft.utils import set_peft_model_state_dict
-    from safetensors.torch import load_file
 
-    different = InvalidConfigError(
-        f"the checkpoint {folder.name} was made for different adapters (spec.method.lora changed "
-        "since?); use a new output.destination or delete its checkpoints/ to start over"
-    )
-    weights = load_file(str(folder / ADAPTER_WEIGHTS), device=str(device))
-    try:
-        result = set_peft_model_state_dict(objects.model, weights)
-    except RuntimeError:  # "size mismatch for ...lora_A...": another rank r
-        raise different from None
-    lora_missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
-    if getattr(result, "unexpected_keys", None) or lora_missing:
-        raise different
+    if is_peft_model(objects.model):
+        load_adapter_weights(objects.model, folder, device)
+    else:
+        load_full_weights(objects.model, folder, device)
     try:
         objects.optimizer.load_state_dict(
             torch.load(folder / OPTIMIZER_FILE, map_location=device, weights_only=True)
@@ -267,3 +262,23 @@ def load_checkpoint(
         rng_path = folder / rng_file(0)
     restore_rng(torch.load(rng_path, weights_only=True))
     return TrainState.load(folder)
+
+
+def load_adapter_weights(model: Any, folder: Path, device: torch.device) -> None:
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    different = InvalidConfigError(
+        f"the checkpoint {folder.name} was made for different adapters (spec.method changed "
+        "since?); use a new output.destination or delete its checkpoints/ to start over"
+    )
+    if not (folder / ADAPTER_WEIGHTS).exists():
+        raise different  # a whole-model checkpoint (type full before)
+    weights = load_file(str(folder / ADAPTER_WEIGHTS), device=str(device))
+    try:
+        result = set_peft_model_state_dict(model, weights)
+    except RuntimeError:  # "size mismatch for ...lora_A...": another rank r
+        raise different from None
+    lora_missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+    if getattr(result, "unexpected_keys", None) or lora_missing:
+        raise different

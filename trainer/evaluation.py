@@ -2,7 +2,9 @@
 
 The loss is computed exactly as in training (same shifted labels, same per-token
 average, summed over ranks), so eval and training losses compare directly;
-perplexity is exp(loss). Exact match generates a response greedily for every example
+perplexity is exp(loss). Token accuracy is the share of trained (response) tokens
+whose most likely prediction is exactly the reference token, as the OpenAI
+fine-tuning API reports it, for train and eval alike. Exact match generates a response greedily for every example
 of the test split and compares it, as text stripped of special tokens and surrounding
 whitespace, with the reference response: the share that match is reported. It suits
 classification-style tasks ("Classify this review: ..." → "positive"), where one
@@ -28,7 +30,7 @@ from kubetune.trainer.loop import (
     Collate,
     StopSignal,
     count_tokens,
-    loss_sum,
+    loss_and_hits,
     to_device,
 )
 
@@ -45,9 +47,14 @@ class LossResult:
     perplexity: float
     trained_tokens: int
     examples: int
+    token_accuracy: float = 0.0  # share of trained tokens predicted exactly (argmax)
 
     def as_metrics(self, prefix: str) -> dict[str, float]:
-        return {f"{prefix}_loss": self.loss, f"{prefix}_perplexity": self.perplexity}
+        return {
+            f"{prefix}_loss": self.loss,
+            f"{prefix}_perplexity": self.perplexity,
+            f"{prefix}_token_accuracy": self.token_accuracy,
+        }
 
 
 def evaluate_loss(
@@ -65,7 +72,8 @@ def evaluate_loss(
     import torch
 
     model.eval()
-    total = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, trained tokens, rows
+    # loss sum, trained tokens, rows, correct predictions
+    total = torch.zeros(4, dtype=torch.float64, device=device)
     indices = list(range(dist.rank, len(split), dist.world_size))
     interrupted = False
     bar = terminal_progress(len(indices), desc="evaluating", unit="row", enabled=dist.is_main)
@@ -77,9 +85,11 @@ def evaluate_loss(
             batch = collate([split[i] for i in indices[start : start + batch_size]])
             trained, _ = count_tokens(batch)
             batch = to_device(batch, device)
-            total[0] += loss_sum(model, batch, autocast).double()
+            loss, hits = loss_and_hits(model, batch, autocast)
+            total[0] += loss.double()
             total[1] += trained
             total[2] += len(indices[start : start + batch_size])
+            total[3] += hits.double()
             bar.update(len(indices[start : start + batch_size]))
     model.train()
     if dist.any(interrupted, device):
@@ -92,6 +102,7 @@ def evaluate_loss(
         perplexity=_perplexity(loss),
         trained_tokens=tokens,
         examples=int(total[2].item()),
+        token_accuracy=float(total[3].item()) / max(tokens, 1),
     )
 
 

@@ -37,14 +37,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from kubetune.api.contract import ExitCode
 from kubetune.api.v1alpha1 import TrainingSpec
 from kubetune.trainer.batch import IGNORE_INDEX, MODEL_INPUTS, Batch
 from kubetune.trainer.distributed import Dist
+from kubetune.trainer.errors import TrainerError
 from kubetune.trainer.plan import TrainPlan
 from kubetune.trainer.sampling import Schedule, epoch_micro_batches
 from kubetune.trainer.state import TrainState, capture_rng
@@ -107,15 +112,27 @@ def loss_sum(
     model: Any, batch: Batch, autocast: contextlib.AbstractContextManager[Any]
 ) -> torch.Tensor:
     """Sum of the cross-entropy over the batch's trained tokens (fp32)."""
+    return loss_and_hits(model, batch, autocast)[0]
+
+
+def loss_and_hits(
+    model: Any, batch: Batch, autocast: contextlib.AbstractContextManager[Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of the cross-entropy over the trained tokens, and how many of them the model's
+    most likely next token got exactly right (token accuracy = hits / trained tokens)."""
     import torch.nn.functional as F
 
     inputs = {k: batch[k] for k in MODEL_INPUTS if batch.get(k) is not None}
     with autocast:
         logits = model(**inputs, use_cache=False).logits
+    # Prompt tuning puts its virtual tokens before the inputs: their logits predict nothing.
+    logits = logits[:, logits.shape[1] - batch["input_ids"].shape[1] :]
     targets = shifted_labels(batch["labels"], batch.get("position_ids"))
-    return F.cross_entropy(
-        logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
+    flat_logits, flat_targets = logits.float().flatten(0, 1), targets.flatten()
+    total = F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    trained = flat_targets != IGNORE_INDEX
+    hits = (flat_logits.detach().argmax(-1)[trained] == flat_targets[trained]).sum()
+    return total, hits
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
@@ -148,6 +165,29 @@ class StepReport:
     grad_norm: float
     learning_rate: float
     seconds: float
+    correct_tokens: int = 0  # trained tokens whose most likely prediction was exactly right
+
+    @property
+    def token_accuracy(self) -> float:
+        return self.correct_tokens / max(self.trained_tokens, 1)
+
+
+class TrainingDiverged(TrainerError):
+    """The loss became non-finite or spiked past the bound: training on would waste the run.
+
+    Permanent (INVALID_CONFIG): a retry resumes exactly and diverges again at the same
+    step; what helps is a change to the spec (learning rate, grad-norm clipping, data).
+    """
+
+    exit_code = ExitCode.INVALID_CONFIG
+
+
+# A step's loss counts as a spike above max(lossSpikeFactor x median, median + SPIKE_MARGIN)
+# of the previous SPIKE_WINDOW steps' losses, checked from step SPIKE_WARMUP on. The
+# margin (in nats) keeps the near-zero losses of a memorised small dataset from counting.
+SPIKE_WINDOW = 20
+SPIKE_WARMUP = 10
+SPIKE_MARGIN = 2.0
 
 
 class TrainLoop:
@@ -191,6 +231,7 @@ class TrainLoop:
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         # RNG states at the last step boundary: what a checkpoint taken on a stop saves.
         self.boundary_rng: dict[str, Any] = capture_rng()
+        self.recent_losses: deque[float] = deque(maxlen=SPIKE_WINDOW)  # for the spike bound
 
     def steps(self) -> Iterator[StepReport]:
         """Train step by step, yielding after each; raises StopRequested on a stop."""
@@ -243,7 +284,7 @@ class TrainLoop:
         # world_size again: each token weighs 1 / global count.
         scale = self.dist.world_size / max(global_trained, 1)
 
-        step_sum = torch.zeros((), device=self.device)
+        step_sum = torch.zeros(2, device=self.device)  # loss sum, correct predictions
         self.model.train()
         for index, batch in enumerate(micro_batches):
             batch = to_device(batch, self.device)
@@ -252,17 +293,21 @@ class TrainLoop:
                 contextlib.nullcontext() if last or not self.dist.active else self.model.no_sync()
             )
             with sync:
-                total = loss_sum(self.model, batch, self.autocast)
+                total, hits = loss_and_hits(self.model, batch, self.autocast)
                 loss = total * scale
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
                 else:
                     loss.backward()
-            step_sum += total.detach()
+            step_sum += torch.stack([total.detach(), hits.float()])
             if not last and self._stop_now():
                 self.optimizer.zero_grad(set_to_none=True)
                 raise StopRequested(self.stop.reason)
 
+        global_sum = self.dist.sum(step_sum).cpu()
+        step_loss = float(global_sum[0]) / max(global_trained, 1)
+        # Before the update: a diverged step must not reach the weights (or a checkpoint).
+        self._check_divergence(step_loss)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.training.max_grad_norm)
@@ -275,7 +320,7 @@ class TrainLoop:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-        step_loss = float(self.dist.sum(step_sum).item()) / max(global_trained, 1)
+        self.recent_losses.append(step_loss)
         return StepReport(
             step=self.progress.step + 1,
             loss=step_loss,
@@ -284,9 +329,44 @@ class TrainLoop:
             grad_norm=float(grad_norm),
             learning_rate=learning_rate,
             seconds=time.perf_counter() - started,
+            correct_tokens=int(global_sum[1]),
         )
+
+    def _check_divergence(self, loss: float) -> None:
+        """Raise TrainingDiverged for a non-finite loss or one past the spike bound.
+
+        Every rank sees the same global loss, so all of them stop at the same step.
+        """
+        step = self.progress.step + 1
+        advice = (
+            "lower training.learningRate (or training.maxGradNorm), and check the data near "
+            "this step; the last checkpoint holds the weights from before"
+        )
+        if not math.isfinite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDiverged(
+                f"training diverged at step {step} of {self.total_steps}: the loss is {loss} "
+                f"(last finite step losses: {_fmt_losses(self.recent_losses)}); {advice}"
+            )
+        factor = self.training.loss_spike_factor
+        if factor is None or step < SPIKE_WARMUP or len(self.recent_losses) < SPIKE_WARMUP - 1:
+            return
+        median = statistics.median(self.recent_losses)
+        bound = max(factor * median, median + SPIKE_MARGIN)
+        if loss > bound:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDiverged(
+                f"training diverged at step {step} of {self.total_steps}: the loss spiked to "
+                f"{loss:.4g}, above the bound {bound:.4g} (training.lossSpikeFactor {factor:g} x "
+                f"the median {median:.4g} of the previous {len(self.recent_losses)} steps, and at "
+                f"least {SPIKE_MARGIN:g} above it); {advice}; or raise lossSpikeFactor (null: off)"
+            )
 
     def _stop_now(self) -> bool:
         # Every rank must take the same decision, or the others would wait forever in
         # the next collective.
         return self.dist.any(self.stop.requested, self.device)
+
+
+def _fmt_losses(losses: Sequence[float]) -> str:
+    return ", ".join(f"{loss:.4g}" for loss in list(losses)[-5:]) or "none yet"

@@ -5,6 +5,12 @@
 device. Problems a user can fix (target modules the model does not have) become
 `InvalidConfigError`s that name the field.
 
+What trains depends on `spec.method.type`: LoRA adapters (qlora, lora; with DoRA and
+rsLoRA through peft's own `use_dora`/`use_rslora`), virtual-token embeddings
+(prompt-tuning, peft's `PromptTuningConfig`), or every weight (full: the plain
+transformers model, no peft). `method.initAdapter` loads an existing adapter instead
+of fresh weights (`kubetune.trainer.adapters` checks it fits first).
+
 Precision, as in the QLoRA paper: the frozen base holds NF4 (or int8, bf16, fp32)
 weights; norms and the remaining unquantized weights are upcast to fp32
 (`peft.prepare_model_for_kbit_training`); adapters are fp32 and matmuls run in the
@@ -20,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubetune.api.v1alpha1 import LoraSpec
+from kubetune.api.v1alpha1 import LoraSpec, MethodSpec
 from kubetune.trainer.errors import InvalidConfigError
 from kubetune.trainer.plan import TrainPlan
 from kubetune.trainer.quantization import (
@@ -46,13 +52,28 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def load_model(
-    folder: Path, source: str, plan: TrainPlan, lora: LoraSpec, device: torch.device, seed: int
-) -> PeftModel:
-    """Base model in the plan's precision on `device`, frozen, with fresh LoRA adapters."""
+    folder: Path,
+    source: str,
+    plan: TrainPlan,
+    method: MethodSpec | LoraSpec,
+    device: torch.device,
+    seed: int,
+    *,
+    init_adapter: Path | None = None,
+) -> PeftModel | torch.nn.Module:
+    """Base model in the plan's precision on `device`, with what `method` trains.
+
+    LoRA and prompt tuning: the base frozen, fresh adapters (or those in
+    `init_adapter`, trainable). full: the plain model, every parameter trainable.
+    A bare `LoraSpec` means LoRA of that shape (the precision comes from the plan).
+    """
     quiet_bitsandbytes_import()
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    if isinstance(method, LoraSpec):
+        method = MethodSpec(type="lora", lora=method)
 
     try:
         config = AutoConfig.from_pretrained(str(folder))
@@ -86,7 +107,7 @@ def load_model(
         # Freezes the base, upcasts norms and the unquantized weights to fp32.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:
-        model.requires_grad_(False)
+        model.requires_grad_(method.type == "full")
     if plan.gradient_checkpointing:
         # Non-reentrant checkpointing needs no inputs that require grad and works with DDP.
         model.activation_checkpointing_enable(
@@ -94,8 +115,46 @@ def load_model(
         )
         model.config.use_cache = False
 
+    if method.type == "full":
+        _log_trainable(model, model, plan)
+        return model
+
     torch.manual_seed(seed)  # the adapters' initialisation
-    peft_config = LoraConfig(
+    if init_adapter is not None:
+        from kubetune.trainer.adapters import load_init_adapter
+
+        peft_model = load_init_adapter(model, init_adapter, method, source)
+    else:
+        try:
+            with peft_without_deprecation_noise():
+                peft_model = get_peft_model(model, peft_config(method, folder))
+        except ValueError as e:
+            if "not found in the base model" not in str(e) and "Target modules" not in str(e):
+                raise
+            raise InvalidConfigError(
+                f"spec.method.lora.targetModules: {method.lora.target_modules} matches no layer of "
+                f"this model; its linear layers are: {', '.join(linear_layer_names(model)) or 'none'}"
+            ) from None
+    _log_trainable(model, peft_model, plan)
+    return peft_model
+
+
+def peft_config(method: MethodSpec, model_folder: Path) -> Any:
+    """peft's config for fresh adapters of `method` (qlora, lora or prompt-tuning)."""
+    from peft import LoraConfig, PromptTuningConfig, PromptTuningInit
+
+    if method.type == "prompt-tuning":
+        tuning = method.prompt_tuning
+        text = tuning.init == "text"
+        return PromptTuningConfig(
+            task_type="CAUSAL_LM",
+            num_virtual_tokens=tuning.virtual_tokens,
+            prompt_tuning_init=PromptTuningInit.TEXT if text else PromptTuningInit.RANDOM,
+            prompt_tuning_init_text=tuning.init_text if text else None,
+            tokenizer_name_or_path=str(model_folder) if text else None,
+        )
+    lora = method.lora
+    return LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
@@ -104,29 +163,30 @@ def load_model(
         else list(lora.target_modules),
         bias="none",
         task_type="CAUSAL_LM",
+        use_dora=lora.use_dora,
+        use_rslora=lora.use_rslora,
     )
-    try:
-        with peft_without_deprecation_noise():
-            peft_model = get_peft_model(model, peft_config)
-    except ValueError as e:
-        if "not found in the base model" not in str(e) and "Target modules" not in str(e):
-            raise
-        raise InvalidConfigError(
-            f"spec.method.lora.targetModules: {lora.target_modules} matches no layer of this model; "
-            f"its linear layers are: {', '.join(linear_layer_names(model)) or 'none'}"
-        ) from None
-    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in peft_model.parameters())
+
+
+def is_peft_model(model: Any) -> bool:
+    """An adapter model (saved as adapter_*), as opposed to a whole model (type full)."""
+    from peft import PeftModel
+
+    return isinstance(getattr(model, "module", model), PeftModel)
+
+
+def _log_trainable(base: Any, model: Any, plan: TrainPlan) -> None:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
     log.info(
         "model loaded: %s (%s base weights, %s compute), %d trainable of %d parameters (%.2f%%)",
-        type(model).__name__,
+        type(base).__name__,
         plan.base_weights,
         plan.compute_dtype,
         trainable,
         total,
         100 * trainable / max(total, 1),
     )
-    return peft_model
 
 
 @contextmanager
@@ -156,3 +216,28 @@ def linear_layer_names(model: torch.nn.Module) -> list[str]:
 def _base_dtype(plan: TrainPlan) -> torch.dtype:
     # int8 layers keep their own dtype; the rest of the model follows the compute dtype.
     return torch_dtype(plan.compute_dtype if plan.base_weights == "int8" else plan.base_weights)
+
+
+# Whole-model weights in checkpoints (type full). safetensors' own save/load handle tied
+# weights (an embedding shared with the output head is stored once) and check that
+# every tensor is there with its shape.
+FULL_WEIGHTS = "model.safetensors"
+
+
+def save_full_weights(model: torch.nn.Module, folder: Path) -> None:
+    from safetensors.torch import save_model
+
+    save_model(model, str(folder / FULL_WEIGHTS))
+
+
+def load_full_weights(model: torch.nn.Module, folder: Path, device: torch.device) -> None:
+    from safetensors.torch import load_model
+
+    try:
+        load_model(model, str(folder / FULL_WEIGHTS), strict=True, device=str(device))
+    except RuntimeError as e:  # missing or unexpected keys, another shape
+        raise InvalidConfigError(
+            f"the checkpoint {folder.name} holds other weights than this model "
+            f"({str(e).splitlines()[0][:300]}); use a new output.destination or delete its "
+            "checkpoints/ to start over"
+        ) from None

@@ -164,7 +164,13 @@ def _base_weights(
             )
         return "nf4"
     if asked == "auto":
-        return compute
+        # Full fine-tuning keeps fp32 master weights under fp16 compute (loss scaling cannot
+        # unscale fp16 gradients, and fp16 weights lose small updates).
+        return "fp32" if method == "full" and compute == "fp16" else compute
+    if method == "full" and asked in ("int8", "fp16"):  # the API model rejects these too
+        raise InvalidConfigError(
+            f"spec.method.baseWeights: {asked} cannot be trained in place; type full needs bf16 or fp32"
+        )
     if asked == "int8" and not hardware.bitsandbytes:
         raise InvalidConfigError(
             "spec.method.baseWeights: int8 needs bitsandbytes' native library, which did not load on "

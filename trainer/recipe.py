@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 from kubetune.api.contract import METRICS_PORT, OutputLayout
 from kubetune.api.v1alpha1 import TuningJob
+from kubetune.trainer.auto import resolve as resolve_auto
 from kubetune.trainer.checkpoint import CheckpointStore, TrainingObjects, load_checkpoint
 from kubetune.trainer.distributed import (
     Dist,
@@ -53,6 +54,7 @@ from kubetune.trainer.evaluation import LossResult, evaluate_loss, exact_match
 from kubetune.trainer.export import (
     upload_results,
     write_adapter,
+    write_full_model,
     write_merged,
     write_model_card,
     write_summary,
@@ -72,6 +74,7 @@ from kubetune.trainer.sampling import Schedule
 from kubetune.trainer.scratch import scratch_folder
 from kubetune.trainer.state import TrainState, seed_everything
 from kubetune.trainer.step_window import StepWindow, read_records
+from kubetune.trainer.stopping import BestWeights, best_evaluation, early_stop_reason
 from kubetune.trainer.storage import ByteCounter, Storage, join_uri
 from kubetune.trainer.telemetry import Telemetry
 from kubetune.trainer.training_data import PreparedSplits, prepare_data
@@ -156,6 +159,10 @@ class _Run:
         self.started = time.time()
         self.identity = run_identity(job)
         self.lease = WriterLease(self.storage, self.destination, self.identity)
+        self.keep_best = self.training.export_best or self.training.early_stopping is not None
+        self.best_weights = BestWeights(self.storage, self.destination, scratch)
+        self.stopped_early: str | None = None
+        self.choices: dict[str, Any] = {"chosen": {}, "notes": []}  # what auto chose, and why
 
     def execute(self) -> TrainResult:
         try:
@@ -206,16 +213,26 @@ class _Run:
         if self.dist.is_main and data.report is not None:
             report_uri = join_uri(self.destination, OutputLayout.PREPARE_REPORT)
             self.storage.write_text(report_uri, json.dumps(data.report, indent=2) + "\n")
+        self._choose_auto(data)
         self._check_stop()
 
         self.telemetry.set_phase("loading")
+        init_adapter = None
+        if self.spec.method.init_adapter is not None:
+            from kubetune.trainer.adapters import fetch_init_adapter
+
+            uri = self.spec.method.init_adapter
+            init_adapter = self._on_main_first(
+                lambda: fetch_init_adapter(uri, self.storage, self.scratch)
+            )
         model = load_model(
             model_folder,
             self.spec.model.source,
             self.plan,
-            self.spec.method.lora,
+            self.spec.method,
             self.device,
             self.training.seed,
+            init_adapter=init_adapter,
         )
         schedule = Schedule(
             len(data.train),
@@ -273,6 +290,22 @@ class _Run:
 
     # -- phases -------------------------------------------------------------------------
 
+    def _choose_auto(self, data: PreparedSplits) -> None:
+        """Replace the spec's auto hyperparameters by values chosen from the prepared data."""
+        report = data.report or {}
+        examples = report.get("splits", {}).get("train", {}).get("examples", len(data.train))
+        resolved = resolve_auto(self.training, self.spec.method.type, examples, len(data.train))
+        self.training = resolved.training
+        self.spec = self.spec.model_copy(update={"training": resolved.training})
+        self.job = self.job.model_copy(update={"spec": self.spec})
+        self.choices = {
+            "chosen": resolved.chosen,
+            "notes": [*report.get("choices", []), *resolved.notes],
+        }
+        if self.dist.is_main:
+            for note in resolved.notes:
+                log.warning("%s", note)
+
     def _training_objects(self, model: Any, total_steps: int) -> TrainingObjects:
         import torch
         from transformers import get_scheduler
@@ -304,6 +337,8 @@ class _Run:
             if self.dist.is_main:
                 self.telemetry.metrics_file.unlink(missing_ok=True)  # type: ignore[union-attr]
                 self.checkpoints.prune()  # partial leftovers of an earlier attempt
+                if self.keep_best:
+                    self.best_weights.clear()  # another run's
             return TrainState()
         folder = self._on_main_first(lambda: self.checkpoints.download(found))
         progress, extra = load_checkpoint(folder, objects, rank=self.dist.rank, device=self.device)
@@ -367,9 +402,18 @@ class _Run:
         self.telemetry.set_phase("training")
         bar = ProgressBar(loop.total_steps, progress.step, enabled=self.dist.is_main)
         window = StepWindow()
+        # A run that stopped early and is started again (its pod lost during export) stays
+        # stopped: its checkpoint is at the stop step, and the decision reads the same records.
+        self.stopped_early = early_stop_reason(progress.evaluations, training.early_stopping)
+        if self.stopped_early:
+            if self.dist.is_main:
+                log.info("%s (decided before this attempt)", self.stopped_early)
+            bar.close()
+            return
         if progress.step == 0 and data.validation is not None:
             # The baseline: how much the run improved is measured against it.
             self._evaluate_validation(model, data, loop)
+            self._after_evaluation(model, loop)
             self.telemetry.set_phase("training")
         try:
             for step in loop.steps():
@@ -380,9 +424,16 @@ class _Run:
                     self._log_window(window, loop)
                 if data.validation is not None and step.step % training.eval_every == 0:
                     self._evaluate_validation(model, data, loop)
+                    self.stopped_early = self._after_evaluation(model, loop)
                 if step.step % training.checkpoint_every == 0:
                     self._checkpoint(loop, objects, periodic=True)
                 self.telemetry.set_phase("training")
+                if self.stopped_early:
+                    if window.steps:
+                        self._log_window(window, loop)
+                    if self.dist.is_main:
+                        log.info("%s", self.stopped_early)
+                    break
         except StopRequested:
             bar.close()
             if self.last_checkpoint_step != progress.step:
@@ -397,6 +448,19 @@ class _Run:
         # Always end on a checkpoint: a pod lost during export resumes here, not earlier.
         if self.last_checkpoint_step != progress.step:
             self._checkpoint(loop, objects)
+
+    def _after_evaluation(self, model: Any, loop: TrainLoop) -> str | None:
+        """Keep the best weights (exportBest, earlyStopping); say whether to stop early."""
+        evaluations = loop.progress.evaluations
+        if not evaluations or evaluations[-1]["step"] != loop.progress.step:
+            return None  # interrupted by a stop: the loop checkpoints next
+        if self.keep_best and self.dist.is_main:
+            best = best_evaluation(evaluations)
+            saved = self.best_weights.saved()
+            if best is not None and best.step == loop.progress.step and saved != best:
+                self.best_weights.save(model, best)
+        self.dist.barrier()
+        return early_stop_reason(evaluations, self.training.early_stopping)
 
     def _record_step(self, step: StepReport, loop: TrainLoop) -> None:
         t = self.telemetry
@@ -414,10 +478,11 @@ class _Run:
         self.telemetry.write_record(record)
         if self.dist.is_main:
             log.info(
-                "step %d/%d loss %.4f lr %.3g grad-norm %.3f %.0f tokens/s",
+                "step %d/%d loss %.4f token-accuracy %.3f lr %.3g grad-norm %.3f %.0f tokens/s",
                 record["step"],
                 loop.total_steps,
                 record["loss"],
+                record["token_accuracy"],
                 record["learning_rate"],
                 record["grad_norm"],
                 record["tokens_per_second"],
@@ -453,10 +518,11 @@ class _Run:
         self.telemetry.write_record(record)
         if self.dist.is_main:
             log.info(
-                "step %d eval loss %.4f perplexity %.3f",
+                "step %d eval loss %.4f perplexity %.3f token-accuracy %.3f",
                 step,
                 result.loss,
                 result.perplexity,
+                result.token_accuracy,
                 extra={"fields": record},
             )
         return result
@@ -524,6 +590,11 @@ class _Run:
         ]
         if train_records:
             metrics["train_loss"] = train_records[-1]["loss"]
+            if "token_accuracy" in train_records[-1]:
+                metrics["train_token_accuracy"] = train_records[-1]["token_accuracy"]
+        # The values auto chose travel to the status with the termination message.
+        for name, value in self.choices["chosen"].items():
+            metrics[f"chosen_{_snake(name)}"] = float(value)
         if progress.train_seconds > 0:
             metrics["tokens_per_second"] = round(progress.tokens_total / progress.train_seconds, 2)
         if self.plan.device_type == "cuda":
@@ -601,6 +672,8 @@ class _Run:
             "wall_seconds": round(time.time() - self.started, 2),
             "metrics": metrics,
             "evaluations": progress.evaluations,
+            "chosen": self.choices,
+            "stopped_early": self.stopped_early,
             "data": data.summary,
             "s3_bytes": self.s3_bytes.totals,  # up to the export (the final upload comes after)
             "versions": {
@@ -615,12 +688,20 @@ class _Run:
     def _export(
         self, model: Any, tokenizer: Any, model_folder: Path, summary: dict[str, Any]
     ) -> tuple[str, Path | None]:
-        adapter_uri = join_uri(self.destination, OutputLayout.ADAPTER)
+        result_folder = (
+            OutputLayout.MODEL if self.spec.method.type == "full" else OutputLayout.ADAPTER
+        )
+        adapter_uri = join_uri(self.destination, result_folder)
         if not self.dist.is_main:
             return adapter_uri, None
         self.telemetry.set_phase("uploading")
+        if self.keep_best:
+            self._load_best(model, summary)
         export = self.scratch / "export"
-        adapter = write_adapter(model, tokenizer, export / "adapter", self.spec.model.source)
+        if self.spec.method.type == "full":
+            adapter = write_full_model(model, tokenizer, export / "model")
+        else:
+            adapter = write_adapter(model, tokenizer, export / "adapter", self.spec.model.source)
         write_summary(adapter, summary)
         write_model_card(adapter, self.job, summary)
         merged = None
@@ -635,6 +716,17 @@ class _Run:
         self.lease.renew()  # still the only writer: then the adapter goes up
         adapter_uri = upload_results(self.storage, adapter, self.destination, merged=merged)
         return adapter_uri, adapter
+
+    def _load_best(self, model: Any, summary: dict[str, Any]) -> None:
+        """Put the best evaluation's weights into `model` for export, and say so in the summary."""
+        saved = self.best_weights.saved()
+        if saved is None:
+            return
+        if saved.step != summary["steps"]:
+            self.best_weights.restore(model, self.device)
+        summary["exported"] = {"step": saved.step, "eval_loss": saved.eval_loss, "best": True}
+        summary["metrics"]["exported_step"] = float(saved.step)
+        summary["metrics"]["exported_eval_loss"] = saved.eval_loss
 
     def _check_stop(self) -> None:
         """Before training starts there is nothing to save: a stop just ends the attempt."""
@@ -656,3 +748,7 @@ def _kubetune_version() -> str:
     from kubetune import __version__
 
     return __version__
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)

@@ -31,6 +31,8 @@ class StepWindow:
             "epoch": round(loop.epochs_done(), 4),
             # Token-weighted over the window, like the per-step loss itself.
             "loss": sum(s.loss * s.trained_tokens for s in steps) / max(trained, 1),
+            # Share of the window's trained tokens predicted exactly (argmax).
+            "token_accuracy": sum(s.correct_tokens for s in steps) / max(trained, 1),
             "learning_rate": last.learning_rate,
             "grad_norm": last.grad_norm,
             "tokens_per_second": sum(s.input_tokens for s in steps) / seconds

@@ -43,6 +43,7 @@ def data_summary(report: dict[str, Any]) -> dict[str, Any]:
         summary[f"{split} tokens"] = figures.get("tokens")
         summary[f"{split} trained tokens"] = figures.get("trainedTokens")
     summary["packing efficiency"] = report.get("packingEfficiency")
+    summary["packing"] = report.get("settings", {}).get("packing")  # off for small data
     summary["template"] = report.get("template")
     return summary
 

@@ -153,6 +153,12 @@ class OutputLayout:
     """Paths under spec.output.destination (docs/trainer.md, "Outputs")."""
 
     ADAPTER = "adapter/"
+    # method.type full: the whole trained model (safetensors, config, tokenizer); the
+    # termination message's `adapter` then names this folder.
+    MODEL = "model/"
+    # With training.exportBest or earlyStopping: the weights of the best evaluation so far
+    # and best.json (step, eval loss), written last.
+    BEST = "best/"
     MERGED = "merged/"  # with spec.method.mergeAdapter: the base with the adapter merged in
     CHECKPOINTS = "checkpoints/"
     CHECKPOINT_MARKER = "COMPLETE"  # written last: a checkpoint without it is partial

@@ -261,8 +261,12 @@ def _field_schema(info: FieldInfo, raw: dict[str, Any], defs: dict[str, Any]) ->
     description = info.description
     if not description:
         raise ValueError(f"every field needs a description (kubectl explain shows it): {info}")
-    raw, null_allowed = _strip_null(raw)
-    schema = _value_schema(info.annotation, raw, defs)
+    mixed = _mixed_type(raw)
+    if mixed is not None:
+        schema, null_allowed = mixed, False
+    else:
+        raw, null_allowed = _strip_null(raw)
+        schema = _value_schema(info.annotation, raw, defs)
     schema["description"] = description
     default = _default_of(info)
     if default is not None:
@@ -310,6 +314,19 @@ def _deref(raw: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         return raw
     target = defs[ref.rsplit("/", 1)[-1]]
     return {**target, **{k: v for k, v in raw.items() if k != "$ref"}}
+
+
+def _mixed_type(raw: dict[str, Any]) -> dict[str, Any] | None:
+    """A number-or-"auto" field: int-or-string, or (fractions allowed) kept as written.
+
+    Structural schemas have no other union; the typed model checks the value (in the
+    operator's validation, before a Job exists).
+    """
+    for marker in ("x-kubernetes-int-or-string", "x-kubernetes-preserve-unknown-fields"):
+        if raw.get(marker) and "anyOf" in raw:
+            rules = raw.get("x-kubernetes-validations")
+            return {marker: True, **({"x-kubernetes-validations": rules} if rules else {})}
+    return None
 
 
 def _strip_null(raw: dict[str, Any]) -> tuple[dict[str, Any], bool]:

@@ -128,7 +128,26 @@ def parse_tuningjob(
     try:
         return TuningJob.model_validate(dict(document))
     except ValidationError as e:
-        raise SpecError(source, [_problem(err, node) for err in e.errors()]) from None
+        raise SpecError(source, [_problem(err, node) for err in _auto_unions(e.errors())]) from None
+
+
+# A number-or-auto field (v1alpha1.IntOrAuto, epochs, learningRate) fails once per union
+# branch; the user sees one problem at the field itself, saying auto is also accepted.
+_AUTO_BRANCH = "literal['auto']"
+
+
+def _auto_unions(errors: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    errors = list(errors)
+    unions = {tuple(e["loc"][:-1]) for e in errors if e["loc"] and e["loc"][-1] == _AUTO_BRANCH}
+    merged = []
+    for err in errors:
+        loc = tuple(err["loc"])
+        if loc[:-1] in unions:
+            if loc[-1] == _AUTO_BRANCH:
+                continue
+            err = {**err, "loc": loc[:-1], "msg": f"{err['msg']}, or auto"}
+        merged.append(err)
+    return merged
 
 
 def parse_tuningjob_json(text: str, source: str) -> TuningJob:

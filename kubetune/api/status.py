@@ -105,12 +105,36 @@ class Output(StatusModel):
     """Where the results are in object storage."""
 
     adapter: str | None = Field(
-        default=None, max_length=URI, description="The trained adapter, once the run has succeeded."
+        default=None,
+        max_length=URI,
+        description=(
+            "The trained adapter, once the run has succeeded (for method.type full: the folder "
+            "of the whole trained model)."
+        ),
     )
     checkpoint: str | None = Field(
         default=None,
         max_length=URI,
         description="The latest complete checkpoint the trainer reported.",
+    )
+
+
+class Chosen(StatusModel):
+    """Values the trainer chose for settings left at auto (spec.training), when it succeeded."""
+
+    epochs: str | None = Field(
+        default=None, max_length=32, description="Epochs chosen for epochs: auto, e.g. '6'."
+    )
+    learning_rate: str | None = Field(
+        default=None,
+        max_length=32,
+        description="Learning rate chosen for learningRate: auto, e.g. '0.0002'.",
+    )
+    batch_size: int | None = Field(
+        default=None, ge=1, description="Micro-batch size chosen for batchSize: auto."
+    )
+    gradient_accumulation: int | None = Field(
+        default=None, ge=1, description="Accumulation chosen for gradientAccumulation: auto."
     )
 
 
@@ -173,6 +197,13 @@ class TuningJobStatus(StatusModel):
     )
     output: Output | None = Field(
         default=None, description="Where the adapter and checkpoints are."
+    )
+    chosen: Chosen | None = Field(
+        default=None,
+        description=(
+            "What the trainer chose for spec.training settings left at auto (from the data; "
+            "the rules are in the fields' descriptions), reported when the run succeeded."
+        ),
     )
 
     def condition(self, type_: str) -> Condition | None:

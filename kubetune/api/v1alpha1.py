@@ -40,6 +40,30 @@ TEMPLATE = 32768  # an inline Jinja chat template
 
 ShortString = Annotated[str, Field(max_length=SHORT)]
 
+# Hyperparameters that the trainer can choose from the data ("auto"; rules in
+# docs/trainer.md and kubetune/trainer/auto.py). In the CRD an integer-or-auto field is
+# int-or-string with a CEL rule; a number-or-auto field (fractions allowed) keeps its
+# value as written: structural schemas have no number-or-string type, and the API server
+# compiles no CEL on (or about) untyped fields. The operator's validation with this
+# model rejects anything else before a Job exists (status InvalidSpec).
+AUTO = "auto"
+
+
+IntOrAuto = Annotated[
+    Annotated[int, Field(ge=1, le=4096)] | Literal["auto"],
+    Field(
+        json_schema_extra={
+            "x-kubernetes-int-or-string": True,
+            "x-kubernetes-validations": [
+                {
+                    "rule": "type(self) == int ? self >= 1 && self <= 4096 : self == 'auto'",
+                    "message": "a whole number from 1 to 4096, or auto",
+                }
+            ],
+        }
+    ),
+]
+
 
 class ApiModel(BaseModel):
     """Base for every API object: camelCase aliases, unknown fields rejected."""
@@ -207,7 +231,10 @@ class DatasetSpec(ApiModel):
         max_length=URI,
         description=(
             "The training data: s3://bucket/key for one file, s3://bucket/prefix/ for every "
-            "data file under it, or a local path for `kubetune prepare/train` on a workstation. "
+            "data file under it, pvc://claim/path (mounted read-only, as for models), "
+            "https://host/file (read with fsspec; any other fsspec URL whose "
+            "filesystem the trainer has, with `kubetune train`), or a local path for "
+            "`kubetune prepare/train` on a workstation. "
             "JSON Lines (.jsonl, .jsonl.gz), JSON arrays (.json), Parquet (.parquet) and CSV (.csv)."
         ),
     )
@@ -335,6 +362,22 @@ class LoraSpec(ApiModel):
         ),
     )
 
+    use_dora: bool = Field(
+        default=False,
+        description=(
+            "DoRA (peft's use_dora): each adapted weight is split into a magnitude and a direction "
+            "and the LoRA update trains the direction; often closer to full fine-tuning at the "
+            "same rank, about 1.5-2x slower per step. Works with type qlora and lora."
+        ),
+    )
+    use_rslora: bool = Field(
+        default=False,
+        description=(
+            "Rank-stabilised LoRA (peft's use_rslora): the update is scaled by alpha / sqrt(r) "
+            "instead of alpha / r, so higher ranks keep learning; the same cost as LoRA."
+        ),
+    )
+
     @model_validator(mode="after")
     def _all_linear_alone(self) -> LoraSpec:
         if "all-linear" in self.target_modules and len(self.target_modules) > 1:
@@ -343,6 +386,43 @@ class LoraSpec(ApiModel):
                 "[all-linear] or a list of module names, not both"
             )
         return self
+
+
+class PromptTuningSpec(ApiModel):
+    virtual_tokens: int = Field(
+        default=20,
+        ge=1,
+        le=1024,
+        description=(
+            "Number of virtual tokens: trainable embeddings put before every example; the "
+            "only weights that train (peft's PromptTuningConfig.num_virtual_tokens)."
+        ),
+    )
+    init: Literal["random", "text"] = Field(
+        default="random",
+        description=(
+            "How the virtual tokens start: random, or text (the embeddings of initText's tokens, "
+            "repeated to fill virtualTokens), which usually learns faster."
+        ),
+    )
+    init_text: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="For init: text, a description of the task, such as 'Classify the animal:'.",
+    )
+
+    @model_validator(mode="after")
+    def _text_when_text(self) -> PromptTuningSpec:
+        if (self.init == "text") != (self.init_text is not None):
+            raise ValueError(
+                "promptTuning: set initText together with init: text (and only then), e.g. "
+                "{init: text, initText: 'Classify the animal:'}"
+            )
+        return self
+
+
+MethodType = Literal["qlora", "lora", "full", "prompt-tuning"]
+ADAPTER_METHODS = ("qlora", "lora", "prompt-tuning")  # methods whose result is a peft adapter
 
 
 class MethodSpec(ApiModel):
@@ -361,15 +441,37 @@ class MethodSpec(ApiModel):
         }
     )
 
-    type: Literal["qlora", "lora"] = Field(
+    type: MethodType = Field(
         default="qlora",
         description=(
             "qlora: the base model is quantized to 4-bit NF4 (bitsandbytes, double quantization) "
             "and frozen, adapters train in the compute dtype. lora: the base model stays in "
-            "baseWeights precision (bf16/fp16/fp32, or int8 to save memory)."
+            "baseWeights precision (bf16/fp16/fp32, or int8 to save memory). full: every weight "
+            "trains (for models whose weights, gradients and AdamW state fit: about 16 bytes per "
+            "parameter in fp32) and the result is a whole model in safetensors under model/. "
+            "prompt-tuning: the base is frozen and only promptTuning.virtualTokens embeddings "
+            "train (peft's prompt tuning; needs training.packing: false)."
         ),
     )
-    lora: LoraSpec = Field(default_factory=LoraSpec, description="Adapter shape.")
+    lora: LoraSpec = Field(
+        default_factory=LoraSpec, description="Adapter shape, for type qlora and lora."
+    )
+    prompt_tuning: PromptTuningSpec = Field(
+        default_factory=PromptTuningSpec, description="Virtual tokens, for type prompt-tuning."
+    )
+    init_adapter: str | None = Field(
+        default=None,
+        max_length=URI,
+        description=(
+            "Continue training from an existing peft adapter instead of fresh weights: an "
+            "s3://bucket/prefix/ (or a local folder for `kubetune train` on a workstation) holding "
+            "adapter_config.json and adapter_model.safetensors, such as an earlier run's "
+            "<output.destination>/adapter/. Its kind must fit "
+            "type (LoRA for qlora/lora, prompt tuning for prompt-tuning) and its weights this "
+            "base model; its shape (r, alpha, target modules, virtual tokens) is used, and "
+            "lora/promptTuning fields set in this spec must agree with it. Checked before training."
+        ),
+    )
     base_weights: Literal["auto", "bf16", "fp16", "fp32", "int8"] = Field(
         default="auto",
         description=(
@@ -397,6 +499,22 @@ class MethodSpec(ApiModel):
                 f"baseWeights: {self.base_weights} conflicts with type: qlora, whose base weights are "
                 "always 4-bit NF4; use type: lora for bf16/fp16/fp32/int8 base weights"
             )
+        if self.type == "full" and self.base_weights in ("int8", "fp16"):
+            raise ValueError(
+                f"baseWeights: {self.base_weights} conflicts with type: full, which trains every "
+                "weight and needs them in bf16 or fp32 (int8 weights cannot train, fp16 ones lose "
+                "the small updates); use baseWeights: auto, bf16 or fp32"
+            )
+        if self.type == "full" and self.init_adapter is not None:
+            raise ValueError(
+                "initAdapter continues an adapter, but type: full trains the whole model and has "
+                "none; remove initAdapter, or point model.source at a merged model to continue from"
+            )
+        if self.merge_adapter and self.type not in ("qlora", "lora"):
+            raise ValueError(
+                f"mergeAdapter merges LoRA weights into the base, but type: {self.type} has no LoRA "
+                "weights to merge; remove mergeAdapter"
+            )
         return self
 
 
@@ -404,20 +522,45 @@ class MethodSpec(ApiModel):
 # Training
 
 
-class TrainingSpec(ApiModel):
-    epochs: float = Field(
-        default=3.0,
-        gt=0,
+class EarlyStoppingSpec(ApiModel):
+    patience: int = Field(
+        default=3,
+        ge=1,
         le=1000,
-        description="Passes over the training split (fractions allowed).",
+        description=(
+            "Stop after this many evaluations in a row (every evalEvery steps) without a new "
+            "best validation loss."
+        ),
+    )
+    min_delta: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="An evaluation counts as better only when it lowers the best loss by more than this.",
+    )
+
+
+class TrainingSpec(ApiModel):
+    epochs: Annotated[float, Field(gt=0, le=1000)] | Literal["auto"] = Field(
+        default=AUTO,
+        description=(
+            "Passes over the training split (fractions allowed), or auto: 3, raised to "
+            "ceil(100 / examples) (at most 25) for fewer than 34 examples and lowered to "
+            "25000 / examples (at least 1) above 8333, the rule of OpenAI's fine-tuning API."
+        ),
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
     max_steps: int | None = Field(
         default=None,
         ge=1,
         description="Stop after this many optimizer steps; overrides epochs when set.",
     )
-    learning_rate: float = Field(
-        default=2.0e-4, gt=0, le=1.0, description="Peak learning rate of the adapters."
+    learning_rate: Annotated[float, Field(gt=0, le=1.0)] | Literal["auto"] = Field(
+        default=AUTO,
+        description=(
+            "Peak learning rate of the trained weights, or auto: by method.type, 2e-4 for qlora "
+            "and lora (the QLoRA paper's), 2e-5 for full, 3e-2 for prompt-tuning (peft's)."
+        ),
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
         default="cosine", description="Learning-rate decay after warmup."
@@ -438,14 +581,18 @@ class TrainingSpec(ApiModel):
         default="auto",
         description="auto: paged 8-bit AdamW on a GPU, AdamW elsewhere.",
     )
-    batch_size: int = Field(
-        default=1,
-        ge=1,
-        le=4096,
-        description="Sequences (packs, when packing) per device per micro-batch.",
+    batch_size: IntOrAuto = Field(
+        default=AUTO,
+        description=(
+            "Sequences (packs, when packing) per device per micro-batch, or auto. With auto "
+            "(here or in gradientAccumulation) the sequences per optimizer step are the training "
+            "rows / 16 rounded down to a power of two, between 1 and 8 (at least 16 steps an "
+            "epoch on small data, 8 per step on large); auto in both: 1 x that."
+        ),
     )
-    gradient_accumulation: int = Field(
-        default=8, ge=1, le=4096, description="Micro-batches per optimizer step."
+    gradient_accumulation: IntOrAuto = Field(
+        default=AUTO,
+        description="Micro-batches per optimizer step, or auto (see batchSize).",
     )
     max_seq_length: int = Field(
         default=2048, ge=16, le=1 << 20, description="Tokens per sequence (per pack, when packing)."
@@ -495,6 +642,33 @@ class TrainingSpec(ApiModel):
         ge=0,
         le=2**32 - 1,  # numpy's seeds are 32-bit: a larger one would fail in the pod
         description="Seeds data splits, shuffling, dropout and adapter initialisation (0 to 2^32-1).",
+    )
+    early_stopping: EarlyStoppingSpec | None = Field(
+        default=None,
+        description=(
+            "Stop before maxSteps/epochs when the validation loss stops improving (needs a "
+            "validation split), and export the weights of the best evaluation (as exportBest)."
+        ),
+    )
+    export_best: bool = Field(
+        default=False,
+        description=(
+            "Export the weights of the evaluation with the lowest validation loss instead of the "
+            "last step's (kept at <output.destination>/best/ while training). On with "
+            "earlyStopping; off otherwise, since the last weights are what the schedule asked for "
+            "and a small validation split's minimum is partly noise."
+        ),
+    )
+    loss_spike_factor: float | None = Field(
+        default=10.0,
+        gt=1.0,
+        le=1000.0,
+        description=(
+            "Stop the run (reason InvalidSpec, with the step) when a step's loss exceeds this "
+            "many times the median of the previous 20 steps' losses, and that median by at least "
+            "2 (nats), from step 10 on; the diverged step is not applied. Null: only a non-finite "
+            "loss (NaN, infinity) stops the run, which it always does."
+        ),
     )
 
 
@@ -997,7 +1171,8 @@ class TuningJobSpec(ApiModel):
     model: ModelSpec = Field(description="The base model to tune.")
     dataset: DatasetSpec = Field(description="The training data and how it is formatted.")
     method: MethodSpec = Field(
-        default_factory=MethodSpec, description="QLoRA or LoRA, and the adapter's shape."
+        default_factory=MethodSpec,
+        description="What trains: QLoRA, LoRA (DoRA, rsLoRA), prompt tuning or the full model.",
     )
     training: TrainingSpec = Field(
         default_factory=TrainingSpec, description="Optimisation, evaluation and checkpointing."
@@ -1061,6 +1236,26 @@ class TuningJobSpec(ApiModel):
                     f"{field}: {need} needs a CUDA GPU, and resources.gpus is 0 (training on CPU); "
                     "use auto, or request a GPU"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _best_needs_a_validation_split(self) -> TuningJobSpec:
+        training = self.training
+        if (training.early_stopping or training.export_best) and self.dataset.validation is None:
+            field = "earlyStopping" if training.early_stopping else "exportBest"
+            raise ValueError(
+                f"training.{field} compares validation losses, but dataset.validation is null; "
+                "add dataset.validation (a fraction or a source) or remove it"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _prompt_tuning_is_not_packed(self) -> TuningJobSpec:
+        if self.method.type == "prompt-tuning" and self.training.packing:
+            raise ValueError(
+                "method.type prompt-tuning puts its virtual tokens before each row, and a packed row "
+                "holds several examples; set training.packing: false"
+            )
         return self
 
     @model_validator(mode="after")

@@ -106,6 +106,18 @@ def test_trainer_cpu_benchmark() -> None:
     summary = json.loads(out.strip().splitlines()[-1])
     assert set(summary["results"]) == {"qlora (nf4)", "lora int8", "lora bf16", "lora fp32"}
     assert summary["hf_trainer_step_seconds"] > 0
+    methods = summary["methods"]
+    assert set(methods) == {
+        "qlora",
+        "lora fp32",
+        "dora fp32",
+        "rslora fp32",
+        "prompt-tuning fp32",
+        "full fp32",
+    }
+    assert all(m["step_seconds"] > 0 and m["optimizer_bytes"] > 0 for m in methods.values())
+    # AdamW keeps two fp32 moments per trainable parameter: full fine-tuning has the most.
+    assert max(methods, key=lambda name: methods[name]["optimizer_bytes"]) == "full fp32"
 
 
 def test_operator_benchmark(tmp_path: Path) -> None:

@@ -60,7 +60,9 @@ def operator(
 # --- what the API server rejects (schema and CEL from the typed model) ----------------
 
 BAD_MANIFESTS = [
-    ({"training": {"learningRate": -1}}, "spec.training.learningRate: Invalid value"),
+    # learningRate and epochs are untyped in the CRD ("auto" or a number): the operator's
+    # validation refuses a bad one (tests/unit/test_operator_validation.py).
+    ({"training": {"batchSize": 0}}, "a whole number from 1 to 4096, or auto"),
     ({"training": {"epoch": 2}}, 'unknown field "spec.training.epoch"'),
     (
         {"dataset": {"source": "s3://d/x", "validation": {"fraction": 0.1, "source": "s3://d/v"}}},
@@ -111,7 +113,7 @@ def test_examples_are_accepted_with_defaults_applied(cluster: Cluster, ns: str) 
             input=json.dumps(tuningjob("defaults")),
         ).stdout
     )
-    assert applied["spec"]["training"]["learningRate"] == 2.0e-4
+    assert applied["spec"]["training"]["learningRate"] == "auto"
     assert applied["spec"]["method"]["lora"]["targetModules"] == ["all-linear"]
     assert applied["spec"]["dataset"]["validation"] == {"fraction": 0.05}
 
@@ -414,7 +416,7 @@ def test_kubectl_explain_reads_the_models_descriptions(cluster: Cluster, crds: N
     assert "What to tune, on what data, how, and where the adapter goes." in explained
     assert "The base model to tune." in explained
     training = cluster.kubectl("explain", "tuningjob.spec.training.learningRate").stdout
-    assert "Peak learning rate of the adapters." in training
+    assert "Peak learning rate of the trained weights, or auto" in training
 
 
 @pytest.mark.parametrize(

@@ -237,7 +237,8 @@ def test_an_invalid_manifest_exits_78_with_file_line_and_field(tmp_path: Path) -
     )
     assert result.returncode == 78, result.stderr
     assert re.search(
-        rf"{path}:\d+: spec.method.type: input should be 'qlora' or 'lora'", result.stderr
+        rf"{path}:\d+: spec.method.type: input should be 'qlora', 'lora', 'full' or 'prompt-tuning'",
+        result.stderr,
     )
     message = termination(tmp_path)
     assert message.reason == "InvalidSpec" and "spec.method.type" in message.message

@@ -34,16 +34,29 @@ def _schema() -> dict:
 def test_schema_is_structural_and_every_field_is_described() -> None:
     for path, node in _walk(_schema()):
         assert "$ref" not in node and "anyOf" not in node and "oneOf" not in node, path
-        assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields"), path
+        assert (
+            "type" in node
+            or node.get("x-kubernetes-preserve-unknown-fields")
+            or node.get("x-kubernetes-int-or-string")
+        ), path
         if path.count(".") >= 1 and not path.endswith(("[]", "{}")) and path not in (".metadata",):
             assert node.get("description"), f"{path} has no description (kubectl explain shows it)"
         if node.get("type") == "object" and "properties" in node:
             assert "additionalProperties" not in node, path
 
 
-def test_only_affinity_keeps_unknown_fields() -> None:
+def test_only_affinity_and_number_or_auto_fields_keep_unknown_fields() -> None:
     kept = [p for p, n in _walk(_schema()) if n.get("x-kubernetes-preserve-unknown-fields")]
-    assert kept == [".spec.scheduling.affinity"]
+    # epochs and learningRate: a number (fractions allowed) or "auto", which no structural
+    # type expresses; the operator's validation checks them with the typed model.
+    assert kept == [
+        ".spec.training.epochs",
+        ".spec.training.learningRate",
+        ".spec.scheduling.affinity",
+    ]
+    training = _schema()["properties"]["spec"]["properties"]["training"]["properties"]
+    for name in ("batchSize", "gradientAccumulation"):
+        assert training[name]["x-kubernetes-int-or-string"] is True
 
 
 def test_strings_and_lists_are_bounded_for_cel_cost_estimation() -> None:
@@ -59,7 +72,7 @@ def test_strings_and_lists_are_bounded_for_cel_cost_estimation() -> None:
 def test_defaults_are_applied_by_the_api_server() -> None:
     spec = _schema()["properties"]["spec"]["properties"]
     assert spec["training"]["default"] == {}
-    assert spec["training"]["properties"]["learningRate"]["default"] == 2.0e-4
+    assert spec["training"]["properties"]["learningRate"]["default"] == "auto"
     assert spec["method"]["properties"]["lora"]["properties"]["targetModules"]["default"] == [
         "all-linear"
     ]

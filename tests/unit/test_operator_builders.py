@@ -323,3 +323,26 @@ def test_spec_document_is_json_without_credentials() -> None:
     assert set(document) == {"apiVersion", "kind", "metadata", "spec"}
     text = json.dumps(document).lower()
     assert "secret" not in text.replace("credentialssecret", "").replace("accesssecret", "")
+
+
+def test_pvc_datasets_are_mounted_read_only_once_per_claim() -> None:
+    job = build_job(
+        tuningjob(
+            model={"source": "pvc://models/llama-3.1-8b"},
+            dataset={
+                "source": "pvc://team-data/emails/train.jsonl",
+                "validation": {"source": "pvc://team-data/emails/validation.jsonl"},
+                "test": {"source": "pvc://models/eval/test.jsonl"},
+            },
+        ),
+        settings(),
+    )
+    claims = [
+        (v["name"], v["persistentVolumeClaim"]["claimName"])
+        for v in job["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    ]
+    assert claims == [("model", "models"), ("data-0", "team-data")]
+    assert {"name": "data-0", "mountPath": "/mnt/pvc/team-data", "readOnly": True} in _container(
+        job
+    )["volumeMounts"]

@@ -405,3 +405,42 @@ def test_a_loading_trainer_shows_no_progress_columns() -> None:
         None, run, generation=1, job_name="dolly", progress=planned, now=LATER
     ).to_dict()["progress"]
     assert (shown["summary"], "loss" in shown) == ("0/30 (0%)", False)
+
+
+def test_the_values_chosen_for_auto_settings_reach_the_status() -> None:
+    message = TerminationMessage(
+        reason="Succeeded",
+        adapter="s3://adapters/emails/adapter/",
+        metrics={
+            "train_loss": 1.0,
+            "chosen_epochs": 6.0,
+            "chosen_learning_rate": 2e-4,
+            "chosen_batch_size": 1.0,
+            "chosen_gradient_accumulation": 1.0,
+        },
+    )
+    done = job(conditions=[condition("Complete")])
+    obs = observe(
+        tuningjob(), done, [pod(phase="Succeeded", state=terminated(0, message.to_json()))]
+    )
+    status = next_status(None, obs, generation=1, job_name="emails", progress=None, now=NOW)
+    assert status.to_dict()["chosen"] == {
+        "epochs": "6",
+        "learningRate": "0.0002",
+        "batchSize": 1,
+        "gradientAccumulation": 1,
+    }
+    # A run whose settings were all explicit reports no choices.
+    plain = TerminationMessage(reason="Succeeded", metrics={"train_loss": 1.0})
+    obs = observe(tuningjob(), done, [pod(phase="Succeeded", state=terminated(0, plain.to_json()))])
+    assert next_status(None, obs, generation=1, job_name="x", progress=None, now=NOW).chosen is None
+
+
+def test_a_full_fine_tune_says_where_the_model_is() -> None:
+    message = TerminationMessage(reason="Succeeded", adapter="s3://models-tuned/qwen/model/")
+    done = job(conditions=[condition("Complete")])
+    obs = observe(
+        tuningjob(), done, [pod(phase="Succeeded", state=terminated(0, message.to_json()))]
+    )
+    assert obs.message == "the model is at s3://models-tuned/qwen/model/"
+    assert obs.adapter == "s3://models-tuned/qwen/model/"

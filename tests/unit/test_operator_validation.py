@@ -55,7 +55,9 @@ def test_shm_must_fit_in_memory_including_operator_defaults() -> None:
 
 def test_schema_errors_name_the_field_in_manifest_terms() -> None:
     problems = _problems(manifest(training={"learningRate": -1, "epoch": 2}))
-    assert "spec.training.learningRate: input should be greater than 0 (got -1)" in problems
+    assert (
+        "spec.training.learningRate: input should be greater than 0, or auto (got -1)" in problems
+    )
     assert "spec.training.epoch: unknown field; did you mean epochs?" in problems
 
 
@@ -73,3 +75,35 @@ def test_a_job_ttl_under_a_minute_is_refused() -> None:
         ).spec.runtime.ttl_seconds_after_finished
         == 60
     )
+
+
+def test_an_init_adapter_must_be_in_s3_in_a_cluster() -> None:
+    problems = _problems(manifest(method={"type": "lora", "initAdapter": "/adapters/first"}))
+    assert problems == [
+        "spec.method.initAdapter: use an s3://bucket/prefix URI in a cluster; a local path works "
+        "only with `kubetune train` on a workstation (got '/adapters/first')"
+    ]
+    assert validate(
+        manifest(method={"type": "lora", "initAdapter": "s3://adapters/first/adapter/"}),
+        settings(),
+        "x",
+    )
+
+
+def test_datasets_may_come_over_https_in_a_cluster() -> None:
+    document = manifest(
+        dataset={
+            "source": "https://data.example.com/emails.jsonl",
+            "validation": {"source": "http://files.internal/validation.jsonl"},
+        }
+    )
+    assert validate(document, settings(), "x").spec.dataset.source.startswith("https://")
+
+
+def test_datasets_on_a_pvc_need_a_claim_name() -> None:
+    assert validate(manifest(dataset={"source": "pvc://team-data/emails.jsonl"}), settings(), "x")
+    problems = _problems(manifest(dataset={"source": "pvc:///emails.jsonl"}))
+    assert problems == [
+        "spec.dataset.source: pvc:// needs a PersistentVolumeClaim name, as pvc://CLAIM/PATH "
+        "(got 'pvc:///emails.jsonl')"
+    ]

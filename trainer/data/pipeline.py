@@ -45,10 +45,11 @@ from kubetune.trainer.data.formats import Example, Formatter, detect_format
 from kubetune.trainer.data.packing import build_packs, lower_bound, plan_packs
 from kubetune.trainer.data.problems import ProblemLog, RecordProblem
 from kubetune.trainer.data.redact import Redactor
+from kubetune.trainer.data.remote import download_remote, list_remote, pvc_path
 from kubetune.trainer.data.sources import SourceFile, file_kind, list_local, read_records
 from kubetune.trainer.data.splits import split_indices
 from kubetune.trainer.data.templates import ChatTemplate, resolve_template
-from kubetune.trainer.errors import BadDataError
+from kubetune.trainer.errors import BadDataError, InvalidConfigError
 from kubetune.trainer.logs import terminal_progress
 from kubetune.trainer.storage import Storage
 
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Bump when a change to the pipeline changes its output for the same inputs.
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: the small-data rules (no validation fraction, no packing to few rows)
 SPLITS = ("train", "validation", "test")
 REPORT_FILE = "prepare-report.json"
 COMPLETE_MARKER = "COMPLETE"
@@ -156,6 +157,8 @@ def prepare(
         beyond_max = max(len(examples["train"]) - dataset.max_examples, 0)
         examples["train"] = examples["train"][: dataset.max_examples]
     report["examples"] = {"beyondMaxExamples": beyond_max}
+    notes: list[str] = []
+    dataset = _small_data_validation(len(examples["train"]), dataset, training, notes)
     with stages("split"):
         examples = _split(examples, dataset, training.seed)
     redactor = Redactor(dataset.redact)
@@ -179,6 +182,10 @@ def prepare(
 
     tables: dict[str, pa.Table] = {}
     split_reports: dict[str, Any] = {}
+    training = _small_data_packing(encoded["train"], training, notes)
+    report["choices"] = notes
+    for note in notes:
+        log.warning("%s", note)
     with stages("pack"):
         for split, enc in encoded.items():
             if not enc.input_ids:
@@ -198,13 +205,69 @@ def prepare(
     return _load(entry, from_cache=False)
 
 
+# -- small data (the rules: kubetune/trainer/auto.py)
+
+
+def _small_data_validation(
+    examples: int, dataset: DatasetSpec, training: TrainingSpec, notes: list[str]
+) -> DatasetSpec:
+    """No validation fraction held out of fewer than SMALL_DATA examples (unless needed)."""
+    from kubetune.trainer.auto import SMALL_DATA
+
+    held = dataset.validation
+    if held is None or held.fraction is None or examples >= SMALL_DATA:
+        return dataset
+    if training.early_stopping is not None or training.export_best:
+        notes.append(
+            f"small data: {examples} training examples, and the validation fraction "
+            f"{held.fraction:g} is held out anyway because earlyStopping/exportBest compare "
+            "validation losses"
+        )
+        return dataset
+    notes.append(
+        f"small data: {examples} training examples (fewer than {SMALL_DATA}), so no validation "
+        f"split was held out (dataset.validation.fraction {held.fraction:g} would leave "
+        f"{round(examples * held.fraction)} rows to measure noise on, and each row counts for "
+        "training); give dataset.validation.source to evaluate on a separate file"
+    )
+    return dataset.model_copy(update={"validation": None})
+
+
+def _small_data_packing(train: Encoded, training: TrainingSpec, notes: list[str]) -> TrainingSpec:
+    """No packing when it would leave fewer than MIN_PACKED_ROWS training rows."""
+    from kubetune.trainer.auto import MIN_PACKED_ROWS
+
+    if not training.packing:
+        return training
+    lengths = [len(x) for x in train.input_ids]
+    packs = len(plan_packs(lengths, training.max_seq_length))
+    if packs >= MIN_PACKED_ROWS or packs >= len(lengths):
+        return training
+    notes.append(
+        f"small data: not packed (one example per row, still padding-free): packing "
+        f"{len(lengths)} examples into {training.max_seq_length}-token rows would leave {packs} "
+        f"rows, fewer than {MIN_PACKED_ROWS}, too few optimizer steps an epoch"
+    )
+    return training.model_copy(update={"packing": False})
+
+
 # -- steps
 
 
 def _list_source(uri: str, storage: Storage) -> tuple[list[SourceFile], list[str]]:
     """The data files of a source, fingerprinted, and the files ignored under it."""
-    if location_kind(uri) != "s3":
+    kind = location_kind(uri)
+    if kind == "local":
         return list_local(local_path(uri))
+    if kind == "pvc":
+        return list_local(str(pvc_path(uri)))
+    if kind == "hf":
+        raise InvalidConfigError(
+            f"{uri}: hf:// is for models; give a dataset as s3://, pvc://, https:// (or another "
+            "fsspec URL) or a local path"
+        )
+    if kind == "unsupported":  # https:// and other fsspec protocols
+        return list_remote(uri)
     objects = storage.resolve(uri)  # StorageAccessError: no bucket, no key, denied, bad credentials
     data = [o for o in objects if file_kind(o.uri)]
     if not data:
@@ -227,8 +290,15 @@ def _download(files: list[SourceFile], storage: Storage, folder: Path) -> list[S
     if not remote:
         return files
     targets = {f.uri: folder / f"{i:05d}-{f.name}" for i, f in enumerate(remote)}
+
+    def fetch(f: SourceFile) -> None:
+        if location_kind(f.uri) == "s3":
+            storage.download_file(f.uri, targets[f.uri])
+        else:  # https:// and other fsspec URLs
+            download_remote(f, targets[f.uri])
+
     with ThreadPoolExecutor(max_workers=DOWNLOAD_THREADS) as pool:
-        list(pool.map(lambda f: storage.download_file(f.uri, targets[f.uri]), remote))
+        list(pool.map(fetch, remote))
     return [f if f.path is not None else replace(f, path=targets[f.uri]) for f in files]
 
 
@@ -292,8 +362,6 @@ def _split(
     }
     if fractions:
         if sum(fractions.values()) >= 1:
-            from kubetune.trainer.errors import InvalidConfigError
-
             raise InvalidConfigError(
                 "dataset.validation.fraction + dataset.test.fraction must be less than 1"
             )
