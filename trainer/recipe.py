@@ -237,10 +237,10 @@ class _Run:
         schedule = Schedule(
             len(data.train),
             self.dist.world_size,
-            self.training.batch_size,
-            self.training.gradient_accumulation,
+            _chosen(self.training.batch_size),
+            _chosen(self.training.gradient_accumulation),
         )
-        total_steps = schedule.total_steps(self.training.epochs, self.training.max_steps)
+        total_steps = schedule.total_steps(_chosen(self.training.epochs), self.training.max_steps)
         objects = self._training_objects(model, total_steps)
         progress = self._resume(objects)
         if progress.step == 0 and self.dist.rank > 0:
@@ -498,7 +498,7 @@ class _Run:
             model,
             data.validation,
             data.collate,
-            batch_size=self.training.batch_size,
+            batch_size=_chosen(self.training.batch_size),
             dist=self.dist,
             device=self.device,
             autocast=autocast_for(self.plan),
@@ -617,7 +617,7 @@ class _Run:
                 model,
                 data.test,
                 data.collate,
-                batch_size=self.training.batch_size,
+                batch_size=_chosen(self.training.batch_size),
                 dist=self.dist,
                 device=self.device,
                 autocast=autocast_for(self.plan),
@@ -752,3 +752,10 @@ def _kubetune_version() -> str:
 
 def _snake(name: str) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
+
+
+def _chosen(value: int | float | Literal["auto"]) -> Any:
+    """A hyperparameter after `_Run._choose_auto`, which replaces every auto by a value."""
+    if value == "auto":
+        raise RuntimeError("a hyperparameter is still auto: _choose_auto runs before training")
+    return value

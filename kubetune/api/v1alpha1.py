@@ -46,7 +46,7 @@ ShortString = Annotated[str, Field(max_length=SHORT)]
 # value as written: structural schemas have no number-or-string type, and the API server
 # compiles no CEL on (or about) untyped fields. The operator's validation with this
 # model rejects anything else before a Job exists (status InvalidSpec).
-AUTO = "auto"
+AUTO: Literal["auto"] = "auto"
 
 
 IntOrAuto = Annotated[
