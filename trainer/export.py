@@ -90,7 +90,7 @@ def model_card(job: TuningJob, summary: dict[str, Any]) -> str:
         "compute dtype": plan.get("compute_dtype"),
         **_method_rows(method),
         "optimizer": plan.get("optimizer"),
-        "learning rate": f"{training.learning_rate:g} ({training.lr_scheduler}, warmup {training.warmup_ratio:g})",
+        "learning rate": f"{_number(training.learning_rate)} ({training.lr_scheduler}, warmup {training.warmup_ratio:g})",
         "optimizer steps": summary.get("steps"),
         "epochs": _fmt(summary.get("epochs", 0.0)),
         "batch size x accumulation x processes": (
@@ -258,6 +258,11 @@ def _method_rows(method: MethodSpec) -> dict[str, Any]:
         "target modules": ", ".join(lora.target_modules),
         "LoRA variant": ", ".join(variants) or "standard",
     }
+
+
+def _number(value: Any) -> str:
+    """A setting as written: numbers short (2e-04 as 0.0002), auto as auto."""
+    return f"{value:g}" if isinstance(value, int | float) else str(value)
 
 
 def _fmt(value: Any) -> str:

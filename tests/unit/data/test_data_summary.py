@@ -14,7 +14,8 @@ from tests.support.data import write_jsonl
 def test_the_card_and_summary_give_each_split_apart(make_job, tokenizer, tmp_path):
     train = write_jsonl(
         tmp_path / "train.jsonl",
-        [{"text": f"training document {i} about packing"} for i in range(30)],
+        # 200: enough to pack into 16 rows or more (the small-data rule unpacks fewer)
+        [{"text": f"training document {i} about packing"} for i in range(200)],
     )
     held = write_jsonl(
         tmp_path / "val.jsonl", [{"text": f"a held-out document {i}"} for i in range(12)]
@@ -26,12 +27,12 @@ def test_the_card_and_summary_give_each_split_apart(make_job, tokenizer, tmp_pat
     )
     data = prepare_data(job, tmp_path / "work", tokenizer, storage=None)
     splits = data.report["splits"]
-    assert (splits["train"]["examples"], splits["validation"]["examples"]) == (30, 12)
+    assert (splits["train"]["examples"], splits["validation"]["examples"]) == (200, 12)
     # Packing put several examples in a row: rows and examples differ, and both are given.
-    assert len(data.train) == splits["train"]["rows"] < 30
+    assert len(data.train) == splits["train"]["rows"] < 200
 
     figures = data.summary
-    assert figures["train examples"] == 30 and figures["validation examples"] == 12
+    assert figures["train examples"] == 200 and figures["validation examples"] == 12
     assert figures["train rows"] == len(data.train)
     for name in ("tokens", "trainedTokens"):
         key = name.replace("trainedTokens", "trained tokens")
@@ -42,7 +43,7 @@ def test_the_card_and_summary_give_each_split_apart(make_job, tokenizer, tmp_pat
     assert not {"examples", "tokens", "trained tokens"} & set(figures)
 
     card = model_card(job, {"data": figures})
-    assert "| train examples | 30 |" in card and "| validation examples | 12 |" in card
+    assert "| train examples | 200 |" in card and "| validation examples | 12 |" in card
     assert f"| train rows | {len(data.train)} |" in card
     assert f"| train tokens | {splits['train']['tokens']} |" in card
     assert f"| validation source | {held} |" in card
