@@ -4,6 +4,7 @@
 #
 #   hack/docker-engine.sh          ensure it runs; print DOCKER=<client> on stdout
 #   hack/docker-engine.sh --stop   stop the engine if this script started it
+#   hack/docker-engine.sh --clear-stale-state   only remove what a killed engine left behind
 #
 # 1. An engine that already answers (`docker info`) is used as it is, unless it cannot
 #    run a privileged container, which is then said in words.
@@ -15,6 +16,11 @@
 #    (hack/tools/runc-capfilter) is built and made dockerd's default runtime; it drops
 #    the capabilities the machine cannot grant and runs runc. Where the bounding set is
 #    complete, the wrapper is not installed.
+# 4. Before dockerd starts, what an engine killed without shutting down left behind is
+#    cleared (a machine or session that ended under it): its pid files. dockerd trusts
+#    its containerd's pid file; when an unrelated process has since taken that pid, the
+#    new dockerd waits for a containerd that does not exist and gives up ("containerd is
+#    still running" ... "timeout waiting for containerd to start"). This is what failed CI.
 #
 # The client is Debian's /usr/bin/docker where it exists: a newer `docker` earlier on
 # PATH may want the buildx plugin for BuildKit, which Debian's client has built in.
@@ -22,6 +28,9 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 state="${KUBETUNE_DOCKER_STATE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubetune/docker}"
+# dockerd's defaults; settable so that the stale-state rule can be tested without root.
+exec_root="${KUBETUNE_DOCKER_EXEC_ROOT:-/var/run/docker}"
+dockerd_pidfile="${KUBETUNE_DOCKERD_PIDFILE:-/var/run/docker.pid}"
 mkdir -p "$state"
 log() { echo "docker-engine: $*" >&2; }
 die() { echo "docker-engine: $*" >&2; exit 1; }
@@ -38,6 +47,37 @@ bounding_set_incomplete() {
   bnd=$(awk '/^CapBnd:/ {print $2}' /proc/self/status)
   (( (16#$bnd & ((1 << (last + 1)) - 1)) != ((1 << (last + 1)) - 1) ))
 }
+
+# Prints the command name of a live process, nothing for a dead one.
+process_name() { cat "/proc/$1/comm" 2>/dev/null || true; }
+
+clear_stale_state() {
+  local pidfile=$1 expected=$2 socket=$3 pid name
+  [[ -f "$pidfile" ]] || return 0
+  pid=$(tr -dc '0-9' < "$pidfile")
+  name=""
+  if [[ -n "$pid" ]]; then name=$(process_name "$pid"); fi
+  if [[ "$name" != "$expected" ]]; then
+    log "removing $pidfile: it names pid ${pid:-?}, which is ${name:-not running}, not $expected (left by an engine that was killed)"
+    rm -f "$pidfile"
+  elif [[ -n "$socket" && ! -S "$socket" ]]; then
+    # A containerd whose dockerd died and whose socket is gone serves nobody.
+    log "stopping $expected (pid $pid): it has no socket at $socket (left by an engine that was killed)"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 20); do [[ -n "$(process_name "$pid")" ]] || break; sleep 0.5; done
+    rm -f "$pidfile"
+  fi
+}
+
+clear_stale_engine_state() {
+  clear_stale_state "$dockerd_pidfile" dockerd ""
+  clear_stale_state "$exec_root/containerd/containerd.pid" containerd "$exec_root/containerd/containerd.sock"
+}
+
+if [[ "${1:-}" == "--clear-stale-state" ]]; then
+  clear_stale_engine_state
+  exit 0
+fi
 
 if [[ "${1:-}" == "--stop" ]]; then
   if [[ -f "$state/dockerd.pid" ]]; then
@@ -84,15 +124,20 @@ path.write_text(json.dumps(config, indent=2) + "\n")
 PY
   fi
 
+  clear_stale_engine_state
   log "starting dockerd (log: $state/dockerd.log)"
   # setsid: dockerd outlives this script and the make target that ran it.
   setsid dockerd >"$state/dockerd.log" 2>&1 < /dev/null &
   echo $! > "$state/dockerd.pid"
-  for _ in $(seq 1 60); do
+  for _ in $(seq 1 90); do
     "$docker_bin" info >/dev/null 2>&1 && break
     sleep 1
   done
-  "$docker_bin" info >/dev/null 2>&1 || { tail -20 "$state/dockerd.log" >&2; die "dockerd did not answer within 60 s (its log is above)"; }
+  if ! "$docker_bin" info >/dev/null 2>&1; then
+    # gRPC's reconnect chatter ("[core]") buries dockerd's own words; show those.
+    grep -v '\[core\]' "$state/dockerd.log" | tail -30 >&2
+    die "dockerd did not answer within 90 s (its log, without gRPC's reconnect lines, is above)"
+  fi
 fi
 
 echo "DOCKER=$docker_bin"
