@@ -43,6 +43,10 @@ class Observation:
     start_time: str | None = None
     completion_time: str | None = None
     restarts: int = 0
+    # The uids of the failed trainer pods visible now. A pod whose failure the Job's
+    # podFailurePolicy ignores (preemption) is not in the Job's `failed` count, and the
+    # Job controller removes it once replaced: the reconciler counts it while it is seen.
+    failed_pods: frozenset[str] = frozenset()
     adapter: str | None = None
     checkpoint: str | None = None
     final_metrics: Mapping[str, float] = field(default_factory=dict)
@@ -54,6 +58,7 @@ class _Common(TypedDict):
 
     start_time: str | None
     restarts: int
+    failed_pods: frozenset[str]
     checkpoint: str | None
 
 
@@ -103,6 +108,7 @@ def observe(tuningjob: TuningJob, job: Body, pods: Sequence[Body]) -> Observatio
     common = _Common(
         start_time=_first_start(pods),
         restarts=max(int(job_status.get("failed") or 0), len(failed_pods)),
+        failed_pods=frozenset(str(_get(p, "metadata", "uid")) for p in failed_pods),
         checkpoint=_latest_checkpoint(pods),
     )
 

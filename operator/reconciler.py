@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kubetune.api.contract import METRICS_PORT
@@ -108,6 +108,8 @@ class _Memory:
     # status write: an index showing either is our own view (current or lagging); any
     # other version with another status is someone else's write, to be corrected.
     written_over: tuple[str | None, str | None] = (None, None)
+    # The failed trainer pods already in status.restarts, and the Job they belong to.
+    counted_failures: tuple[str, frozenset[str]] | None = None
 
 
 class Reconciler:
@@ -254,7 +256,9 @@ class Reconciler:
             job = await self._sync_suspend(tuningjob, job)
 
         pods = [p for p in self.views.pods(key) if _owned_by(p, job["metadata"].get("uid"))]
-        observation = observe(tuningjob, job, pods)
+        observation = _count_restarts(
+            memory, observe(tuningjob, job, pods), job["metadata"]["name"]
+        )
         progress = self._progress(key, memory, observation)
         await self._observe_and_write(
             key, body, memory, observation, job_name=job["metadata"]["name"], progress=progress
@@ -570,6 +574,29 @@ class Reconciler:
                 await self.api.create_event(event)
         except (ApiError, OSError) as e:
             log.warning("could not post an Event for %s: %s", key, e)
+
+
+def _count_restarts(memory: _Memory, observation: Observation, job_name: str) -> Observation:
+    """status.restarts never falls while the Job lives: failed pods vanish, restarts stay.
+
+    A preempted pod (exit 75, or a DisruptionTarget) is ignored by the Job's
+    podFailurePolicy, so the Job's `failed` count leaves it out, and the Job controller
+    deletes it once its replacement exists: the observation of the moment would count 0
+    again. Each failed pod seen is counted once on top of the stored count. A replica that
+    takes over trusts the stored count for the failed pods it sees on its first look (the
+    replica before it counted them); a pod that failed and vanished while no replica
+    watched is not counted, so the figure is a lower bound.
+    """
+    seen = observation.failed_pods
+    stored = (memory.status.restarts or 0) if memory.status.job_name == job_name else 0
+    if memory.counted_failures is None or memory.counted_failures[0] != job_name:
+        memory.counted_failures = (job_name, seen)
+        restarts = max(observation.restarts, stored)
+    else:
+        new = seen - memory.counted_failures[1]
+        memory.counted_failures = (job_name, memory.counted_failures[1] | seen)
+        restarts = max(observation.restarts, stored + len(new))
+    return replace(observation, restarts=restarts)
 
 
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:

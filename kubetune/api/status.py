@@ -190,7 +190,10 @@ class TuningJobStatus(StatusModel):
     restarts: int | None = Field(
         default=None,
         ge=0,
-        description="Trainer pods that failed and were replaced (preempted pods included).",
+        description=(
+            "Trainer pods of the current Job that failed or were preempted, as the operator "
+            "saw them; a lower bound if a pod ended and was removed while no operator ran."
+        ),
     )
     progress: Progress | None = Field(
         default=None, description="Training progress; absent until the trainer reports it."

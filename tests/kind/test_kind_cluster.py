@@ -182,6 +182,8 @@ def test_preemption_checkpoints_and_resumes_in_a_new_pod(kind_cluster: KindClust
             what="the end of training",
         )
         assert status["phase"] == "Succeeded", status
+        # The Job controller removed the preempted pod; the count of restarts stays.
+        assert status.get("restarts") == 1, status
         (second,) = trainer_pods(kind_cluster, ns, "preempted")
         assert second["metadata"]["uid"] != first["metadata"]["uid"]
         # The operator said why the first pod ended (a short-lived status; its Event stays).

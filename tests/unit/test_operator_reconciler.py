@@ -271,3 +271,60 @@ def test_a_lagging_index_is_not_taken_for_a_foreign_write() -> None:
         return api
 
     asyncio.run(scenario())
+
+
+def _trainer_pod(uid: str, phase: str, state: dict) -> dict:
+    from tests.unit.operator_fixtures import pod
+
+    body = pod(f"dolly-{uid}", phase=phase, state=state, node="gpu-1")
+    body["metadata"] |= {"uid": uid, "ownerReferences": [{"uid": "job-uid", "controller": True}]}
+    return body
+
+
+def test_restarts_count_preempted_pods_after_the_job_controller_removed_them() -> None:
+    # A preempted pod (exit 75) is ignored by the Job's podFailurePolicy: the Job's
+    # `failed` stays 0, and the Job controller deletes the pod once it is replaced. What a
+    # real kubelet and Job controller do (seen on kind): the count must not fall back to 0.
+    from tests.unit.operator_fixtures import running, terminated
+
+    async def scenario() -> list[int | None]:
+        api, indices = VersionedApi(), Indices()
+        indices.jobs = [_running_job()]
+        indices.tuningjob["status"] = {"jobName": "dolly"}
+        pods: list[dict] = []
+        views = Views(
+            tuningjob=lambda key: indices.tuningjob,
+            jobs=lambda key: indices.jobs,
+            pods=lambda key: pods,
+        )
+        reconciler = Reconciler(settings(), api, views, OperatorMetrics(), identity="t")  # type: ignore[arg-type]
+        seen: list[int | None] = []
+
+        async def look(*current: dict) -> None:
+            pods[:] = current
+            await reconciler.reconcile(KEY)
+            seen.append(reconciler._memory[KEY].status.restarts)
+
+        await look(_trainer_pod("a", "Running", running()))
+        await look(_trainer_pod("a", "Failed", terminated(75)))  # preempted
+        await look(_trainer_pod("b", "Running", running()))  # a replaced and removed
+        await look(_trainer_pod("b", "Failed", terminated(75)))  # preempted again
+        await look(_trainer_pod("b", "Failed", terminated(75)))  # seen twice: counted once
+        await look(_trainer_pod("c", "Running", running()))
+        await reconciler.close()
+        # A replica that takes over trusts the stored count for the failed pod it sees.
+        indices.tuningjob["status"] = {"jobName": "dolly", "restarts": seen[-1]}
+        indices.tuningjob["metadata"]["resourceVersion"] = "500"
+        successor = Reconciler(settings(), api, views, OperatorMetrics(), identity="u")  # type: ignore[arg-type]
+        pods[:] = [_trainer_pod("c", "Failed", terminated(75))]
+        await successor.reconcile(KEY)
+        pods[:] = [
+            _trainer_pod("c", "Failed", terminated(75)),
+            _trainer_pod("d", "Running", running()),
+        ]
+        await successor.reconcile(KEY)
+        seen.append(successor._memory[KEY].status.restarts)
+        await successor.close()
+        return seen
+
+    assert asyncio.run(scenario()) == [0, 1, 1, 2, 2, 2, 2]
