@@ -143,6 +143,8 @@ sed "s|image: kubetune.local/seaweedfs:.*|image: $seaweedfs_image|" hack/kind/se
 kc -n storage rollout status deployment/seaweedfs --timeout=180s
 
 say "5/8 the kubetune chart"
+# The Validating step's pod is sized for a laptop's kind worker: the chart's defaults
+# (2 CPUs, 8Gi) are for GPU clusters and leave it Unschedulable on a small machine.
 "$HELM" --kube-context "$context" upgrade --install kubetune charts/kubetune \
   --namespace kubetune-system --create-namespace \
   --set image.repository=kubetune-operator --set image.tag="$tag" --set image.pullPolicy=Never \
@@ -150,6 +152,8 @@ say "5/8 the kubetune chart"
   --set operator.trainer.image.pullPolicy=Never \
   --set operator.s3.endpoint=http://seaweedfs.storage:8333 \
   --set operator.s3.credentialsSecret=s3-credentials \
+  --set operator.validation.cpu=500m --set operator.validation.memory=2Gi \
+  --set operator.validation.scratchSize=2Gi \
   --wait --timeout 5m
 
 say "6/8 namespace tuning with the S3 credentials"
@@ -243,9 +247,22 @@ watcher=$!
 trap 'kill "$forward" "$watcher" 2>/dev/null || true' EXIT
 deadline=$((SECONDS + ${TIMEOUT:-1800}))
 phase=""
+unschedulable_since=""
 while ((SECONDS < deadline)); do
-  phase="$(kc -n tuning get tuningjob smollm-dolly -o jsonpath='{.status.phase}')"
+  read -r phase reason < <(kc -n tuning get tuningjob smollm-dolly \
+    -o jsonpath='{.status.phase} {.status.reason}{"\n"}') || true
   [[ "$phase" == Succeeded || "$phase" == Failed ]] && break
+  # kind has no autoscaler: a pod that fits no node now never will. Say so early.
+  if [[ "${reason:-}" == Unschedulable ]]; then
+    unschedulable_since="${unschedulable_since:-$SECONDS}"
+    if ((SECONDS - unschedulable_since > ${UNSCHEDULABLE_GRACE:-120})); then
+      kill "$watcher" 2>/dev/null || true
+      kc -n tuning describe tuningjob smollm-dolly >&2 || true
+      die "the TuningJob's pod fits no node of cluster $cluster (Unschedulable for over ${UNSCHEDULABLE_GRACE:-120} s; the scheduler's reason is in its status above): give the worker more CPU or memory, or ask for less in spec.resources"
+    fi
+  else
+    unschedulable_since=""
+  fi
   sleep 5
 done
 sleep 1

@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from kubetune.api.manifest import load_tuningjob
-from kubetune.operator.builders import build_job
+from kubetune.api.quantity import parse_quantity
+from kubetune.operator.builders import build_job, build_validate_job
 from kubetune.operator.settings import ENV_PREFIX
 from tests.unit.chart_support import ROOT, go_tool, render
 from tests.unit.test_chart_render import operator_settings, restricted_violations
@@ -130,6 +131,13 @@ def test_kind_up_installs_the_chart_with_valid_values(monkeypatch: pytest.Monkey
         e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e
     }
     assert secret_refs == {"s3-credentials"}
+    # The Validating step's pod must fit a small machine's kind worker beside the operator
+    # and SeaweedFS (the chart's default of 2 CPUs left it Unschedulable on 2 cores).
+    validate = build_validate_job(tuningjob, settings)["spec"]["template"]["spec"]
+    requests = validate["containers"][0]["resources"]["requests"]
+    assert parse_quantity(requests["cpu"]) <= 1
+    assert parse_quantity(requests["memory"]) <= parse_quantity("2Gi")
+    assert restricted_violations(validate) == []
 
 
 def test_in_cluster_s3_is_restricted_and_the_tested_version() -> None:
