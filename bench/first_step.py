@@ -6,7 +6,7 @@
 
 What a pod lives through before its first optimizer step, measured from outside as
 the operator sees it: a SeaweedFS server on loopback holds the model (a Llama of the
-chosen scale with random weights and the Mistral 7B tokenizer, as bench/train_step.py
+chosen scale with random weights and the Mistral 7B tokenizer, as bench/train_step/
 builds it) and the Dolly sample; `kubetune train -f job.yaml` runs as a new process
 (the console script, so interpreter start and imports count) with model, data and
 output on S3. The benchmark polls the trainer's Prometheus endpoint every 20 ms and
@@ -53,7 +53,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS, Report, markdown_table
-from bench.train_step import DOLLY, SCALES, Scale, build_model_folder, job_manifest
+from bench.train_step.inputs import DOLLY, build_model_folder, job_manifest
+from bench.train_step.scales import SCALES, Scale
 
 POLL_SECONDS = 0.02
 PHASES = ("start", "preflight", "downloading", "preparing", "loading", "first step")

@@ -11,13 +11,17 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 from kubetune import __version__
 from kubetune.api.contract import ExitCode
 from kubetune.api.manifest import SpecError
+
+if TYPE_CHECKING:  # imported lazily where used: see the module's docstring
+    from kubetune.api.v1alpha1 import TuningJob
+    from kubetune.client.cluster import Cluster
 
 T = TypeVar("T")
 
@@ -57,7 +61,7 @@ def main(verbose: bool) -> None:
     )
 
 
-def _tuningjob_from_env():  # type: ignore[no-untyped-def]
+def _tuningjob_from_env() -> TuningJob:
     """The TuningJob the operator put in the pod's environment (contract.SPEC_ENV)."""
     import os
 
@@ -189,7 +193,7 @@ def train(
     if bool(filename) == from_env:
         raise click.UsageError("give exactly one of -f FILE or --from-env")
 
-    def load():  # type: ignore[no-untyped-def]
+    def load() -> TuningJob:
         if filename:
             from kubetune.api.manifest import load_tuningjob
 
@@ -337,7 +341,7 @@ def _client_guarded(action: Callable[[], int | None]) -> None:
     sys.exit(code or 0)
 
 
-def _connect(namespace: str | None, context: str | None, kubeconfig: str | None):  # type: ignore[no-untyped-def]
+def _connect(namespace: str | None, context: str | None, kubeconfig: str | None) -> Cluster:
     from kubetune.client.cluster import Cluster
 
     return Cluster(namespace=namespace, context=context, kubeconfig=kubeconfig)

@@ -1,25 +1,28 @@
 """The local node: a stand-in kubelet for one node, so that end-to-end tests run the
 real trainer from the exact pod spec the operator created. TEST SUPPORT ONLY.
 
-What it does, like a kubelet: registers its Node (Ready, cpu/memory/pods and
-`nvidia.com/gpu` capacity, label `kubetune.dev/local-node=true`, taint
-`kubetune.dev/local-node=true:NoSchedule`) and renews its Lease; watches the pods bound
-to it; runs each pod's container `command` + `args` as a local process with the pod's
-environment (`value`, `$(VAR)` expansion, `secretKeyRef`, `configMapKeyRef`,
-`fieldRef`, `resourceFieldRef`, `envFrom`); mounts emptyDir, secret and configMap
-volumes in a private mount namespace; reports status (Pending/ContainerCreating or
+It carries what the trainer's pod uses (operator/builders.py) and no more. Like a
+kubelet it registers its Node (Ready, cpu/memory/pods and `nvidia.com/gpu` capacity,
+label `kubetune.dev/local-node=true`, taint `kubetune.dev/local-node=true:NoSchedule`)
+and renews its Lease; watches the pods bound to it; runs each pod's container
+`command` + `args` as a local process with the pod's environment (`value`,
+`secretKeyRef`, `configMapKeyRef`, `envFrom`); mounts emptyDir and configMap volumes in
+a private mount namespace; reports status (Pending/ContainerCreating or
 CreateContainerConfigError → Running → Succeeded/Failed with `terminated.exitCode`,
-`reason` and the termination message, honouring `FallbackToLogsOnError`); restarts
-per `restartPolicy`; on deletion sends SIGTERM, then SIGKILL after the grace period,
-and then deletes the pod for good, as a kubelet does.
+`reason`, `signal` and the termination message, honouring `FallbackToLogsOnError`); on
+deletion sends SIGTERM, then SIGKILL after the grace period, and then deletes the pod for
+good, as a kubelet does.
 
 What it is not: no images (the container's `command` must be given and runs from
 this machine's PATH, the venv's bin first, so `kubetune` is the checkout's), no
 isolation (same user, network and filesystem as the tests, apart from the mounts), no
-resource limits, no probes, no service-account token, no kubelet API (so `kubectl
-logs`/`exec` cannot work: read logs with `LocalNode.pod_log`). The termination
-message is the file named by $KUBETUNE_TERMINATION_LOG, which the trainer honours
-(kubetune/api/contract.py), not /dev/termination-log. One container per pod.
+resource limits, no probes, no restarts (restartPolicy Never only), no service-account
+token, no kubelet API (so `kubectl logs`/`exec` cannot work: read logs with
+`LocalNode.pod_log`). The termination message is the file named by
+$KUBETUNE_TERMINATION_LOG, which the trainer honours (kubetune/api/contract.py), not
+/dev/termination-log. One container per pod. Anything else in a pod spec (a fieldRef,
+$(VAR) expansion, a PVC or secret volume, a subPath, a workingDir...) fails the pod with
+reason UnsupportedByLocalNode rather than running differently.
 
 Pods land here only if they select the node and tolerate its taint
 (`LocalNode.scheduling`), so nothing else a test creates runs on this machine by
@@ -119,7 +122,6 @@ class LocalNodeAgent:
             name=name,
             api=api,
             pods_dir=state_dir / "pods",
-            allocatable=self.capacity,
             path_prepend=path_prepend,
             extra_env=extra_env,
             unshare=probe_unshare(),
@@ -551,7 +553,7 @@ class LocalNode:
         """What the pod's container wrote to stdout/stderr (its latest run)."""
         folder = self.pod_dir(namespace, name)
         if container is None:
-            logs = [p for p in folder.glob("*.log") if not p.name.endswith(".previous.log")]
+            logs = list(folder.glob("*.log"))
             if len(logs) != 1:
                 raise FileNotFoundError(
                     f"{folder}: expected one container log, found {[p.name for p in logs]}"

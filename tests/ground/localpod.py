@@ -1,8 +1,11 @@
 """One pod on the local node: its environment, its volumes, its process, its status.
 
 Test support only (see tests/ground/localnode.py for what the local node is and is
-not). Pods are handled as the raw JSON the API serves, so that what runs is exactly
-the pod spec the operator created, field names and all.
+not). It carries what the trainer's pod uses (operator/builders.py: the Job's pod and
+the Validating step's) and no more; anything else in a pod spec fails the pod at once
+with UnsupportedPod, so that nothing runs differently from what its spec says. Pods are
+handled as the raw JSON the API serves, so that what runs is exactly the pod spec the
+operator created, field names and all.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import contextlib
 import datetime
 import json
 import logging
-import math
 import os
 import re
 import signal
@@ -26,7 +28,6 @@ from typing import Any
 
 from kubernetes.client import ApiClient, CoreV1Api
 from kubernetes.client.exceptions import ApiException
-from kubernetes.utils import parse_quantity
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,6 @@ FALLBACK_LOG_MAX_BYTES = 2048
 
 DEFAULT_GRACE_SECONDS = 30
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-RESTART_BACKOFF_MAX = 30.0
 
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"
 API_TIMEOUT = 10  # seconds for each API request: a hung request must not hang a pod's worker
@@ -57,8 +57,9 @@ class ContainerConfigError(Exception):
 
 
 class UnsupportedPod(Exception):
-    """Something this stand-in cannot do (an image entrypoint, a hostPath volume...):
-    the pod fails at once with this message rather than running differently."""
+    """Something the trainer's pod does not use, so this stand-in does not do it (an
+    image entrypoint, a fieldRef, a hostPath volume...): the pod fails at once with this
+    message rather than running differently."""
 
 
 def now() -> str:
@@ -68,21 +69,17 @@ def now() -> str:
 # ---------------------------------------------------------------------------
 # Environment
 
+# Kubernetes expands $(VAR) in env values, command and args, and turns $$ into $. The
+# trainer's pod has neither, so the local node does not expand: it refuses them.
+_EXPANDABLE = re.compile(r"\$\(|\$\$")
 
-_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
-
-def expand(text: str, env: Mapping[str, str]) -> str:
-    """Kubernetes' $(VAR) expansion: defined names are replaced, `$$` is a literal `$`,
-    undefined references stay as written."""
-
-    def replace(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name = match.group(1)
-        return env.get(name, match.group(0))
-
-    return _REFERENCE.sub(replace, text)
+def _literal(text: str, where: str) -> str:
+    if _EXPANDABLE.search(text):
+        raise UnsupportedPod(
+            f"{where}: $(VAR) references and $$ are not expanded by the local node"
+        )
+    return text
 
 
 class References:
@@ -118,14 +115,19 @@ class References:
         values.update({k: base64.b64decode(v) for k, v in (body.get("binaryData") or {}).items()})
         return values
 
-    def value(self, kind: str, ref: Mapping[str, Any]) -> str | None:
-        """One key (secretKeyRef/configMapKeyRef); None when optional and missing."""
-        name, key, optional = ref.get("name", ""), ref["key"], bool(ref.get("optional"))
+    def required(self, kind: str, name: str, optional: bool) -> dict[str, bytes]:
+        """The data of a Secret or ConfigMap; empty when optional and missing."""
         data = self.data(kind, name)
         if data is None:
             if optional:
-                return None
+                return {}
             raise ContainerConfigError(f'{kind.lower()} "{name}" not found')
+        return data
+
+    def value(self, kind: str, ref: Mapping[str, Any]) -> str | None:
+        """One key (secretKeyRef/configMapKeyRef); None when optional and missing."""
+        name, key, optional = ref.get("name", ""), ref["key"], bool(ref.get("optional"))
+        data = self.required(kind, name, optional)
         if key not in data:
             if optional:
                 return None
@@ -133,86 +135,28 @@ class References:
         return data[key].decode(errors="surrogateescape")
 
 
-def field_value(pod: Pod, path: str) -> str:
-    """A downward-API fieldRef, for the fields the kubelet supports."""
-    meta, spec, status = pod["metadata"], pod["spec"], pod.get("status") or {}
-    simple = {
-        "metadata.name": meta.get("name", ""),
-        "metadata.namespace": meta.get("namespace", ""),
-        "metadata.uid": meta.get("uid", ""),
-        "spec.nodeName": spec.get("nodeName", ""),
-        "spec.serviceAccountName": spec.get("serviceAccountName", ""),
-        "status.hostIP": status.get("hostIP") or NODE_IP,
-        "status.hostIPs": status.get("hostIP") or NODE_IP,
-        "status.podIP": status.get("podIP") or NODE_IP,
-        "status.podIPs": status.get("podIP") or NODE_IP,
-    }
-    if path in simple:
-        return simple[path]
-    match = re.fullmatch(r"metadata\.(labels|annotations)(?:\['([^']+)'\])?", path)
-    if match:
-        values = meta.get(match.group(1)) or {}
-        if match.group(2) is not None:
-            return values.get(match.group(2), "")
-        return "\n".join(f'{k}="{v}"' for k, v in sorted(values.items()))
-    raise UnsupportedPod(f"fieldRef {path!r} is not supported")
-
-
-def resource_value(
-    container: Mapping[str, Any], ref: Mapping[str, Any], allocatable: Mapping[str, str]
-) -> str:
-    """A resourceFieldRef: the container's limit (else the node's allocatable) or
-    request, divided by the divisor and rounded up, as the kubelet does."""
-    kind, _, resource = ref["resource"].partition(".")
-    resources = (container.get("resources") or {}).get(kind) or {}
-    quantity = resources.get(resource)
-    if quantity is None:
-        if kind == "requests":
-            return "0"
-        quantity = allocatable.get(resource)
-        if quantity is None:
-            raise UnsupportedPod(f"resourceFieldRef {ref['resource']!r} is not supported")
-    divisor = parse_quantity(str(ref.get("divisor") or "1"))
-    return str(math.ceil(parse_quantity(str(quantity)) / divisor))
-
-
-def container_env(
-    pod: Pod,
-    container: Mapping[str, Any],
-    refs: References,
-    allocatable: Mapping[str, str],
-) -> dict[str, str]:
-    """The variables a container defines (envFrom, then env, with $(VAR) expansion)."""
+def container_env(container: Mapping[str, Any], refs: References) -> dict[str, str]:
+    """The variables a container defines: envFrom (Secrets and ConfigMaps, with prefix),
+    then env (a value, a secretKeyRef or a configMapKeyRef)."""
     env: dict[str, str] = {}
     for source in container.get("envFrom") or []:
-        prefix = source.get("prefix", "")
         kind, ref = (
-            ("Secret", source.get("secretRef"))
+            ("Secret", source["secretRef"])
             if source.get("secretRef")
-            else ("ConfigMap", source.get("configMapRef"))
+            else ("ConfigMap", source["configMapRef"])
         )
-        if ref is None:
-            continue
-        data = refs.data(kind, ref.get("name", ""))
-        if data is None:
-            if ref.get("optional"):
-                continue
-            raise ContainerConfigError(f'{kind.lower()} "{ref.get("name", "")}" not found')
+        data = refs.required(kind, ref.get("name", ""), bool(ref.get("optional")))
         for key, value in data.items():
-            env[prefix + key] = value.decode(errors="surrogateescape")
+            env[source.get("prefix", "") + key] = value.decode(errors="surrogateescape")
     for var in container.get("env") or []:
         name, source = var["name"], var.get("valueFrom")
         if source is None:
-            env[name] = expand(var.get("value", ""), env)
+            env[name] = _literal(var.get("value", ""), f"env {name}")
             continue
         if "secretKeyRef" in source:
             value = refs.value("Secret", source["secretKeyRef"])
         elif "configMapKeyRef" in source:
             value = refs.value("ConfigMap", source["configMapKeyRef"])
-        elif "fieldRef" in source:
-            value = field_value(pod, source["fieldRef"]["fieldPath"])
-        elif "resourceFieldRef" in source:
-            value = resource_value(container, source["resourceFieldRef"], allocatable)
         else:
             raise UnsupportedPod(f"env {name}: valueFrom {sorted(source)} is not supported")
         if value is not None:
@@ -234,12 +178,10 @@ class Mount:
 def prepare_mounts(
     pod: Pod, container: Mapping[str, Any], refs: References, volumes_dir: Path
 ) -> list[Mount]:
-    """Materialise the volumes the container mounts under `volumes_dir`.
-
-    emptyDir: a fresh folder (medium: Memory is not a tmpfs here). secret, configMap:
-    their keys written as files. The service-account token volume that admission
-    adds (projected, kube-api-access-*) is not mounted: nothing started here talks to
-    the API from inside. Anything else fails the pod with UnsupportedPod.
+    """Materialise the volumes the container mounts under `volumes_dir`: the trainer's
+    emptyDirs (medium: Memory is not a tmpfs here; sizeLimit is not enforced) and its
+    CA-bundle configMap (its keys, or its `items`, written as files). Anything else
+    (a PVC, a secret volume, a subPath...) fails the pod with UnsupportedPod.
     """
     by_name = {v["name"]: v for v in pod["spec"].get("volumes") or []}
     mounts = []
@@ -247,122 +189,89 @@ def prepare_mounts(
         volume = by_name.get(mount["name"])
         if volume is None:
             raise UnsupportedPod(f"volumeMount {mount['name']!r} has no volume")
+        if mount.get("subPath"):
+            raise UnsupportedPod(f"volumeMount {mount['name']!r}: subPath is not supported")
         folder = volumes_dir / volume["name"]
         if "emptyDir" in volume:
             folder.mkdir(parents=True, exist_ok=True)
-        elif "secret" in volume or "configMap" in volume:
-            kind = "Secret" if "secret" in volume else "ConfigMap"
-            source = volume.get("secret") or volume.get("configMap") or {}
-            name = source.get("secretName") if kind == "Secret" else source.get("name")
-            _write_keys(folder, kind, name or "", source, refs)
-        elif "projected" in volume and volume["name"].startswith("kube-api-access-"):
-            log.info(
-                "pod %s: not mounting the service-account token volume %s",
-                pod["metadata"]["name"],
-                volume["name"],
-            )
-            continue
+        elif "configMap" in volume:
+            _write_keys(folder, volume["configMap"], refs)
         else:
             kinds = sorted(k for k in volume if k != "name")
             raise UnsupportedPod(
                 f"volume {volume['name']!r}: {kinds} volumes are not supported by the local node"
             )
-        source_path = folder / mount["subPath"] if mount.get("subPath") else folder
-        if mount.get("subPath") and "emptyDir" in volume:
-            source_path.mkdir(parents=True, exist_ok=True)
-        mounts.append(Mount(source_path, mount["mountPath"], bool(mount.get("readOnly"))))
+        mounts.append(Mount(folder, mount["mountPath"], bool(mount.get("readOnly"))))
     return mounts
 
 
-def _write_keys(
-    folder: Path, kind: str, name: str, source: Mapping[str, Any], refs: References
-) -> None:
-    data = refs.data(kind, name)
-    if data is None:
-        if source.get("optional"):
-            data = {}
-        else:
-            raise ContainerConfigError(f'{kind.lower()} "{name}" not found')
+def _write_keys(folder: Path, source: Mapping[str, Any], refs: References) -> None:
+    name, optional = source.get("name", ""), bool(source.get("optional"))
+    data = refs.required("ConfigMap", name, optional)
     items = source.get("items")
     files = {i["path"]: i["key"] for i in items} if items else {k: k for k in data}
     folder.mkdir(parents=True, exist_ok=True)
     for path, key in files.items():
         if key not in data:
-            if source.get("optional"):
+            if optional:
                 continue
-            raise ContainerConfigError(f"couldn't find key {key} in {kind} {refs.namespace}/{name}")
+            raise ContainerConfigError(
+                f"couldn't find key {key} in ConfigMap {refs.namespace}/{name}"
+            )
         target = folder / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data[key])
 
 
-# Runs inside a private mount namespace (unshare --mount). It first changes into the
-# pod's folder: from there on every path it needs is relative to that folder or was
-# resolved before anything is mounted, because a volume mounted over an ancestor (an
-# emptyDir at /tmp, say, with the pod folders under /tmp) hides what lies beneath.
-# Then it runs the operations mount_operations() planned, changes to the working
-# folder (made if missing, as runtimes do) and execs the container's command. The
-# volumes' targets are made beforehand on this machine (NodeContext.make_mountpoint:
-# the mounts are private, the folders are not), or by the script inside a volume.
-# --no-canonicalize: mount(8) would otherwise resolve a relative source through its
-# absolute path, which may be hidden by then; the kernel resolves it from here.
+# Runs inside a private mount namespace (unshare --mount): bind-mounts each volume's
+# folder at its target (made if missing inside what is mounted by then), remounts the
+# read-only ones, then changes into the pod's HOME and execs the container's command.
+# The targets are made beforehand on this machine too (NodeContext.make_mountpoint: the
+# mounts are private, the folders are not).
 _MOUNT_SCRIPT = r"""
 set -e
-cd "$1"
-workdir="$2"; shift 2
+workdir="$1"; shift
 while [ "$1" != "--" ]; do
   case "$1" in
-    mkdir) mkdir -p "$2"; shift 2 ;;
-    touch) [ -e "$2" ] || { mkdir -p "$(dirname "$2")"; : > "$2"; }; shift 2 ;;
-    bind) mount --no-canonicalize --bind "$2" "$3"; shift 3 ;;
-    readonly) mount --no-canonicalize -o remount,bind,ro "$2"; shift 2 ;;
+    bind) mkdir -p "$3"; mount --bind "$2" "$3"; shift 3 ;;
+    readonly) mount -o remount,bind,ro "$2"; shift 2 ;;
     *) echo "local-node-mounts: unknown operation $1" >&2; exit 1 ;;
   esac
 done
 shift
-[ -d "$workdir" ] || mkdir -p "$workdir"
 cd "$workdir"
 exec "$@"
 """
 
-KEEP_DIR = ".keep"  # in the pod folder: handles on the folders a volume will cover
 
-
-def _beneath(path: str, ancestor: str) -> bool:
-    """Whether `ancestor` is a proper ancestor of `path` (both absolute)."""
-    path, ancestor = os.path.realpath(path), os.path.realpath(ancestor)
-    return path != ancestor and os.path.commonpath([path, ancestor]) == ancestor
+def _covers(target: str, path: str) -> bool:
+    """Whether a mount at `target` would hide `path` (both absolute)."""
+    path, target = os.path.realpath(path), os.path.realpath(target)
+    return os.path.commonpath([path, target]) == target
 
 
 def mount_operations(
     mounts: list[Mount], pod_folder: Path, keep_visible: Sequence[str]
 ) -> list[str]:
-    """The mount script's operations, run from inside `pod_folder`.
+    """The mount script's operations: outer targets first, as container runtimes do,
+    then the read-only remounts.
 
-    The volumes are bind-mounted from sources relative to the pod folder. A volume
-    mounted over an ancestor of the pod folder, or of a folder in `keep_visible`
-    (this machine's Python and checkout: the local node runs no images), would hide
-    it: the pod's HOME and termination-message file, or the program it runs. Those
-    folders are bind-mounted back at their own path inside the volume (the empty
-    folders leading to them appear there; a real container would not have them).
+    A volume mounted over the pod's folder (its HOME and termination-message file) or
+    over this machine's Python and checkout (`keep_visible`: the local node runs no
+    images) would hide what the pod needs; the trainer's volumes never do, so such a
+    pod fails with UnsupportedPod.
     """
+    for mount in mounts:
+        for needed in [str(pod_folder), *keep_visible]:
+            if _covers(mount.target, needed):
+                raise UnsupportedPod(
+                    f"a volume at {mount.target} would hide {needed}, which the local node's "
+                    "pods run from"
+                )
     operations: list[str] = []
-    # (target, source, made as): the volumes, and the folders they would hide, bound back.
-    binds = [
-        (m.target, os.path.relpath(m.source, pod_folder), "mkdir" if m.source.is_dir() else "touch")
-        for m in mounts
-    ]
-    hidden = [k for k in keep_visible if any(_beneath(k, m.target) for m in mounts)]
-    for i, folder in enumerate(hidden):  # a handle on each, taken while it is in sight
-        operations += ["mkdir", f"{KEEP_DIR}/{i}", "bind", folder, f"{KEEP_DIR}/{i}"]
-        binds.append((folder, f"{KEEP_DIR}/{i}", "mkdir"))
-    if any(_beneath(str(pod_folder), m.target) for m in mounts):
-        binds.append((str(pod_folder), ".", "mkdir"))  # "." is the script's working folder
-    # Outer targets first, as container runtimes do: a target inside an earlier mount is
-    # made there (the one made beforehand on this machine is hidden by then).
-    for target, source, make in sorted(binds, key=lambda b: len(Path(b[0]).parts)):
-        operations += [make, target, "bind", source, target]
-    for mount in mounts:  # last: the folders above may be made inside a read-only volume
+    for mount in sorted(mounts, key=lambda m: len(Path(m.target).parts)):
+        operations += ["bind", str(mount.source), mount.target]
+    for mount in mounts:
         if mount.read_only:
             operations += ["readonly", mount.target]
     return operations
@@ -391,7 +300,6 @@ def wrap_with_mounts(
         "-c",
         _MOUNT_SCRIPT,
         "local-node-mounts",
-        str(pod_folder),
         workdir,
         *operations,
         "--",
@@ -423,7 +331,7 @@ def probe_unshare() -> list[str] | None:
 NODE_IP = "127.0.0.1"
 
 
-def _conditions(ready: bool, reason: str | None, initialized: bool = True) -> list[dict[str, Any]]:
+def _conditions(ready: bool, reason: str | None) -> list[dict[str, Any]]:
     stamp = now()
 
     def condition(kind: str, status: bool) -> dict[str, Any]:
@@ -438,33 +346,40 @@ def _conditions(ready: bool, reason: str | None, initialized: bool = True) -> li
 
     return [
         condition("PodReadyToStartContainers", ready or reason is None),
-        condition("Initialized", initialized),
+        condition("Initialized", True),
         condition("ContainersReady", ready),
         condition("Ready", ready),
     ]
 
 
+def _pod_status(
+    pod: Pod, phase: str, conditions: list[dict[str, Any]], started: str | None = None, **more: Any
+) -> Pod:
+    return {
+        "phase": phase,
+        "hostIP": NODE_IP,
+        "hostIPs": [{"ip": NODE_IP}],
+        "startTime": (pod.get("status") or {}).get("startTime") or started or now(),
+        "conditions": conditions,
+        **more,
+    }
+
+
 def _container_status(
-    container: Mapping[str, Any],
-    state: dict[str, Any],
-    *,
-    ready: bool,
-    restarts: int,
-    last_state: dict[str, Any] | None = None,
-    container_id: str | None = None,
+    container: Mapping[str, Any], state: dict[str, Any], *, pid: int | None = None
 ) -> dict[str, Any]:
     status: dict[str, Any] = {
         "name": container["name"],
         "image": container.get("image", ""),
         "imageID": "",
-        "ready": ready,
+        "ready": "running" in state,
         "started": "running" in state,
-        "restartCount": restarts,
+        "restartCount": 0,  # the trainer's pods never restart (restartPolicy: Never)
         "state": state,
-        "lastState": last_state or {},
+        "lastState": {},
     }
-    if container_id:
-        status["containerID"] = container_id
+    if pid is not None:
+        status["containerID"] = f"local://{pid}"
     return status
 
 
@@ -472,45 +387,27 @@ def waiting_status(
     pod: Pod, container: Mapping[str, Any], reason: str, message: str = ""
 ) -> dict[str, Any]:
     state = {"waiting": {"reason": reason, **({"message": message} if message else {})}}
-    return {
-        "phase": "Pending",
-        "hostIP": NODE_IP,
-        "hostIPs": [{"ip": NODE_IP}],
-        "startTime": (pod.get("status") or {}).get("startTime") or now(),
-        "conditions": _conditions(False, "ContainersNotReady"),
-        "containerStatuses": [_container_status(container, state, ready=False, restarts=0)],
-    }
+    return _pod_status(
+        pod,
+        "Pending",
+        _conditions(False, "ContainersNotReady"),
+        containerStatuses=[_container_status(container, state)],
+    )
 
 
 def running_status(
-    pod: Pod,
-    container: Mapping[str, Any],
-    *,
-    started_at: str,
-    pid: int,
-    restarts: int,
-    last_state: dict[str, Any] | None,
+    pod: Pod, container: Mapping[str, Any], *, started_at: str, pid: int
 ) -> dict[str, Any]:
     state = {"running": {"startedAt": started_at}}
-    return {
-        "phase": "Running",
-        "hostIP": NODE_IP,
-        "hostIPs": [{"ip": NODE_IP}],
-        "podIP": NODE_IP,
-        "podIPs": [{"ip": NODE_IP}],
-        "startTime": (pod.get("status") or {}).get("startTime") or started_at,
-        "conditions": _conditions(True, None),
-        "containerStatuses": [
-            _container_status(
-                container,
-                state,
-                ready=True,
-                restarts=restarts,
-                last_state=last_state,
-                container_id=f"local://{pid}",
-            )
-        ],
-    }
+    return _pod_status(
+        pod,
+        "Running",
+        _conditions(True, None),
+        started_at,
+        podIP=NODE_IP,
+        podIPs=[{"ip": NODE_IP}],
+        containerStatuses=[_container_status(container, state, pid=pid)],
+    )
 
 
 @dataclass(frozen=True)
@@ -537,56 +434,39 @@ class Termination:
         return {"terminated": body}
 
 
-def terminated_status(
-    pod: Pod, container: Mapping[str, Any], end: Termination, *, restarts: int
-) -> dict[str, Any]:
+def terminated_status(pod: Pod, container: Mapping[str, Any], end: Termination) -> dict[str, Any]:
     succeeded = end.exit_code == 0
-    reason = "PodCompleted" if succeeded else "PodFailed"
-    return {
-        "phase": "Succeeded" if succeeded else "Failed",
-        "hostIP": NODE_IP,
-        "hostIPs": [{"ip": NODE_IP}],
-        "podIP": NODE_IP,
-        "podIPs": [{"ip": NODE_IP}],
-        "startTime": (pod.get("status") or {}).get("startTime") or end.started_at,
-        "conditions": _conditions(False, reason),
-        "containerStatuses": [
-            _container_status(
-                container,
-                end.state,
-                ready=False,
-                restarts=restarts,
-                container_id=f"local://{end.pid}",
-            )
-        ],
-    }
+    return _pod_status(
+        pod,
+        "Succeeded" if succeeded else "Failed",
+        _conditions(False, "PodCompleted" if succeeded else "PodFailed"),
+        end.started_at,
+        podIP=NODE_IP,
+        podIPs=[{"ip": NODE_IP}],
+        containerStatuses=[_container_status(container, end.state, pid=end.pid)],
+    )
 
 
 def failed_status(
     pod: Pod, container: Mapping[str, Any] | None, reason: str, message: str
 ) -> dict[str, Any]:
     """A pod the local node cannot run at all."""
-    status: dict[str, Any] = {
-        "phase": "Failed",
-        "reason": reason,
-        "message": message,
-        "hostIP": NODE_IP,
-        "hostIPs": [{"ip": NODE_IP}],
-        "startTime": (pod.get("status") or {}).get("startTime") or now(),
-        "conditions": _conditions(False, "PodFailed"),
-    }
+    more: dict[str, Any] = {}
     if container is not None:
+        stamp = now()
         state = {
             "terminated": {
                 "exitCode": 128,
                 "reason": reason,
                 "message": message,
-                "startedAt": now(),
-                "finishedAt": now(),
+                "startedAt": stamp,
+                "finishedAt": stamp,
             }
         }
-        status["containerStatuses"] = [_container_status(container, state, ready=False, restarts=0)]
-    return status
+        more["containerStatuses"] = [_container_status(container, state)]
+    return _pod_status(
+        pod, "Failed", _conditions(False, "PodFailed"), reason=reason, message=message, **more
+    )
 
 
 def termination_message(
@@ -622,13 +502,12 @@ class NodeContext:
     name: str
     api: ApiClient
     pods_dir: Path
-    allocatable: Mapping[str, str]
     path_prepend: list[str]
     extra_env: Mapping[str, str]
     unshare: list[str] | None
     emit_event: Callable[[Pod, str, str, str], None]
-    # Folders a pod's process needs from this machine (its Python, this checkout): kept
-    # in sight when a volume is mounted over one of their ancestors.
+    # Folders a pod's process needs from this machine (its Python, this checkout): a
+    # volume mounted over one of them fails the pod.
     keep_visible: list[str] = field(default_factory=list)
     # Set when the node stops: pods are killed without telling the API (it may be
     # going away too, and a request to it must not hold up the kill).
@@ -637,23 +516,19 @@ class NodeContext:
     created_mountpoints: list[Path] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def make_mountpoint(self, target: Path, *, directory: bool = True) -> None:
-        """Create a mount's target (or a working folder) if missing, remembering what
-        was created so that `remove_mountpoints` can tidy up."""
-        folder = target if directory else target.parent
+    def make_mountpoint(self, target: Path) -> None:
+        """Create a mount's target folder if missing, remembering what was created so
+        that `remove_mountpoints` can tidy up."""
         with self._lock:
-            missing = [p for p in [folder, *folder.parents] if not p.exists()]
-            folder.mkdir(parents=True, exist_ok=True)
+            missing = [p for p in [target, *target.parents] if not p.exists()]
+            target.mkdir(parents=True, exist_ok=True)
             self.created_mountpoints.extend(reversed(missing))
-            if not directory and not target.exists():
-                target.touch()
-                self.created_mountpoints.append(target)
 
     def remove_mountpoints(self) -> None:
         with self._lock:
             for path in reversed(self.created_mountpoints):
                 try:
-                    path.rmdir() if path.is_dir() else path.unlink()
+                    path.rmdir()
                 except OSError as e:
                     log.warning("could not remove mount point %s: %s", path, e)
             self.created_mountpoints.clear()
@@ -773,6 +648,12 @@ class PodRunner:
                     f"container {container['name']!r} has no command: the local node runs no images, "
                     "so it cannot know the image's entrypoint"
                 )
+            if spec.get("restartPolicy", "Always") != "Never":
+                raise UnsupportedPod(
+                    "the local node runs pods with restartPolicy: Never only (as the trainer's Job)"
+                )
+            if container.get("workingDir"):
+                raise UnsupportedPod("workingDir is not supported: the local node runs no images")
             argv, env, mounts = self._configure(container)
         except UnsupportedPod as e:
             log.warning("pod %s: %s", self.key, e)
@@ -784,7 +665,7 @@ class PodRunner:
         if argv is None or self._stop.is_set():  # deleted before it could start
             self._finalize_deletion()
             return
-        self._run_container(container, argv, env, mounts)
+        self._run_container(container, argv, env, bool(mounts))
 
     def _configure(
         self, container: Mapping[str, Any]
@@ -796,7 +677,7 @@ class PodRunner:
         while True:
             refs = References(self._core, self.pod["metadata"]["namespace"])
             try:
-                defined = container_env(self.pod, container, refs, self.node.allocatable)
+                defined = container_env(container, refs)
                 mounts = prepare_mounts(self.pod, container, refs, self.folder / "volumes")
                 break
             except ContainerConfigError as e:
@@ -810,31 +691,27 @@ class PodRunner:
         env = self._base_env()
         env.update(defined)
         argv = [
-            expand(part, env) for part in [*container["command"], *(container.get("args") or [])]
+            _literal(part, "command")
+            for part in [*container["command"], *(container.get("args") or [])]
         ]
         self._command = argv
         wrapped = wrap_with_mounts(
-            argv,
-            mounts,
-            self.node.unshare,
-            self._workdir(container),
-            self.folder,
-            self.node.keep_visible,
+            argv, mounts, self.node.unshare, str(self.home), self.folder, self.node.keep_visible
         )
         for mount in mounts:
-            self.node.make_mountpoint(Path(mount.target), directory=mount.source.is_dir())
-        self.node.make_mountpoint(Path(self._workdir(container)))
+            self.node.make_mountpoint(Path(mount.target))
         return wrapped, env, mounts
 
-    def _workdir(self, container: Mapping[str, Any]) -> str:
-        return container.get("workingDir") or str(self.folder / "home")
+    @property
+    def home(self) -> Path:
+        """The pod's HOME (unless its env sets one) and working folder."""
+        return self.folder / "home"
 
     def _base_env(self) -> dict[str, str]:
-        home = self.folder / "home"
-        home.mkdir(parents=True, exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True)
         return {
             "PATH": ":".join([*self.node.path_prepend, SYSTEM_PATH]),
-            "HOME": str(home),
+            "HOME": str(self.home),
             "HOSTNAME": self.pod["metadata"]["name"],
             "LANG": "C.UTF-8",
             TERMINATION_LOG_ENV: str(self.folder / "termination-log"),
@@ -843,81 +720,53 @@ class PodRunner:
         }
 
     def _run_container(
-        self,
-        container: Mapping[str, Any],
-        argv: list[str],
-        env: dict[str, str],
-        mounts: list[Mount],
+        self, container: Mapping[str, Any], argv: list[str], env: dict[str, str], mounted: bool
     ) -> None:
-        restart_policy = self.pod["spec"].get("restartPolicy", "Always")
+        """Run the process once (restartPolicy: Never) and report how it ended."""
         log_file = self.folder / f"{container['name']}.log"
         message_file = self.folder / "termination-log"
-        restarts, last_state, backoff = 0, None, 1.0
-        cwd = self._workdir(container)  # with mounts, the mount script changes into it
-        while True:
-            message_file.unlink(missing_ok=True)
-            if log_file.exists():
-                log_file.replace(log_file.with_suffix(".previous.log"))
-            started_at = now()
-            with log_file.open("wb") as out:
-                try:
-                    process = subprocess.Popen(
-                        argv,
-                        env=env,
-                        cwd=cwd if not mounts else None,
-                        stdin=subprocess.DEVNULL,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                except OSError as e:
-                    out.write(f"local node: cannot start {argv[0]}: {e}\n".encode())
-                    process = None
-            if process is None:
-                end = Termination(128, started_at, now(), f"cannot start {argv[0]}", 0)
-            else:
-                self._process = process
-                (self.folder / "pgid").write_text(str(process.pid))
-                log.info(
-                    "pod %s: started pid %d: %s", self.key, process.pid, " ".join(self._command)
+        started_at = now()
+        with log_file.open("wb") as out:
+            try:
+                process = subprocess.Popen(
+                    argv,
+                    env=env,
+                    # With mounts, the mount script changes into it.
+                    cwd=None if mounted else self.home,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
-                self.node.emit_event(
-                    self.pod,
-                    "Normal",
-                    "Started",
-                    f"Started container {container['name']} as pid {process.pid}",
-                )
-                self._patch_status(
-                    running_status(
-                        self.pod,
-                        container,
-                        started_at=started_at,
-                        pid=process.pid,
-                        restarts=restarts,
-                        last_state=last_state,
-                    )
-                )
-                exit_code = self._wait(process)
-                (self.folder / "pgid").unlink(missing_ok=True)
-                end = Termination(
-                    exit_code,
-                    started_at,
-                    now(),
-                    termination_message(container, message_file, log_file, exit_code),
-                    process.pid,
-                )
-            log.info("pod %s: exited with %d", self.key, end.exit_code)
-            restart = not self._stop.is_set() and (
-                restart_policy == "Always" or (restart_policy == "OnFailure" and end.exit_code != 0)
+            except OSError as e:
+                out.write(f"local node: cannot start {argv[0]}: {e}\n".encode())
+                process = None
+        if process is None:
+            end = Termination(128, started_at, now(), f"cannot start {argv[0]}", 0)
+        else:
+            self._process = process
+            (self.folder / "pgid").write_text(str(process.pid))
+            log.info("pod %s: started pid %d: %s", self.key, process.pid, " ".join(self._command))
+            self.node.emit_event(
+                self.pod,
+                "Normal",
+                "Started",
+                f"Started container {container['name']} as pid {process.pid}",
             )
-            if not restart:
-                self._patch_status(terminated_status(self.pod, container, end, restarts=restarts))
-                break
-            restarts, last_state = restarts + 1, end.state
-            if self._stop.wait(backoff):
-                self._patch_status(terminated_status(self.pod, container, end, restarts=restarts))
-                break
-            backoff = min(backoff * 2, RESTART_BACKOFF_MAX)
+            self._patch_status(
+                running_status(self.pod, container, started_at=started_at, pid=process.pid)
+            )
+            exit_code = self._wait(process)
+            (self.folder / "pgid").unlink(missing_ok=True)
+            end = Termination(
+                exit_code,
+                started_at,
+                now(),
+                termination_message(container, message_file, log_file, exit_code),
+                process.pid,
+            )
+        log.info("pod %s: exited with %d", self.key, end.exit_code)
+        self._patch_status(terminated_status(self.pod, container, end))
         if self._stop.is_set():
             self._finalize_deletion()
 

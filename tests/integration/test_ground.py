@@ -332,8 +332,7 @@ def test_local_pod_runs_with_its_environment_and_succeeds(
         namespace, {"metadata": {"name": "settings"}, "data": {"mode": "fast", "LEVEL": "debug"}}
     )
     script = (
-        'echo "token=$TOKEN mode=$MODE level=$APP_LEVEL pod=$POD ns=$NS greeting=$GREETING"; '
-        'printf done > "$KUBETUNE_TERMINATION_LOG"'
+        'echo "token=$TOKEN mode=$MODE level=$APP_LEVEL"; printf done > "$KUBETUNE_TERMINATION_LOG"'
     )
     pod = pod_manifest(
         "env-pod",
@@ -342,9 +341,6 @@ def test_local_pod_runs_with_its_environment_and_succeeds(
         env=[
             {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
             {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}},
-            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-            {"name": "GREETING", "value": "hello $(POD)"},
         ],
         envFrom=[{"configMapRef": {"name": "settings"}, "prefix": "APP_"}],
         extra=local_node.scheduling,
@@ -359,10 +355,7 @@ def test_local_pod_runs_with_its_environment_and_succeeds(
         "done",
     )
     log = local_node.pod_log(namespace, "env-pod")
-    assert (
-        f"token=s3cr3t mode=fast level=debug pod=env-pod ns={namespace} greeting=hello env-pod"
-        in log
-    )
+    assert "token=s3cr3t mode=fast level=debug" in log
 
 
 def test_local_pod_failure_reports_exit_code_and_log_fallback(
@@ -409,68 +402,45 @@ def test_local_pod_waits_for_a_missing_secret(
     assert terminated(cluster, namespace, "needs-secret")["exitCode"] == 0
 
 
-def test_local_pod_mounts_empty_dir_volumes(
+def test_local_pod_mounts_the_trainer_pods_volumes(
     cluster: Cluster, local_node: LocalNode, namespace: str
 ) -> None:
+    # The trainer's kinds: an emptyDir (scratch) and a read-only configMap with items (the
+    # S3 CA bundle).
+    cluster.core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "ca"}, "data": {"ca.crt": "PEM"}}
+    )
+    root = "/tmp/kubetune-ground-test"
+    script = (
+        f"echo hi > {root}/scratch/out.txt && cat {root}/scratch/out.txt {root}/ca/ca.pem "
+        f"&& ! touch {root}/ca/written 2>/dev/null"
+    )
     pod = pod_manifest(
         "scratch",
-        [
-            "/bin/sh",
-            "-c",
-            "echo hi > /tmp/kubetune-ground-test/scratch/out.txt && cat /tmp/kubetune-ground-test/scratch/out.txt",
-        ],
-        volumeMounts=[{"name": "scratch", "mountPath": "/tmp/kubetune-ground-test/scratch"}],
-        extra={**local_node.scheduling, "volumes": [{"name": "scratch", "emptyDir": {}}]},
-    )
-    cluster.core.create_namespaced_pod(namespace, pod)
-
-    assert terminated(cluster, namespace, "scratch")["exitCode"] == 0
-    folder = local_node.pod_dir(namespace, "scratch")
-    assert (folder / "volumes" / "scratch" / "out.txt").read_text() == "hi\n"
-    assert not Path("/tmp/kubetune-ground-test/scratch/out.txt").exists(), (
-        "the mount was private to the pod"
-    )
-    assert local_node.pod_log(namespace, "scratch") == "hi\n"
-
-
-def test_local_pod_with_an_empty_dir_over_tmp_still_runs_kubetune(
-    cluster: Cluster, local_node: LocalNode, namespace: str
-) -> None:
-    # An emptyDir over /tmp (a common pattern with a read-only root filesystem) covers the
-    # pod's own folder here (pytest keeps the ground under /tmp); a second one covers it
-    # wherever the ground lives. HOME, the working folder and the termination-message
-    # file are in that folder, and kubetune must still be found.
-    from kubetune import __version__
-
-    hello = f"/tmp/{namespace}-hello"
-    script = (
-        f'kubetune --version && echo hi > {hello} && cat {hello} && test "$(pwd)" = "$HOME" '
-        '&& echo home > "$HOME/note" && printf done > "$KUBETUNE_TERMINATION_LOG"'
-    )
-    pod = pod_manifest(
-        "tmp-volume",
         ["/bin/sh", "-c", script],
         volumeMounts=[
-            {"name": "tmp", "mountPath": "/tmp"},
-            {"name": "pods", "mountPath": str(local_node.pods_dir)},
+            {"name": "scratch", "mountPath": f"{root}/scratch"},
+            {"name": "ca", "mountPath": f"{root}/ca", "readOnly": True},
         ],
         extra={
             **local_node.scheduling,
-            "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "pods", "emptyDir": {}}],
+            "volumes": [
+                {"name": "scratch", "emptyDir": {}},
+                {
+                    "name": "ca",
+                    "configMap": {"name": "ca", "items": [{"key": "ca.crt", "path": "ca.pem"}]},
+                },
+            ],
         },
     )
     cluster.core.create_namespaced_pod(namespace, pod)
 
-    end = terminated(cluster, namespace, "tmp-volume")
-    log = local_node.pod_log(namespace, "tmp-volume")
-    assert (end["exitCode"], end.get("message")) == (0, "done"), log
-    assert __version__ in log and log.endswith("hi\n")
-    folder = local_node.pod_dir(namespace, "tmp-volume")
-    assert (folder / "volumes" / "tmp" / Path(hello).name).read_text() == "hi\n", (
-        "/tmp was the pod's emptyDir"
-    )
-    assert not Path(hello).exists(), "the mount was private to the pod"
-    assert (folder / "home" / "note").read_text() == "home\n"
+    end = terminated(cluster, namespace, "scratch")
+    assert end["exitCode"] == 0, local_node.pod_log(namespace, "scratch")
+    folder = local_node.pod_dir(namespace, "scratch")
+    assert (folder / "volumes" / "scratch" / "out.txt").read_text() == "hi\n"
+    assert not Path(f"{root}/scratch/out.txt").exists(), "the mount was private to the pod"
+    assert local_node.pod_log(namespace, "scratch") == "hi\nPEM"
 
 
 def test_deleting_a_local_pod_stops_it_gracefully(
@@ -556,6 +526,7 @@ def test_job_on_the_local_node_ends_by_its_exit_code(
                 "template": {
                     "spec": {
                         "restartPolicy": "Never",
+                        "automountServiceAccountToken": False,  # as the trainer's pod
                         "containers": [container],
                         **local_node.scheduling,
                     }

@@ -1,5 +1,6 @@
 """The local node's pod logic that needs no cluster: environment, volumes,
-termination messages (tests/ground/localpod.py)."""
+termination messages (tests/ground/localpod.py), and the refusal of what the trainer's
+pod does not use."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from tests.ground.localpod import (
     Termination,
     UnsupportedPod,
     container_env,
-    expand,
     mount_operations,
     prepare_mounts,
     termination_message,
@@ -40,14 +40,7 @@ POD: dict[str, Any] = {
 }
 
 
-def test_expand_follows_kubernetes_rules() -> None:
-    env = {"A": "1", "B": "two"}
-    assert expand("$(A)-$(B)", env) == "1-two"
-    assert expand("$$(A) costs $$5", env) == "$(A) costs $5"
-    assert expand("$(UNDEFINED) stays", env) == "$(UNDEFINED) stays"
-
-
-def test_env_resolves_every_source_in_order() -> None:
+def test_env_resolves_every_source_the_trainer_pod_uses_in_order() -> None:
     refs = FakeReferences(
         {
             ("Secret", "creds"): {"AWS_ACCESS_KEY_ID": b"id", "AWS_SECRET_ACCESS_KEY": b"key"},
@@ -58,29 +51,26 @@ def test_env_resolves_every_source_in_order() -> None:
         "envFrom": [
             {"secretRef": {"name": "creds"}},
             {"configMapRef": {"name": "settings"}, "prefix": "CM_"},
+            {"configMapRef": {"name": "absent", "optional": True}},
         ],
         "env": [
             {"name": "CM_MODE", "value": "overridden by env"},
-            {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
-            {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
             {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}},
             {
                 "name": "MISSING_OK",
                 "valueFrom": {"secretKeyRef": {"name": "absent", "key": "k", "optional": True}},
             },
-            {"name": "GREETING", "value": "$(APP) on $(NODE)"},
+            {"name": "SPEC", "value": '{"uri": "s3://b/k"}'},
         ],
     }
-    env = container_env(POD, container, refs, allocatable={})
+    env = container_env(container, refs)
     assert env == {
         "AWS_ACCESS_KEY_ID": "id",
         "AWS_SECRET_ACCESS_KEY": "key",
         "CM_mode": "fast",
         "CM_MODE": "overridden by env",
-        "APP": "trainer",
-        "NODE": "local-node",
         "MODE": "fast",
-        "GREETING": "trainer on local-node",
+        "SPEC": '{"uri": "s3://b/k"}',
     }
 
 
@@ -100,37 +90,24 @@ def test_env_resolves_every_source_in_order() -> None:
 def test_missing_references_wait_like_a_kubelet(env: list[dict[str, Any]], message: str) -> None:
     refs = FakeReferences({("Secret", "creds"): {"k": b"v"}})
     with pytest.raises(ContainerConfigError, match=message):
-        container_env(POD, {"env": env}, refs, allocatable={})
+        container_env({"env": env}, refs)
 
 
-def test_resource_field_refs_divide_and_round_up() -> None:
-    container = {
-        "resources": {"limits": {"memory": "1Gi", "cpu": "500m"}},
-        "env": [
-            {
-                "name": "MEM_MI",
-                "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}},
-            },
-            {"name": "CPUS", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
-            # No limit: the node's allocatable, as on a kubelet.
-            {
-                "name": "DISK_GI",
-                "valueFrom": {
-                    "resourceFieldRef": {"resource": "limits.ephemeral-storage", "divisor": "1Gi"}
-                },
-            },
-        ],
-    }
-    env = container_env(
-        POD, container, FakeReferences({}), allocatable={"ephemeral-storage": "100Gi"}
-    )
-    assert (env["MEM_MI"], env["CPUS"], env["DISK_GI"]) == ("1024", "1", "100")
-
-
-def test_unknown_field_ref_fails_the_pod() -> None:
-    container = {"env": [{"name": "X", "valueFrom": {"fieldRef": {"fieldPath": "spec.priority"}}}]}
-    with pytest.raises(UnsupportedPod, match=r"spec\.priority"):
-        container_env(POD, container, FakeReferences({}), allocatable={})
+@pytest.mark.parametrize(
+    ("var", "message"),
+    [
+        ({"name": "X", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}, "fieldRef"),
+        (
+            {"name": "X", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
+            "resourceFieldRef",
+        ),
+        ({"name": "X", "value": "hello $(POD)"}, r"\$\(VAR\)"),
+        ({"name": "X", "value": "costs $$5"}, r"\$\(VAR\)"),
+    ],
+)
+def test_what_the_trainer_pod_does_not_use_fails_the_pod(var: dict[str, Any], message: str) -> None:
+    with pytest.raises(UnsupportedPod, match=message):
+        container_env({"env": [var]}, FakeReferences({}))
 
 
 def test_volumes_are_materialised(tmp_path: Path) -> None:
@@ -139,106 +116,82 @@ def test_volumes_are_materialised(tmp_path: Path) -> None:
         "spec": {
             **POD["spec"],
             "volumes": [
-                {"name": "scratch", "emptyDir": {}},
+                {"name": "scratch", "emptyDir": {"sizeLimit": "2Gi"}},
+                {"name": "dshm", "emptyDir": {"medium": "Memory"}},
                 {
-                    "name": "config",
-                    "configMap": {
-                        "name": "settings",
-                        "items": [{"key": "mode", "path": "conf/mode.txt"}],
-                    },
+                    "name": "s3-ca",
+                    "configMap": {"name": "ca", "items": [{"key": "ca.crt", "path": "ca.pem"}]},
                 },
-                {"name": "kube-api-access-abcde", "projected": {"sources": []}},
             ],
         },
     }
     container = {
         "volumeMounts": [
             {"name": "scratch", "mountPath": "/scratch"},
-            {"name": "config", "mountPath": "/etc/app", "readOnly": True},
-            {
-                "name": "kube-api-access-abcde",
-                "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
-            },
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "s3-ca", "mountPath": "/etc/kubetune/s3-ca", "readOnly": True},
         ]
     }
-    refs = FakeReferences({("ConfigMap", "settings"): {"mode": b"fast"}})
+    refs = FakeReferences({("ConfigMap", "ca"): {"ca.crt": b"PEM", "other": b"x"}})
     mounts = prepare_mounts(pod, container, refs, tmp_path)
-    assert [(m.target, m.read_only) for m in mounts] == [("/scratch", False), ("/etc/app", True)]
-    assert (tmp_path / "scratch").is_dir()
-    assert (tmp_path / "config" / "conf" / "mode.txt").read_text() == "fast"
+    assert [(m.target, m.read_only) for m in mounts] == [
+        ("/scratch", False),
+        ("/dev/shm", False),
+        ("/etc/kubetune/s3-ca", True),
+    ]
+    assert (tmp_path / "scratch").is_dir() and (tmp_path / "dshm").is_dir()
+    assert [p.name for p in (tmp_path / "s3-ca").iterdir()] == ["ca.pem"]
+    assert (tmp_path / "s3-ca" / "ca.pem").read_text() == "PEM"
 
-    argv = wrap_with_mounts(["train"], mounts, ["unshare", "--mount", "--"], "/scratch", tmp_path)
+    argv = wrap_with_mounts(["train"], mounts, ["unshare", "--mount", "--"], "/home", tmp_path)
     assert argv[:2] == ["unshare", "--mount"] and argv[-2:] == ["--", "train"]
     assert wrap_with_mounts(["train"], [], None, "/", tmp_path) == ["train"]
 
 
-def test_mounts_bind_from_the_pod_folder_and_keep_hidden_folders_in_sight(tmp_path: Path) -> None:
+def test_mounts_go_outer_first_then_read_only(tmp_path: Path) -> None:
     pod_folder = tmp_path / "pods" / "ns" / "p" / "uid"
-    (pod_folder / "volumes" / "tmp").mkdir(parents=True)
-    (pod_folder / "volumes" / "data").mkdir()
-    (pod_folder / "volumes" / "config").mkdir()
+    volumes = pod_folder / "volumes"
     mounts = [
-        Mount(pod_folder / "volumes" / "data", "/tmp/data", read_only=False),  # inside the next one
-        Mount(pod_folder / "volumes" / "tmp", "/tmp", read_only=False),
-        Mount(pod_folder / "volumes" / "config", "/etc/app", read_only=True),
+        Mount(volumes / "data", "/scratch/data", read_only=False),  # inside the next one
+        Mount(volumes / "scratch", "/scratch", read_only=False),
+        Mount(volumes / "ca", "/etc/kubetune/s3-ca", read_only=True),
     ]
-    venv, elsewhere = str(tmp_path / "venv"), "/opt/not-covered"
-    ops = mount_operations(mounts, pod_folder, [venv, elsewhere])
-    # A handle on the hidden venv while it is in sight; then outer targets first, each made
-    # inside what is mounted by then; sources relative to the pod folder, the script's
-    # working folder, so that mounting over an ancestor of it cannot hide them.
-    assert ops == [
-        "mkdir",
-        ".keep/0",
-        "bind",
-        venv,
-        ".keep/0",
-        "mkdir",
-        "/tmp",
-        "bind",
-        "volumes/tmp",
-        "/tmp",
-        "mkdir",
-        "/tmp/data",
-        "bind",
-        "volumes/data",
-        "/tmp/data",
-        "mkdir",
-        "/etc/app",
-        "bind",
-        "volumes/config",
-        "/etc/app",
-        "mkdir",
-        venv,
-        "bind",
-        ".keep/0",
-        venv,
-        "mkdir",
-        str(pod_folder),
-        "bind",
-        ".",
-        str(pod_folder),
-        "readonly",
-        "/etc/app",
-    ]
-    # Nothing covered: only the volumes.
-    assert mount_operations(mounts[2:], pod_folder, [venv]) == [
-        "mkdir",
-        "/etc/app",
-        "bind",
-        "volumes/config",
-        "/etc/app",
-        "readonly",
-        "/etc/app",
+    assert mount_operations(mounts, pod_folder, ["/opt/not-covered"]) == [
+        *("bind", str(volumes / "scratch"), "/scratch"),
+        *("bind", str(volumes / "data"), "/scratch/data"),
+        *("bind", str(volumes / "ca"), "/etc/kubetune/s3-ca"),
+        *("readonly", "/etc/kubetune/s3-ca"),
     ]
 
 
-def test_unsupported_volumes_fail_the_pod(tmp_path: Path) -> None:
-    pod = {**POD, "spec": {**POD["spec"], "volumes": [{"name": "host", "hostPath": {"path": "/"}}]}}
-    with pytest.raises(UnsupportedPod, match="hostPath"):
+def test_a_volume_hiding_what_the_pod_runs_from_fails_the_pod(tmp_path: Path) -> None:
+    pod_folder = tmp_path / "pods" / "ns" / "p" / "uid"
+    over_pods = Mount(pod_folder / "volumes" / "tmp", str(tmp_path), read_only=False)
+    with pytest.raises(UnsupportedPod, match="would hide"):
+        mount_operations([over_pods], pod_folder, [])
+    over_venv = Mount(pod_folder / "volumes" / "opt", "/opt", read_only=False)
+    with pytest.raises(UnsupportedPod, match="would hide /opt/venv"):
+        mount_operations([over_venv], pod_folder, ["/opt/venv"])
+
+
+@pytest.mark.parametrize(
+    ("volume", "mount", "message"),
+    [
+        ({"hostPath": {"path": "/"}}, {}, "hostPath"),
+        ({"persistentVolumeClaim": {"claimName": "c"}}, {}, "persistentVolumeClaim"),
+        ({"secret": {"secretName": "s"}}, {}, "secret"),
+        ({"projected": {"sources": []}}, {}, "projected"),
+        ({"emptyDir": {}}, {"subPath": "x"}, "subPath"),
+    ],
+)
+def test_volumes_the_trainer_pod_does_not_use_fail_the_pod(
+    tmp_path: Path, volume: dict[str, Any], mount: dict[str, Any], message: str
+) -> None:
+    pod = {**POD, "spec": {**POD["spec"], "volumes": [{"name": "v", **volume}]}}
+    with pytest.raises(UnsupportedPod, match=message):
         prepare_mounts(
             pod,
-            {"volumeMounts": [{"name": "host", "mountPath": "/host"}]},
+            {"volumeMounts": [{"name": "v", "mountPath": "/v", **mount}]},
             FakeReferences({}),
             tmp_path,
         )

@@ -27,7 +27,7 @@ from kubetune.trainer.storage.backend import (
 from kubetune.trainer.storage.uri import S3Location
 
 # Settings of the transfer manager, measured against boto3's own in
-# bench/s3_transfer.py (docs/benchmarks.md). A Python client is bound by its CPU per
+# bench/s3_transfer/ (docs/benchmarks.md). A Python client is bound by its CPU per
 # request and per piece read long before a fast network is (~1 s of CPU per GiB with
 # s3transfer's defaults: about 1 GiB/s per core under the GIL), so:
 # - parts of 32 MiB (s3transfer: 8 MiB; enlarged automatically for files that would
