@@ -149,7 +149,9 @@ def test_an_image_that_cannot_be_found_shows_its_reason_in_the_status(
             timeout=180,
             what="ErrImageNeverPull in the status",
         )
-        assert status["phase"] == "Pending"
+        # The Validating step's pod runs the same image, so the missing image shows there,
+        # before any GPU is requested.
+        assert status["phase"] == "Validating"
         assert "kubetune-trainer:never-built" in status["message"]
         events = kind_cluster.kubectl(
             "get", "events", "-n", ns, "--field-selector", "involvedObject.kind=TuningJob"
