@@ -1,7 +1,8 @@
 """Test tiers follow the folders: tests/unit, tests/integration, tests/e2e, tests/faults,
 tests/kind.
 
-A test is marked with its folder's tier automatically, so `-m unit` (and so on)
+A test is marked with its folder's tier automatically and runs in the tiers' order
+(unit first, kind last), so `-m unit` (and so on)
 selects a tier without every file repeating the marker. Fixtures for the real
 servers live in tests/ground/ (see docs/testing.md).
 
@@ -36,7 +37,15 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def _tier_rank(item: pytest.Item) -> int:
+    parts = Path(str(item.fspath)).parts
+    return next((rank for rank, tier in enumerate(TIERS) if tier in parts), len(TIERS))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The cheap tiers first, the kind cluster last: a broken unit fails in seconds, not
+    # after twenty minutes of clusters. Stable, so each file keeps its own order.
+    items.sort(key=_tier_rank)
     for item in items:
         parts = Path(str(item.fspath)).parts
         for tier in TIERS:
